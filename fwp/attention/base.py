@@ -1,0 +1,70 @@
+"""The interface every attention core implements (softmax and fast-weight alike).
+
+A *core* works on already projected heads; projections, output scaling and dropout belong to
+``MultiHeadAttention``. Shapes: q ``[B, H, T_q, d_head]``, k ``[B, H, T_k, d_head]``, v ``[B, H, T_k,
+d_head]``, beta ``[B, H, T_k]`` (cores with ``uses_beta``), key_padding_mask ``[B, T_k]`` (True = pad).
+
+Two modes that agree to float tolerance:
+- parallel: ``forward`` over a whole sequence (training, evaluation, prefill);
+- step: ``forward`` on ``T = 1`` with the state returned by the previous call (generation).
+``forward`` with a state continues that state (segment carry; KV cache for softmax).
+``read(q, state)`` queries a memory without writing to it (retrieval queries, cached cross-attention).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Protocol, Self
+
+from torch import Tensor, nn
+
+
+class AttentionState(Protocol):
+    """What a core carries between calls: a fast weight memory or a key/value cache."""
+
+    def detach(self) -> Self: ...
+
+    def index_select(self, index: Tensor) -> Self: ...
+
+
+AttentionSpec = str | dict[str, Any]
+"""A registry name (``"delta"``), a name with options (``{"name": "performer", "m": 64}``), or a
+``{"class_path": ..., "init_args": {...}}`` dict naming an ``AttentionCore`` subclass."""
+
+
+class AttentionCore(nn.Module, ABC):
+    """Attention over projected heads of size ``d_head``.
+
+    Class attributes tell the surrounding module what the core needs:
+    ``uses_beta`` — consumes a per-head, per-position write strength β (delta rule);
+    ``supports_bidirectional`` — accepts ``causal=False`` (softmax and sum-rule cores);
+    ``is_fast_weight`` — a fast-weight layer, whose output the paper scales by 1/√d_head.
+    """
+
+    uses_beta: bool = False
+    supports_bidirectional: bool = True
+    is_fast_weight: bool = False
+
+    def __init__(self, d_head: int) -> None:
+        super().__init__()
+        if d_head < 1:
+            raise ValueError(f"d_head must be >= 1, got d_head={d_head}")
+        self.d_head = d_head
+
+    @abstractmethod
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor | None = None,
+        *,
+        causal: bool = True,
+        state: AttentionState | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, AttentionState]:
+        """Attend; returns the output ``[B, H, T_q, d_head]`` and the state after the sequence."""
+
+    @abstractmethod
+    def read(self, q: Tensor, state: AttentionState) -> Tensor:
+        """Query the memory in ``state`` without writing: ``[B, H, T_q, d_head]`` → same shape."""

@@ -1,0 +1,84 @@
+"""Argument checks of the fast-weight ops: clear ``ValueError``s naming the argument and the shapes seen."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from fwp.ops.state import FastWeightState
+
+RULES = ("sum", "delta")
+
+
+def check_finite_enabled(flag: bool | None) -> bool:
+    """``flag`` if given, else whether the debug environment variable ``FWP_DEBUG=1`` is set."""
+    return flag if flag is not None else os.environ.get("FWP_DEBUG", "") == "1"
+
+
+def _require_float(name: str, x: Tensor) -> None:
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _require_finite(name: str, x: Tensor) -> None:
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name} has {bad} non-finite values (shape {tuple(x.shape)})")
+
+
+def validate_recurrence_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor | None,
+    state: FastWeightState | None,
+    *,
+    rule: str,
+    denominator: bool,
+    check_finite: bool,
+) -> None:
+    """Check the shapes ``q, k: [B, H, T, d_dot]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T]``
+    (delta rule only), ``state.W: [B, H, d_dot, d_v]``, ``state.z: [B, H, d_dot]`` (denominator only)."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got rule={rule!r}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be [B, H, T, D], got shape {tuple(x.shape)}")
+        _require_float(name, x)
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"v must share [B, H, T] with q, got v {tuple(v.shape)} and q {tuple(q.shape)}"
+        )
+    devices = {x.device for x in (q, k, v)}
+    if len(devices) > 1:
+        raise ValueError(f"q, k, v must be on one device, got {sorted(map(str, devices))}")
+    B, H, T, d_dot = q.shape
+    d_v = v.shape[-1]
+    if rule == "delta":
+        if beta is None:
+            raise ValueError("beta is required by rule='delta' (shape [B, H, T]), got None")
+        if tuple(beta.shape) != (B, H, T):
+            raise ValueError(f"beta must be [B, H, T] = {(B, H, T)}, got shape {tuple(beta.shape)}")
+        _require_float("beta", beta)
+    elif beta is not None:
+        raise ValueError(f"beta is only used by rule='delta', got beta with rule={rule!r}")
+    if state is not None:
+        if tuple(state.W.shape) != (B, H, d_dot, d_v):
+            raise ValueError(
+                f"state.W must be [B, H, d_dot, d_v] = {(B, H, d_dot, d_v)}, got {tuple(state.W.shape)}"
+            )
+        if denominator and (state.z is None or tuple(state.z.shape) != (B, H, d_dot)):
+            seen = None if state.z is None else tuple(state.z.shape)
+            raise ValueError(f"state.z must be [B, H, d_dot] = {(B, H, d_dot)} with a denominator, got {seen}")
+        if not denominator and state.z is not None:
+            raise ValueError("state.z is given but denominator=False: the state belongs to another layer")
+    if check_finite:
+        for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta)):
+            if x is not None:
+                _require_finite(name, x)
+        if state is not None:
+            _require_finite("state.W", state.W)
