@@ -3,7 +3,14 @@ recurrences. Layout ``[B, H, T, D]``; fast weight state ``[B, H, d_dot, d_v]``. 
 
 from fwp.ops.bidirectional import read_memory, sum_rule_memory
 from fwp.ops.dispatch import BACKENDS, fast_weight_recurrence, load_backend, resolve_backend
-from fwp.ops.feature_maps import dpfp, elu_plus_one, favor, feature_dim, identity, orthogonal_random_projection
+from fwp.ops.feature_maps import (
+    dpfp,
+    elu_plus_one,
+    favor,
+    feature_dim,
+    identity,
+    orthogonal_random_projection,
+)
 from fwp.ops.normalization import causal_denominator, sum_normalize
 from fwp.ops.reference import fast_weight_step, reference_backend
 from fwp.ops.state import FastWeightState

@@ -79,7 +79,13 @@ def fast_weight_recurrence(
     (float32, or float64 for float64 inputs), with autocast off inside.
     """
     validate_recurrence_inputs(
-        q, k, v, beta, initial_state, rule=rule, denominator=denominator,
+        q,
+        k,
+        v,
+        beta,
+        initial_state,
+        rule=rule,
+        denominator=denominator,
         check_finite=check_finite_enabled(check_finite),
     )
     if chunk_size < 1:
@@ -92,7 +98,14 @@ def fast_weight_recurrence(
     run = load_backend(resolve_backend(backend, q))
     with torch.autocast(device_type=q.device.type, enabled=False):
         y, final_state = run(
-            q.to(dtype), k.to(dtype), v.to(dtype), None if beta is None else beta.to(dtype),
-            state.to(dtype), rule=rule, denominator=denominator, eps=eps, chunk_size=chunk_size,
+            q.to(dtype),
+            k.to(dtype),
+            v.to(dtype),
+            None if beta is None else beta.to(dtype),
+            state.to(dtype),
+            rule=rule,
+            denominator=denominator,
+            eps=eps,
+            chunk_size=chunk_size,
         )
     return y.to(v.dtype), final_state

@@ -11,9 +11,7 @@ def sum_normalize(phi: Tensor, eps: float = 0.0) -> Tensor:
     return phi / (phi.sum(dim=-1, keepdim=True) + eps)
 
 
-def causal_denominator(
-    phi_q: Tensor, phi_k: Tensor, z0: Tensor | None
-) -> tuple[Tensor, Tensor]:
+def causal_denominator(phi_q: Tensor, phi_k: Tensor, z0: Tensor | None) -> tuple[Tensor, Tensor]:
     """Katharopoulos' causal denominator for a whole sequence.
 
     ``z_i = z_0 + Σ_{j≤i} φ(k_j)`` and ``den_i = φ(q_i) · z_i``.

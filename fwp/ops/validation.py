@@ -50,9 +50,7 @@ def validate_recurrence_inputs(
     if q.shape != k.shape:
         raise ValueError(f"q and k must have the same shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"v must share [B, H, T] with q, got v {tuple(v.shape)} and q {tuple(q.shape)}"
-        )
+        raise ValueError(f"v must share [B, H, T] with q, got v {tuple(v.shape)} and q {tuple(q.shape)}")
     devices = {x.device for x in (q, k, v)}
     if len(devices) > 1:
         raise ValueError(f"q, k, v must be on one device, got {sorted(map(str, devices))}")
@@ -73,7 +71,9 @@ def validate_recurrence_inputs(
             )
         if denominator and (state.z is None or tuple(state.z.shape) != (B, H, d_dot)):
             seen = None if state.z is None else tuple(state.z.shape)
-            raise ValueError(f"state.z must be [B, H, d_dot] = {(B, H, d_dot)} with a denominator, got {seen}")
+            raise ValueError(
+                f"state.z must be [B, H, d_dot] = {(B, H, d_dot)} with a denominator, got {seen}"
+            )
         if not denominator and state.z is not None:
             raise ValueError("state.z is given but denominator=False: the state belongs to another layer")
     if check_finite:
