@@ -1,0 +1,154 @@
+"""Multi-head attention around any registered core: projections in, output projection out.
+
+Self-attention projects ``x`` ``[B, T, d_model]`` with one bias-free linear map to, per head,
+``[q, k, v]`` (``3·d_head`` units) plus, for cores that use it, one β unit: ``β = sigmoid(·)``, one
+write strength per head and position (DESIGN.md §5). Cross-attention takes q from ``x`` and k, v (β)
+from ``memory`` ``[B, S, d_model]``. Fast-weight outputs are scaled by ``1/√d_head``; then a bias-free
+output projection ``H·d_head → d_model`` and dropout. Residual and normalisation belong to the block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from fwp.attention.base import AttentionCore, AttentionSpec, AttentionState
+from fwp.attention.registry import build_attention
+
+
+def _check_sequence(name: str, x: Tensor, d_model: int) -> None:
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"{name} must be [B, T, d_model={d_model}], got shape {tuple(x.shape)}")
+
+
+def _check_padding_mask(mask: Tensor, keys: Tensor) -> None:
+    expected = tuple(keys.shape[:2])
+    if mask.dtype != torch.bool or tuple(mask.shape) != expected:
+        raise ValueError(
+            f"key_padding_mask must be a bool tensor [B, T_k] = {expected}, "
+            f"got {mask.dtype} of shape {tuple(mask.shape)}"
+        )
+
+
+class MultiHeadAttention(nn.Module):
+    """``H`` heads of the core built from ``attention`` (a registry spec), each of size ``d_head``
+    (default ``d_model // n_heads``).
+
+    ``causal`` applies to self-attention; cross-attention (``cross=True``) is always non-causal and
+    needs a core that supports it.
+    """
+
+    core: AttentionCore
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        attention: AttentionSpec = "softmax",
+        *,
+        d_head: int | None = None,
+        dropout: float = 0.0,
+        causal: bool = True,
+        cross: bool = False,
+    ) -> None:
+        super().__init__()
+        if d_model < 1 or n_heads < 1:
+            raise ValueError(f"d_model and n_heads must be >= 1, got d_model={d_model}, n_heads={n_heads}")
+        if d_head is None:
+            if d_model % n_heads:
+                raise ValueError(
+                    f"d_model={d_model} is not divisible by n_heads={n_heads}; give d_head explicitly"
+                )
+            d_head = d_model // n_heads
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+        self.core = build_attention(attention, d_head)
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
+        self.cross = cross
+        self.causal = causal and not cross
+        if not self.causal and not self.core.supports_bidirectional:
+            mode = "cross-attention" if cross else "causal=False"
+            raise ValueError(f"{mode} needs a bidirectional core; attention={attention!r} is causal only")
+        self.beta_sizes = (1,) if self.core.uses_beta else ()
+        if cross:
+            self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=False)
+            self.kv_proj = nn.Linear(d_model, n_heads * (2 * d_head + len(self.beta_sizes)), bias=False)
+        else:
+            self.qkv_proj = nn.Linear(d_model, n_heads * (3 * d_head + len(self.beta_sizes)), bias=False)
+        self.out_proj = nn.Linear(n_heads * d_head, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.output_scale = 1.0 / math.sqrt(d_head) if self.core.is_fast_weight else 1.0
+
+    def split_heads(self, projected: Tensor, sizes: tuple[int, ...]) -> list[Tensor]:
+        """``[B, T, H·Σ sizes]`` → one ``[B, H, T, size]`` tensor per size (units are grouped per head)."""
+        B, T, _ = projected.shape
+        heads = projected.view(B, T, self.n_heads, sum(sizes)).transpose(1, 2)
+        return list(heads.split(sizes, dim=-1))
+
+    @staticmethod
+    def write_strength(beta_unit: list[Tensor]) -> Tensor | None:
+        """``β = sigmoid(unit)`` ``[B, H, T]`` from the optional ``[B, H, T, 1]`` β unit."""
+        return torch.sigmoid(beta_unit[0].squeeze(-1)) if beta_unit else None
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        memory: Tensor | None = None,
+        state: AttentionState | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, AttentionState]:
+        """x ``[B, T, d_model]`` → ``[B, T, d_model]`` and the core's state.
+
+        Self-attention: ``state`` (from a previous call) is continued — segment carry, or generation
+        one token at a time; key_padding_mask ``[B, T]`` marks padded positions of ``x`` (a softmax
+        KV cache remembers the masks of earlier calls; padded positions never enter a fast weight).
+        Cross-attention: without ``state``, k, v come from ``memory`` ``[B, S, d_model]`` and
+        key_padding_mask ``[B, S]`` marks padded memory positions; the returned state holds the
+        memory's keys, so later calls given that ``state`` only read it (``memory`` and the mask are
+        then not used: the state already has them).
+        """
+        _check_sequence("x", x, self.d_model)
+        if self.cross:
+            y, state = self._cross_attend(x, memory, state, key_padding_mask)
+        else:
+            if memory is not None:
+                raise ValueError("memory is only used by cross-attention (cross=True), got a memory tensor")
+            if key_padding_mask is not None:
+                _check_padding_mask(key_padding_mask, x)
+            q, k, v, *beta_unit = self.split_heads(self.qkv_proj(x), (self.d_head,) * 3 + self.beta_sizes)
+            y, state = self.core(
+                q,
+                k,
+                v,
+                self.write_strength(beta_unit),
+                causal=self.causal,
+                state=state,
+                key_padding_mask=key_padding_mask,
+            )
+        return self.merge_heads(y), state
+
+    def _cross_attend(
+        self, x: Tensor, memory: Tensor | None, state: AttentionState | None, key_padding_mask: Tensor | None
+    ) -> tuple[Tensor, AttentionState]:
+        (q,) = self.split_heads(self.q_proj(x), (self.d_head,))
+        if state is not None:
+            return self.core.read(q, state), state
+        if memory is None:
+            raise ValueError("cross-attention needs memory [B, S, d_model] or the state of a previous call")
+        _check_sequence("memory", memory, self.d_model)
+        if key_padding_mask is not None:
+            _check_padding_mask(key_padding_mask, memory)
+        k, v, *beta_unit = self.split_heads(self.kv_proj(memory), (self.d_head,) * 2 + self.beta_sizes)
+        return self.core(
+            q, k, v, self.write_strength(beta_unit), causal=False, key_padding_mask=key_padding_mask
+        )
+
+    def merge_heads(self, y: Tensor) -> Tensor:
+        """``[B, H, T, d_head]`` → scale (1/√d_head for fast weights) → output projection → dropout
+        → ``[B, T, d_model]``."""
+        B, H, T, d = y.shape
+        merged = y.transpose(1, 2).reshape(B, T, H * d) * self.output_scale
+        return self.dropout(self.out_proj(merged))

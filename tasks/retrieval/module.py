@@ -1,0 +1,122 @@
+"""The retrieval model: one fast-weight (or softmax) attention layer with one head (§6.1 of the paper).
+
+Shapes: keys, values ``[B, L]``; queries ``[B, Q]``; S = ``num_keys``; E = ⌊1.1·2S⌋; d_k = ``d_key``.
+
+- key tokens have a trained embedding ``e(key) ∈ R^E``; values are fixed one-hot vectors ``o(v) ∈ R^S``;
+- the slow net reads ``x_t = [o(v_t), e(key_t)]`` and writes key ``k_t = W_k x_t`` (and
+  ``β_t = σ(w_β · x_t)`` for the delta rule) with the value ``o(v_t)`` itself;
+- a query key is projected ``q = W_q e(query)`` and reads the memory: ``y = attention-read(q) ∈ R^S``;
+- loss ``0.5 · ‖o(target) − y‖²`` summed over the S dimensions, mean over the queries.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fwp.attention import AttentionSpec, build_attention
+from fwp.ops import FastWeightState
+from tasks.retrieval.generator import RetrievalBatch
+
+
+def key_embedding_size(num_keys: int) -> int:
+    """E = ⌊1.1 · 2S⌋, the paper's key embedding size."""
+    return math.floor(1.1 * 2 * num_keys)
+
+
+def squared_error(output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """``0.5 · ‖one_hot(target) − output‖²`` summed over dims, mean over the valid queries.
+
+    output: ``[B, Q, S]``; target, mask: ``[B, Q]``."""
+    one_hot = F.one_hot(target, output.shape[-1]).to(output.dtype)
+    per_query = 0.5 * (one_hot - output).pow(2).sum(dim=-1)
+    return (per_query * mask).sum() / mask.sum().clamp(min=1)
+
+
+class RetrievalModel(L.LightningModule):
+    """One attention layer trained to retrieve the value last associated with a query key.
+
+    Args:
+        num_keys: S (linked from the data module by the CLI).
+        attention: registry name or ``{name: ..., options}`` (softmax, linear, performer, dpfp, delta,
+            fast_weight).
+        d_key: size of keys and queries before the feature map (the paper: 64).
+        lr: Adam learning rate (the paper: 1e-3).
+    """
+
+    def __init__(
+        self,
+        num_keys: int = 20,
+        attention: AttentionSpec = "delta",
+        d_key: int = 64,
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_keys", num_keys), ("d_key", d_key)):
+            if value < 1:
+                raise ValueError(f"RetrievalModel: {name} must be >= 1, got {name}={value}")
+        self.save_hyperparameters()
+        embedding_size = key_embedding_size(num_keys)
+        self.key_embedding = nn.Embedding(num_keys, embedding_size)
+        self.attention = build_attention(attention, d_key)
+        self.write_projection = nn.Linear(num_keys + embedding_size, d_key + 1)
+        self.query_projection = nn.Linear(embedding_size, d_key)
+        self._last_step_time: float | None = None
+
+    def forward(self, keys: Tensor, values: Tensor, queries: Tensor) -> tuple[Tensor, object]:
+        """Write the ``L`` pairs, then read every query: returns ``[B, Q, S]`` and the memory state."""
+        S = self.hparams.num_keys
+        value_codes = F.one_hot(values, S).to(self.key_embedding.weight.dtype)
+        slow_input = torch.cat([value_codes, self.key_embedding(keys)], dim=-1)
+        projected = self.write_projection(slow_input)
+        k = projected[..., :-1].unsqueeze(1)
+        beta = torch.sigmoid(projected[..., -1]).unsqueeze(1) if self.attention.uses_beta else None
+        v = value_codes.unsqueeze(1)
+        _, state = self.attention(k, k, v, beta, causal=True)
+        q = self.query_projection(self.key_embedding(queries)).unsqueeze(1)
+        return self.attention.read(q, state).squeeze(1), state
+
+    def _loss(self, batch: RetrievalBatch) -> tuple[Tensor, Tensor, object]:
+        output, state = self(batch.keys, batch.values, batch.queries)
+        loss = squared_error(output, batch.targets, batch.query_mask)
+        return loss, output, state
+
+    def training_step(self, batch: RetrievalBatch, batch_idx: int) -> Tensor:
+        loss, _, state = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        if isinstance(state, FastWeightState):
+            self.log("train/fast_weight_norm", state.W.detach().flatten(1).norm(dim=1).mean())
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            self.log("train/steps_per_s", 1.0 / max(now - self._last_step_time, 1e-9))
+        self._last_step_time = now
+        return loss
+
+    def _evaluate(self, batch: RetrievalBatch, prefix: str) -> Tensor:
+        loss, output, _ = self._loss(batch)
+        correct = (output.argmax(dim=-1) == batch.targets) & batch.query_mask
+        accuracy = correct.sum() / batch.query_mask.sum()
+        self.log(f"{prefix}/loss", loss, prog_bar=True)
+        self.log(f"{prefix}/accuracy", accuracy, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: RetrievalBatch, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "eval")
+
+    def test_step(self, batch: RetrievalBatch, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "test")
+
+    def predict_step(self, batch: RetrievalBatch, batch_idx: int) -> dict[str, Tensor]:
+        output, _ = self(batch.keys, batch.values, batch.queries)
+        return {"prediction": output.argmax(dim=-1), "target": batch.targets, "mask": batch.query_mask}
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_time = None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -1,0 +1,79 @@
+"""What the attention tests share: the specs under test, a float64 module builder, state comparisons."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fwp.attention import AttentionSpec, AttentionState, KVCache, MultiHeadAttention
+from fwp.ops import FastWeightState
+
+D_MODEL, N_HEADS = 16, 2
+
+FAST_WEIGHT_SPECS: dict[str, dict] = {
+    "linear": {"name": "linear"},
+    "performer": {"name": "performer"},
+    "dpfp": {"name": "dpfp"},
+    "delta": {"name": "delta"},
+    "fast_weight": {"name": "fast_weight"},
+    "elu+sum+delta": {"name": "fast_weight", "feature_map": "elu", "normalization": "sum", "rule": "delta"},
+    "favor+none+delta": {
+        "name": "fast_weight",
+        "feature_map": "favor",
+        "normalization": "none",
+        "rule": "delta",
+    },
+    "identity+denominator+delta": {
+        "name": "fast_weight",
+        "feature_map": "identity",
+        "normalization": "denominator",
+        "rule": "delta",
+    },
+}
+BACKENDS = ("reference", "auto")
+
+ALL_SPECS: dict[str, dict] = {"softmax": {"name": "softmax"}} | {
+    f"{label}-{backend}": {**spec, "backend": backend}
+    for label, spec in FAST_WEIGHT_SPECS.items()
+    for backend in BACKENDS
+}
+"""Every registered preset (each fast-weight one with every backend) and a few extra combinations."""
+
+BIDIRECTIONAL_SPECS: dict[str, dict] = {
+    "softmax": {"name": "softmax"},
+    "linear": {"name": "linear"},
+    "performer": {"name": "performer"},
+    "dpfp": {"name": "dpfp"},
+    "identity+none+sum": {
+        "name": "fast_weight",
+        "feature_map": "identity",
+        "normalization": "none",
+        "rule": "sum",
+    },
+    "elu+sum+sum": {"name": "fast_weight", "feature_map": "elu", "normalization": "sum", "rule": "sum"},
+}
+"""Every core that supports causal=False."""
+
+
+def build_mha(spec: AttentionSpec, **kwargs) -> MultiHeadAttention:
+    """A float64 ``MultiHeadAttention`` (d_model 16, 2 heads) in eval mode."""
+    return MultiHeadAttention(D_MODEL, N_HEADS, spec, **kwargs).double().eval()
+
+
+def sequence(batch: int = 2, length: int = 7) -> Tensor:
+    """A float64 input ``[B, T, d_model]``."""
+    return torch.randn(batch, length, D_MODEL, dtype=torch.float64)
+
+
+def state_tensors(state: AttentionState) -> list[Tensor]:
+    """The tensors of a state, for comparisons."""
+    if isinstance(state, KVCache):
+        return [state.k, state.v]
+    assert isinstance(state, FastWeightState)
+    return [state.W] if state.z is None else [state.W, state.z]
+
+
+def assert_states_close(actual: AttentionState, expected: AttentionState) -> None:
+    assert type(actual) is type(expected)
+    for a, e in zip(state_tensors(actual), state_tensors(expected), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)

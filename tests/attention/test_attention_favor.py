@@ -1,0 +1,61 @@
+"""FAVOR+ Ω: redrawn only at the start of a sequence, per the redraw policy; saved with checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from attention_cases import build_mha, sequence
+
+from fwp.attention import MultiHeadAttention
+
+
+def omega_after_new_sequence(mha: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ω before and after a forward call that starts a sequence."""
+    before = mha.core.omega.clone()
+    mha(sequence())
+    return before, mha.core.omega.clone()
+
+
+@pytest.mark.parametrize(
+    ("redraw", "changes_in_training", "changes_in_eval"),
+    [("always", True, True), ("train", True, False), ("never", False, False)],
+)
+def test_redraw_policy_at_the_start_of_a_sequence(
+    redraw: str, changes_in_training: bool, changes_in_eval: bool
+):
+    mha = build_mha({"name": "performer", "redraw": redraw, "backend": "reference"})
+    for training, expected in ((True, changes_in_training), (False, changes_in_eval)):
+        mha.train(training)
+        before, after = omega_after_new_sequence(mha)
+        assert (not torch.equal(before, after)) == expected, (training, redraw)
+
+
+def test_no_redraw_within_a_carried_state_or_a_read() -> None:
+    mha = build_mha({"name": "performer", "redraw": "always", "backend": "reference"}).train()
+    x = sequence(length=6)
+    _, state = mha(x[:, :3])
+    omega = mha.core.omega.clone()
+    mha(x[:, 3:], state=state)
+    assert torch.equal(mha.core.omega, omega)
+    mha.core.read(torch.randn(2, 2, 3, 8, dtype=torch.float64), state)
+    assert torch.equal(mha.core.omega, omega)
+
+
+def test_cross_attention_reads_with_the_omega_it_wrote_with() -> None:
+    mha = build_mha({"name": "performer", "redraw": "always"}, cross=True)
+    memory, x = sequence(length=5), sequence(length=3)
+    parallel, state = mha(x, memory=memory)
+    steps = [mha(x[:, t : t + 1], state=state)[0] for t in range(3)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), parallel, rtol=1e-10, atol=1e-12)
+
+
+def test_omega_is_saved_so_a_checkpoint_reproduces_evaluation() -> None:
+    spec = {"name": "performer", "backend": "reference"}
+    trained = build_mha(spec).train()
+    trained(sequence())
+    restored = build_mha(spec)
+    assert "core.omega" in trained.state_dict()
+    restored.load_state_dict(trained.state_dict())
+    trained.eval()
+    x = sequence()
+    torch.testing.assert_close(restored(x)[0], trained(x)[0], rtol=0, atol=0)
