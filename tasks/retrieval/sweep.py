@@ -56,7 +56,8 @@ class Result:
 
 
 def run_job(job: Job) -> Result:
-    """Train one (config, S) pair in this process through the project CLI."""
+    """Train one (config, S) pair in this process through the project CLI, then evaluate the final
+model on fresh sequences (the paper's "final evaluation loss")."""
     import torch
 
     from fwp.cli import main
@@ -77,15 +78,14 @@ def run_job(job: Job) -> Result:
     start = time.perf_counter()
     cli = main(args)
     trainer = cli.trainer
-    metrics = trainer.callback_metrics
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    final = float(metrics["eval/loss"])
+    final = trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     return Result(
         config=job.config,
         num_keys=job.num_keys,
-        final_eval_loss=final,
-        best_eval_loss=float(best) if best is not None else final,
-        final_eval_accuracy=float(metrics["eval/accuracy"]),
+        final_eval_loss=final["eval/loss"],
+        best_eval_loss=float(best) if best is not None else final["eval/loss"],
+        final_eval_accuracy=final["eval/accuracy"],
         steps=trainer.global_step,
         seconds=time.perf_counter() - start,
     )

@@ -1,0 +1,47 @@
+"""The retrieval model: loss definition, every attention preset, and learning on a small S."""
+
+import lightning as L
+import pytest
+import torch
+
+from fwp.attention import available_attentions
+from tasks.retrieval.data import RetrievalDataModule
+from tasks.retrieval.generator import make_batch
+from tasks.retrieval.module import RetrievalModel, key_embedding_size, squared_error
+
+
+def test_key_embedding_size_follows_the_paper():
+    assert key_embedding_size(20) == 44
+    assert key_embedding_size(100) == 220
+
+
+def test_squared_error_is_half_the_summed_squared_difference_averaged_over_valid_queries():
+    output = torch.tensor([[[1.0, 0.0], [0.5, 0.5]]])
+    target = torch.tensor([[0, 1]])
+    assert squared_error(output, target, torch.tensor([[True, True]])).item() == pytest.approx(0.25 / 2)
+    assert squared_error(output, target, torch.tensor([[False, True]])).item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("attention", available_attentions())
+def test_every_preset_retrieves_with_the_right_shapes_and_gradients(attention):
+    model = RetrievalModel(num_keys=6, attention=attention, d_key=8)
+    batch = make_batch(6, 2, 3, torch.Generator().manual_seed(0), all_queries=True)
+    output, _ = model(batch.keys, batch.values, batch.queries)
+    assert output.shape == (3, 6, 6)
+    squared_error(output, batch.targets, batch.query_mask).backward()
+    assert model.key_embedding.weight.grad.abs().sum() > 0
+
+
+def test_delta_rule_learns_setting1_at_small_s():
+    """A short run of the main job's preset must drive the evaluation loss far below its start."""
+    L.seed_everything(0)
+    model = RetrievalModel(num_keys=6, attention={"name": "delta", "nu": 2}, d_key=16, lr=3e-3)
+    data = RetrievalDataModule(num_keys=6, setting=1, batch_size=32, train_batches=300)
+    trainer = L.Trainer(
+        max_steps=300, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=1, val_check_interval=300,
+    )  # fmt: skip
+    initial = trainer.validate(model, datamodule=data, verbose=False)[0]["eval/loss"]
+    trainer.fit(model, datamodule=data)
+    final = trainer.validate(model, datamodule=data, verbose=False)[0]["eval/loss"]
+    assert final < initial / 5, (initial, final)
