@@ -1,0 +1,37 @@
+"""What tasks share: vocabularies (Hugging Face ``tokenizers``), binarised token caches, batch loaders.
+
+Special tokens ``<pad>, <unk>, <bos>, <eos>`` have ids 0, 1, 2, 3 in every vocabulary.
+"""
+
+from fwp.data.files import corpus_directories, default_cache_root, file_sha256, require_nonempty_file
+from fwp.data.loading import BatchIndexSampler, BatchLoader, rank_and_world_size
+from fwp.data.token_cache import LineTokens, cached_line_tokens, cached_token_stream
+from fwp.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    load_or_train_tokenizer,
+    tokenizer_fingerprint,
+)
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "SPECIAL_TOKENS",
+    "UNK_ID",
+    "BatchIndexSampler",
+    "BatchLoader",
+    "LineTokens",
+    "cached_line_tokens",
+    "cached_token_stream",
+    "corpus_directories",
+    "default_cache_root",
+    "file_sha256",
+    "load_or_train_tokenizer",
+    "rank_and_world_size",
+    "require_nonempty_file",
+    "tokenizer_fingerprint",
+]

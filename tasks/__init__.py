@@ -1,0 +1,1 @@
+"""Tasks: one package per task with its LightningDataModule, LightningModule and metrics."""

@@ -1,0 +1,355 @@
+"""Translation data: a parallel corpus ``{train,valid,test}.{src,tgt}``, joint BPE, length-bucketed batches.
+
+Pairs longer than ``max_positions`` (source tokens, or target tokens + 1) are dropped from the training
+split; in validation and test they are truncated instead, so that every reference sentence gets a
+hypothesis and BLEU stays comparable (the counts are logged). Pairs are sorted by (source length, target
+length) and cut greedily into batches whose padded size ``B·S + B·T`` stays within ``max_tokens`` (``S``
+the longest source, ``T`` the longest target + 1, the width of ``tgt_in``/``tgt_out``), like fairseq's
+``--max-tokens``. Training visits the batches in a new order each epoch (``torch`` generator seeded with
+``seed + epoch``); under DDP, rank ``r`` of ``W`` takes batches ``r, r + W, ...`` of that order, padded
+by repetition so every rank gets as many batches (evaluation too: a repeated batch is evaluated twice;
+``ids`` tell the duplicates apart).
+
+A batch, with ``B`` pairs::
+
+    src               LongTensor[B, S]   source tokens, padded with <pad> = 0
+    src_padding_mask  BoolTensor[B, S]   True at padding
+    tgt_in            LongTensor[B, T]   <bos> + target tokens (decoder input)
+    tgt_out           LongTensor[B, T]   target tokens + <eos> (what the decoder predicts)
+    tgt_padding_mask  BoolTensor[B, T]   True at padding
+    ids               LongTensor[B]      line numbers of the pairs in their split (0-based)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from tokenizers import Tokenizer
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from fwp.data import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    BatchLoader,
+    LineTokens,
+    cached_line_tokens,
+    corpus_directories,
+    load_or_train_tokenizer,
+    rank_and_world_size,
+)
+from tasks.translation.synthetic import SPLITS, write_synthetic_parallel_corpus
+
+SYNTHETIC_SUBDIR = "synthetic/translation-v1"
+
+
+def pack_batches(src_widths: np.ndarray, tgt_widths: np.ndarray, *, max_tokens: int) -> list[np.ndarray]:
+    """Pair indices sorted by (source width, target width), cut greedily into batches with
+    ``B · (max src_width + max tgt_width) <= max_tokens``, a width being a row's padded length (a pair's
+    target width is its target length + 1, for <bos>/<eos>); ``ValueError`` if one pair alone exceeds it."""
+    order = np.lexsort((tgt_widths, src_widths))
+    batches: list[np.ndarray] = []
+    start = widest_src = widest_tgt = 0
+    for position, index in enumerate(order):
+        src, tgt = int(src_widths[index]), int(tgt_widths[index])
+        if src + tgt > max_tokens:
+            raise ValueError(
+                f"pair {index} alone is {src} + {tgt} tokens wide, more than max_tokens={max_tokens}"
+            )
+        widest_src, widest_tgt = max(widest_src, src), max(widest_tgt, tgt)
+        if (position - start + 1) * (widest_src + widest_tgt) > max_tokens:
+            batches.append(order[start:position])
+            start, widest_src, widest_tgt = position, src, tgt
+    if len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def _pad(rows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """``(LongTensor[B, L], BoolTensor[B, L])``: the rows left-aligned and padded with <pad> to the longest
+    length ``L``, and the mask that is True at padding."""
+    lengths = torch.tensor([len(row) for row in rows])
+    padded = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for b, row in enumerate(rows):
+        padded[b, : len(row)] = torch.from_numpy(row.astype(np.int64))
+    return padded, torch.arange(padded.shape[1]) >= lengths[:, None]
+
+
+class PairBatches(Dataset):
+    """Pre-packed batches of a parallel corpus; item ``i`` is batch ``i`` as the module docstring's dict.
+    Without ``target`` (translating new text) a batch has only ``src``, ``src_padding_mask`` and ``ids``.
+    Sources are cut to ``max_positions`` tokens, targets to ``max_positions - 1`` (plus <bos>/<eos>)."""
+
+    def __init__(
+        self,
+        source: LineTokens,
+        target: LineTokens | None,
+        batches: list[np.ndarray],
+        *,
+        max_positions: int,
+    ) -> None:
+        self.source, self.target, self.batches = source, target, batches
+        self.max_positions = max_positions
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        ids = self.batches[index]
+        src, src_padding_mask = _pad([self.source[i][: self.max_positions] for i in ids])
+        batch = {
+            "src": src,
+            "src_padding_mask": src_padding_mask,
+            "ids": torch.as_tensor(ids, dtype=torch.long),
+        }
+        if self.target is not None:
+            targets = [self.target[i][: self.max_positions - 1] for i in ids]
+            batch["tgt_in"], batch["tgt_padding_mask"] = _pad(
+                [np.concatenate(([BOS_ID], t)) for t in targets]
+            )
+            batch["tgt_out"], _ = _pad([np.concatenate((t, [EOS_ID])) for t in targets])
+        return batch
+
+
+def _require_no_empty_line(path: Path, lines: LineTokens) -> None:
+    empty = np.flatnonzero(lines.lengths == 0)
+    if len(empty):
+        raise ValueError(f"{path}: line {empty[0] + 1} is empty ({len(empty)} empty lines in all)")
+
+
+class TranslationDataModule(L.LightningDataModule):
+    """Parallel-corpus translation data with a joint BPE vocabulary (module docstring).
+
+    The BPE is learned on ``train.<src_lang>`` + ``train.<tgt_lang>``, saved beside the data and reused;
+    each file is encoded once into a memory-mapped cache. ``vocab_size`` is available right after
+    construction (the tokenizer is built on first access), so the CLI can link it to the model.
+
+    Args:
+        data_dir: Directory holding ``{train,valid,test}.{src_lang,tgt_lang}``, one sentence per line,
+            aligned by line. ``None`` generates the synthetic corpus of ``tasks.translation.synthetic``
+            (once) under ``<cache root>/synthetic``.
+        src_lang: File suffix of the source side.
+        tgt_lang: File suffix of the target side.
+        bpe_vocab_size: Size of the joint byte-level BPE vocabulary (at most; fewer if the data has no
+            more merges).
+        max_tokens: Budget of one training batch: padded source + padded target tokens.
+        max_positions: Longest sequence: training pairs with more source tokens, or more target
+            tokens + 1, are dropped; validation/test pairs are truncated (the counts are logged).
+        eval_max_tokens: Budget of one validation/test/predict batch; ``None`` means ``max_tokens``.
+        num_workers: DataLoader worker processes.
+        seed: Seed of the per-epoch batch order (``seed + epoch``).
+        cache_dir: Where the tokenizer and token caches are written. ``None``: beside the data for
+            ``data_dir``; for the synthetic corpus, the cache root ``$FWP_CACHE`` or ``~/.cache/fwp``,
+            which a given ``cache_dir`` replaces.
+        predict_file: Source-language text to translate with ``predict`` (one sentence per line, none
+            empty; sources longer than ``max_positions`` are truncated). ``None`` means the test source.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        src_lang: str = "src",
+        tgt_lang: str = "tgt",
+        bpe_vocab_size: int = 8000,
+        max_tokens: int = 4096,
+        max_positions: int = 256,
+        eval_max_tokens: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        predict_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        if src_lang == tgt_lang:
+            raise ValueError(f"src_lang and tgt_lang must differ, got both {src_lang!r}")
+        if max_positions < 2:
+            raise ValueError(f"max_positions must be >= 2, got max_positions={max_positions}")
+        for name, value in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens)):
+            if value is not None and value < 2 * max_positions:
+                raise ValueError(
+                    f"{name} must be >= 2 * max_positions = {2 * max_positions} so that every kept pair "
+                    f"fits in a batch, got {name}={value}"
+                )
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.src_lang, self.tgt_lang = src_lang, tgt_lang
+        self.bpe_vocab_size = bpe_vocab_size
+        self.max_tokens = max_tokens
+        self.eval_max_tokens = eval_max_tokens or max_tokens
+        self.max_positions = max_positions
+        self.num_workers = num_workers
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.predict_file = predict_file
+        self._tokenizer: Tokenizer | None = None
+        self.datasets: dict[str, PairBatches] = {}
+        self.long_pairs: dict[str, int] = {}
+
+    def _directories(self) -> tuple[Path, Path]:
+        return corpus_directories(
+            self.data_dir,
+            self.cache_dir,
+            synthetic_subdir=SYNTHETIC_SUBDIR,
+            expected_files=[f"{split}.{lang}" for split in SPLITS for lang in ("src", "tgt")],
+            generate=write_synthetic_parallel_corpus,
+        )
+
+    @property
+    def data_path(self) -> Path:
+        """The corpus directory; the synthetic corpus is generated on first access if ``data_dir`` is None."""
+        return self._directories()[0]
+
+    @property
+    def cache_path(self) -> Path:
+        """Where the tokenizer and the token caches are written."""
+        return self._directories()[1]
+
+    def split_file(self, split: str, lang: str) -> Path:
+        """Path of ``<split>.<lang>``; ``FileNotFoundError`` naming it if absent."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
+        path = self.data_path / f"{split}.{lang}"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"missing {split} split: no file {path} (data_dir should hold "
+                f"{{train,valid,test}}.{{{self.src_lang},{self.tgt_lang}}})"
+            )
+        return path
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The joint BPE of the training source and target (built and saved on first access, then loaded)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_or_train_tokenizer(
+                [self.split_file("train", self.src_lang), self.split_file("train", self.tgt_lang)],
+                kind="bpe",
+                save_dir=self.cache_path,
+                vocab_size=self.bpe_vocab_size,
+            )
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, special tokens included (shared by source and target)."""
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    def bos_id(self) -> int:
+        return BOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    def decode(self, ids: Sequence[int] | Tensor) -> str:
+        """Detokenised text of ``ids`` up to the first <eos>, special tokens left out."""
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        if EOS_ID in ids:
+            ids = ids[: ids.index(EOS_ID)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def references(self, split: str) -> list[str]:
+        """The raw target lines of ``split`` (surrounding whitespace stripped), for BLEU."""
+        with open(self.split_file(split, self.tgt_lang), encoding="utf-8") as stream:
+            return [line.strip() for line in stream]
+
+    def line_tokens(self, split: str) -> tuple[LineTokens, LineTokens]:
+        """Source and target token ids of ``split``, checked to be aligned and free of empty lines."""
+        paths = [self.split_file(split, lang) for lang in (self.src_lang, self.tgt_lang)]
+        sides = [cached_line_tokens(path, self.tokenizer, cache_dir=self.cache_path) for path in paths]
+        if len(sides[0]) != len(sides[1]):
+            raise ValueError(
+                f"misaligned parallel corpus: {paths[0]} has {len(sides[0])} lines, "
+                f"{paths[1]} has {len(sides[1])} lines"
+            )
+        for path, side in zip(paths, sides, strict=True):
+            _require_no_empty_line(path, side)
+        return sides[0], sides[1]
+
+    def prepare_data(self) -> None:
+        """Build the tokenizer and the token caches of every split (once per node)."""
+        for split in SPLITS:
+            self.line_tokens(split)
+
+    def batches(self, split: str) -> PairBatches:
+        """``split``'s pairs packed into batches; ``long_pairs[split]`` counts those longer than
+        ``max_positions``, dropped from ``train``, truncated elsewhere."""
+        source, target = self.line_tokens(split)
+        too_long = (source.lengths > self.max_positions) | (target.lengths + 1 > self.max_positions)
+        self.long_pairs[split] = int(np.count_nonzero(too_long))
+        training = split == "train"
+        kept = np.flatnonzero(~too_long) if training else np.arange(len(too_long))
+        if self.long_pairs[split]:
+            rank_zero_info(
+                f"{split}: {'dropped' if training else 'truncated'} {self.long_pairs[split]} of "
+                f"{len(too_long)} pairs longer than max_positions={self.max_positions}"
+            )
+        src_widths = np.minimum(source.lengths[kept], self.max_positions)
+        tgt_widths = np.minimum(target.lengths[kept] + 1, self.max_positions)
+        budget = self.max_tokens if training else self.eval_max_tokens
+        packed = pack_batches(src_widths, tgt_widths, max_tokens=budget)
+        return PairBatches(
+            source, target, [kept[batch] for batch in packed], max_positions=self.max_positions
+        )
+
+    def predict_batches(self) -> PairBatches:
+        """The sources of ``predict_file`` (or of the test split) packed into batches without targets,
+        sorted by length (the output is budgeted as wide as the source)."""
+        path = Path(self.predict_file) if self.predict_file else self.split_file("test", self.src_lang)
+        source = cached_line_tokens(path, self.tokenizer, cache_dir=self.cache_path)
+        _require_no_empty_line(path, source)
+        lengths = np.minimum(source.lengths, self.max_positions)
+        truncated = int(np.count_nonzero(source.lengths > self.max_positions))
+        if truncated:
+            rank_zero_info(f"{path}: truncated {truncated} sources to max_positions={self.max_positions}")
+        packed = pack_batches(lengths, lengths, max_tokens=self.eval_max_tokens)
+        return PairBatches(source, None, packed, max_positions=self.max_positions)
+
+    def setup(self, stage: str) -> None:
+        """Pack the splits the stage needs."""
+        if stage == "predict":
+            self.datasets["predict"] = self.predict_batches()
+        splits = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",)}.get(stage, ())
+        for split in splits:
+            self.datasets[split] = self.batches(split)
+
+    def _loader(self, split: str) -> BatchLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"the {split} split is not set up: call setup() with a stage that uses it")
+        rank, world_size = rank_and_world_size(self.trainer)
+        return BatchLoader(
+            self.datasets[split],
+            shuffle=split == "train",
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> BatchLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> BatchLoader:
+        return self._loader("valid")
+
+    def test_dataloader(self) -> BatchLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """A plain DataLoader: for prediction Lightning rebuilds the loader and deals batches to ranks
+        without repetition itself."""
+        if "predict" not in self.datasets:
+            raise RuntimeError("the predict data is not set up: call setup('predict') first")
+        return DataLoader(self.datasets["predict"], batch_size=None, num_workers=self.num_workers)
