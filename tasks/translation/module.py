@@ -1,0 +1,371 @@
+"""The translation LightningModule: an ``EncoderDecoder`` trained with label-smoothed cross-entropy,
+evaluated with BLEU after greedy or beam-search decoding, and used to translate text (``predict``).
+
+Training (fairseq's Transformer recipe): loss ``(1 − ε − ε/(V−1)) · nll + ε/(V−1) · Σ_v −log p_v``
+per target token (label smoothing ε spread over the other ``V − 1`` classes), averaged over the
+non-pad tokens of the batch; Adam with β = (0.9, 0.98), eps 1e-9; learning rate warmed up linearly
+from ``warmup_init_lr`` to ``lr`` over ``warmup_steps`` optimiser steps, then ``lr · sqrt(warmup_steps
+/ step)`` (inverse square root). Gradient clipping is the Trainer's ``gradient_clip_val``.
+
+Evaluation: validation and test losses (label-smoothed, nll, perplexity) on teacher-forced targets; then
+the sources are decoded (``val_beam_size`` during ``fit``, every ``bleu_every_n_validations``-th run;
+``beam_size`` for ``validate``/``test``) and scored against the references of the split with both BLEU
+variants of ``tasks.translation.metrics``, exactly under DDP (per-sentence statistics, keyed by sentence
+id, sum-reduced across ranks). The sacreBLEU signature is printed and written to TensorBoard as text.
+
+Predict: the batches of the data module's predict dataloader (source lines) are translated with
+``beam_size``; translations are written in input order to ``predict_output`` (a path) or stdout.
+
+What the module needs from its data module (``TranslationDataModule``): ``bos_id``, ``eos_id``,
+``decode(ids) -> str`` (detokenised, stops at EOS) and ``references(split) -> list[str]`` indexed by
+the ``ids`` of the batches; batches ``{"src", "src_padding_mask", "tgt_in", "tgt_out",
+"tgt_padding_mask", "ids"}`` (prediction batches need only ``src``, ``src_padding_mask``, ``ids``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from fwp.attention import AttentionSpec
+from fwp.model import EncoderDecoder
+from fwp.model.beam_search import beam_search, greedy_decode
+from fwp.model.block import Norm
+from fwp.model.positions import Positional
+from tasks.translation.metrics import BleuVariant, CorpusBleuStatistics, bleu_variants
+
+Batch = dict[str, Tensor]
+
+
+class TranslationData(Protocol):
+    """The part of the data module the translation model uses."""
+
+    bos_id: int
+    eos_id: int
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def references(self, split: str) -> list[str]: ...
+
+
+def label_smoothed_nll_loss(
+    logits: Tensor, target: Tensor, *, epsilon: float, ignore_index: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """fairseq's label-smoothed cross-entropy, summed over non-ignored tokens.
+
+    logits ``[..., V]``, target ``[...]`` → ``(loss_sum, nll_sum, n_tokens)`` where per token
+    ``loss = (1 − ε − ε/(V−1)) · nll + ε/(V−1) · Σ_v −log p_v`` (probability ``1 − ε`` on the target,
+    ``ε/(V−1)`` on every other class); log-probabilities in at least float32.
+    """
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1), got epsilon={epsilon}")
+    log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    keep = target != ignore_index
+    log_probs, target = log_probs[keep], target[keep]
+    nll = -log_probs.gather(-1, target[:, None]).squeeze(-1)
+    smooth = -log_probs.sum(dim=-1)
+    other = epsilon / (log_probs.shape[-1] - 1)
+    loss = (1.0 - epsilon - other) * nll + other * smooth
+    return loss.sum(), nll.sum(), keep.sum()
+
+
+def inverse_sqrt_factor(step: int, *, warmup_steps: int, warmup_init_factor: float) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): linear from ``warmup_init_factor``
+    to 1 over ``warmup_steps`` steps, then ``sqrt(warmup_steps / step)``."""
+    if step < warmup_steps:
+        return warmup_init_factor + (1.0 - warmup_init_factor) * step / warmup_steps
+    return math.sqrt(warmup_steps / max(step, 1))
+
+
+class TranslationModel(L.LightningModule):
+    """Encoder-decoder translation model.
+
+    Args:
+        vocab_size, pad_id: from the data module (linked by the CLI; do not set in YAML).
+        d_model, n_encoder_layers, n_decoder_layers, n_heads, d_head, d_ff, dropout, positional, norm,
+            share_embeddings: ``fwp.model.EncoderDecoder`` sizes and options.
+        position_limit: positions of the learned table with ``positional="learned"`` (the backbone's
+            ``max_positions``; named apart from the data module's ``max_positions``, the longest kept
+            pair); decoding then stops before it.
+        encoder_attention, decoder_attention, cross_attention: registry specs (name or ``{name:
+            ..., options}``) of the encoder self-attention (bidirectional: softmax or a sum-rule core),
+            the decoder causal self-attention (any core) and the encoder-decoder attention.
+        label_smoothing: ε of the loss.
+        lr, betas, adam_eps, weight_decay, warmup_steps, warmup_init_lr: Adam + inverse-sqrt schedule.
+        beam_size, length_penalty, max_len_a, max_len_b: decoding for test, standalone validate and
+            predict (``length_penalty``: fairseq's ``score / len^lenpen``; at most ``a · src_len + b``
+            tokens).
+        val_beam_size: decoding during ``fit`` validation (1 = greedy).
+        bleu_every_n_validations: during ``fit``, decode and compute BLEU every n-th validation run
+            (0 = never; the losses are logged at every run).
+        predict_output: file the translations are written to (default: stdout).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        pad_id: int = 0,
+        d_model: int = 512,
+        n_encoder_layers: int = 6,
+        n_decoder_layers: int = 6,
+        n_heads: int = 8,
+        d_head: int | None = None,
+        d_ff: int = 2048,
+        encoder_attention: AttentionSpec = "softmax",
+        decoder_attention: AttentionSpec = "softmax",
+        cross_attention: AttentionSpec = "softmax",
+        dropout: float = 0.1,
+        positional: Positional = "sinusoidal",
+        norm: Norm = "post",
+        share_embeddings: bool = True,
+        position_limit: int = 1024,
+        label_smoothing: float = 0.1,
+        lr: float = 5e-4,
+        betas: tuple[float, float] = (0.9, 0.98),
+        adam_eps: float = 1e-9,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 4000,
+        warmup_init_lr: float = 1e-7,
+        beam_size: int = 4,
+        length_penalty: float = 0.6,
+        max_len_a: float = 1.2,
+        max_len_b: int = 10,
+        val_beam_size: int = 1,
+        bleu_every_n_validations: int = 1,
+        predict_output: str | None = None,
+    ) -> None:
+        super().__init__()
+        checks = {
+            "warmup_steps": (warmup_steps, 1),
+            "beam_size": (beam_size, 1),
+            "val_beam_size": (val_beam_size, 1),
+            "bleu_every_n_validations": (bleu_every_n_validations, 0),
+        }
+        for name, (value, minimum) in checks.items():
+            if value < minimum:
+                raise ValueError(f"TranslationModel: {name} must be >= {minimum}, got {name}={value}")
+        if not 0.0 < warmup_init_lr <= lr:
+            raise ValueError(
+                f"TranslationModel: need 0 < warmup_init_lr <= lr, got {warmup_init_lr} and {lr}"
+            )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"TranslationModel: label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.save_hyperparameters()
+        self.model = EncoderDecoder(
+            vocab_size,
+            d_model=d_model,
+            n_encoder_layers=n_encoder_layers,
+            n_decoder_layers=n_decoder_layers,
+            n_heads=n_heads,
+            d_head=d_head,
+            d_ff=d_ff,
+            encoder_attention=encoder_attention,
+            decoder_attention=decoder_attention,
+            cross_attention=cross_attention,
+            dropout=dropout,
+            positional=positional,
+            norm=norm,
+            share_embeddings=share_embeddings,
+            max_positions=position_limit,
+            pad_id=pad_id,
+        )
+        self.bleu_variants: tuple[BleuVariant, ...] = bleu_variants()
+        self.eval_nll = MeanMetric()
+        self.eval_loss = MeanMetric()
+        self._bleu_statistics: list[CorpusBleuStatistics] = []
+        self._references: list[str] = []
+        self._fit_validation_runs = 0
+        self._eval_beam_size: int | None = None
+        self._predictions: dict[int, str] = {}
+
+    # ----------------------------------------------------------------------------------- data access
+    @property
+    def data(self) -> TranslationData:
+        """The trainer's data module (bos/eos ids, detokenisation, references)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            raise RuntimeError("TranslationModel needs a Trainer with a TranslationDataModule to decode text")
+        return datamodule
+
+    # ----------------------------------------------------------------------------------- model
+    def forward(self, src: Tensor, src_padding_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits ``[B, T, V]``."""
+        return self.model(src, src_padding_mask, tgt_in)
+
+    def translate(self, src: Tensor, src_padding_mask: Tensor, *, beam_size: int) -> list[list[int]]:
+        """Target token ids per sentence of ``src`` ``[B, S]`` (greedy for ``beam_size`` 1), without
+        BOS/EOS, with this model's length penalty and length limits."""
+        options = {
+            "bos_id": self.data.bos_id,
+            "eos_id": self.data.eos_id,
+            "pad_id": self.hparams.pad_id,
+            "max_len_a": self.hparams.max_len_a,
+            "max_len_b": self.hparams.max_len_b,
+            "max_positions": self.hparams.position_limit if self.hparams.positional == "learned" else None,
+        }
+        if beam_size == 1:
+            return greedy_decode(self.model, src, src_padding_mask, **options)
+        return beam_search(
+            self.model,
+            src,
+            src_padding_mask,
+            beam_size=beam_size,
+            length_penalty=self.hparams.length_penalty,
+            **options,
+        )
+
+    def _losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """``(label-smoothed loss, nll)`` means over the batch's target tokens, and their number."""
+        logits = self(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
+        loss_sum, nll_sum, n_tokens = label_smoothed_nll_loss(
+            logits, batch["tgt_out"], epsilon=self.hparams.label_smoothing, ignore_index=self.hparams.pad_id
+        )
+        denominator = n_tokens.clamp(min=1)
+        return loss_sum / denominator, nll_sum / denominator, n_tokens
+
+    # ----------------------------------------------------------------------------------- training
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, nll, _ = self._losses(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/nll", nll)
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        h = self.hparams
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=h.lr, betas=tuple(h.betas), eps=h.adam_eps, weight_decay=h.weight_decay
+        )
+        schedule = partial(
+            inverse_sqrt_factor, warmup_steps=h.warmup_steps, warmup_init_factor=h.warmup_init_lr / h.lr
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------- evaluation
+    def _decoding_beam_size(self) -> int | None:
+        """The beam for this evaluation run, or None when it computes no BLEU."""
+        if self.trainer.sanity_checking:
+            return None
+        if self.trainer.state.fn != "fit":
+            return self.hparams.beam_size
+        n = self.hparams.bleu_every_n_validations
+        if n == 0 or self._fit_validation_runs % n:
+            return None
+        return self.hparams.val_beam_size
+
+    def _start_evaluation(self, split: str) -> None:
+        self.eval_nll.reset()
+        self.eval_loss.reset()
+        self._eval_beam_size = self._decoding_beam_size()
+        if self._eval_beam_size is None:
+            self._bleu_statistics = []
+            return
+        self._references = self.data.references(split)
+        self._bleu_statistics = [
+            CorpusBleuStatistics(len(self._references)).to(self.device) for _ in self.bleu_variants
+        ]
+
+    def _evaluation_step(self, batch: Batch) -> None:
+        loss, nll, n_tokens = self._losses(batch)
+        self.eval_loss.update(loss, weight=n_tokens)
+        self.eval_nll.update(nll, weight=n_tokens)
+        if self._eval_beam_size is None:
+            return
+        ids = batch["ids"]
+        hypotheses = [
+            self.data.decode(tokens)
+            for tokens in self.translate(
+                batch["src"], batch["src_padding_mask"], beam_size=self._eval_beam_size
+            )
+        ]
+        references = [self._references[i] for i in ids.tolist()]
+        for variant, statistics in zip(self.bleu_variants, self._bleu_statistics, strict=True):
+            statistics.update(ids, variant.statistics(hypotheses, references).to(self.device))
+
+    def _end_evaluation(self, split: str) -> None:
+        nll = self.eval_nll.compute()
+        self.log(f"{split}/loss", self.eval_loss.compute(), prog_bar=True)
+        self.log(f"{split}/nll", nll)
+        self.log(f"{split}/ppl", torch.exp(nll))
+        if self._eval_beam_size is None:
+            return
+        for variant, statistics in zip(self.bleu_variants, self._bleu_statistics, strict=True):
+            totals, n_sentences = statistics.compute()
+            score = variant.score(totals.cpu())
+            self.log(f"{split}/{variant.name}", score.score, prog_bar=variant.name == "sacrebleu")
+            self.print(f"{split} {variant.label}: {score} | {int(n_sentences)} sentences")
+            self._log_text(f"{split}/{variant.name}_signature", variant.signature())
+
+    def _log_text(self, tag: str, text: str) -> None:
+        """``text`` printed and, with a TensorBoard logger, written as a text summary (rank 0)."""
+        self.print(f"{tag}: {text}")
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if self.trainer.is_global_zero and hasattr(experiment, "add_text"):
+            experiment.add_text(tag, text, global_step=self.global_step)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._fit_validation_runs += 1
+        self._start_evaluation("valid")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_evaluation("valid")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation("test")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_evaluation("test")
+
+    # ----------------------------------------------------------------------------------- predict
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = {}
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[str]:
+        translations = [
+            self.data.decode(tokens)
+            for tokens in self.translate(
+                batch["src"], batch["src_padding_mask"], beam_size=self.hparams.beam_size
+            )
+        ]
+        self._predictions.update(zip(batch["ids"].tolist(), translations, strict=True))
+        return translations
+
+    def on_predict_epoch_end(self) -> None:
+        predictions = self._predictions
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[dict[int, str] | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, predictions)
+            predictions = {i: text for part in gathered if part for i, text in part.items()}
+        if self.trainer.is_global_zero:
+            write_in_order(predictions, self.hparams.predict_output)
+
+
+def write_in_order(translations: dict[int, str], path: str | None) -> None:
+    """One line per translation, ordered by input index, to ``path`` (created with its parent
+    directories) or to stdout."""
+    text = "".join(f"{translations[i]}\n" for i in sorted(translations))
+    if path is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    output = Path(path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")

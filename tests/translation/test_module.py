@@ -1,0 +1,158 @@
+"""The translation LightningModule: loss, schedule, BLEU during training, learning, predict."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fwp.cli import main
+from tasks.translation.data import TranslationDataModule
+from tasks.translation.module import TranslationModel, inverse_sqrt_factor, label_smoothed_nll_loss
+from tasks.translation.synthetic import write_synthetic_parallel_corpus
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "mt"
+# the embedded default, shortened: learning must lift BLEU above what an untrained model reaches
+LEARNING_STEPS = 240
+BLEU_THRESHOLD = 20.0
+TINY = {"d_model": 16, "n_encoder_layers": 1, "n_decoder_layers": 1, "n_heads": 2, "d_ff": 16}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_parallel_corpus(
+        tmp_path_factory.mktemp("corpus"), n_train=4000, n_valid=60, n_test=12
+    )
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    options = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kwargs,
+    }
+    return L.Trainer(**options)
+
+
+def test_label_smoothed_loss_is_cross_entropy_against_the_smoothed_distribution() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, dtype=torch.float64)
+    target = torch.randint(1, 7, (2, 5))
+    target[1, 3:] = 0  # padding
+    epsilon = 0.1
+    loss, nll, n_tokens = label_smoothed_nll_loss(logits, target, epsilon=epsilon, ignore_index=0)
+    keep = target != 0
+    smoothed = torch.full((int(keep.sum()), 7), epsilon / 6, dtype=torch.float64)
+    smoothed.scatter_(1, target[keep][:, None], 1.0 - epsilon)
+    expected = -(smoothed * torch.log_softmax(logits[keep], dim=-1)).sum()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, F.cross_entropy(logits[keep], target[keep], reduction="sum"))
+    assert int(n_tokens) == 8
+    with pytest.raises(ValueError, match="label smoothing"):
+        label_smoothed_nll_loss(logits, target, epsilon=1.0, ignore_index=0)
+
+
+def test_inverse_sqrt_schedule_and_adam_settings() -> None:
+    assert inverse_sqrt_factor(0, warmup_steps=100, warmup_init_factor=0.01) == 0.01
+    assert inverse_sqrt_factor(50, warmup_steps=100, warmup_init_factor=0.0) == 0.5
+    assert inverse_sqrt_factor(100, warmup_steps=100, warmup_init_factor=0.01) == 1.0
+    assert inverse_sqrt_factor(400, warmup_steps=100, warmup_init_factor=0.01) == 0.5
+    model = TranslationModel(vocab_size=12, **TINY, lr=1e-3, warmup_steps=4, warmup_init_lr=1e-7)
+    configured = model.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert configured["lr_scheduler"]["interval"] == "step"
+    group = optimizer.param_groups[0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.98), 1e-9, 0.0)
+    rates = []
+    for _ in range(16):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-7)
+    assert rates[4] == pytest.approx(1e-3) and rates[16 - 1] == pytest.approx(1e-3 * math.sqrt(4 / 15))
+
+
+def test_bad_arguments_are_rejected() -> None:
+    with pytest.raises(ValueError, match="beam_size"):
+        TranslationModel(vocab_size=12, beam_size=0)
+    with pytest.raises(ValueError, match="warmup_init_lr"):
+        TranslationModel(vocab_size=12, lr=1e-4, warmup_init_lr=1e-3)
+    with pytest.raises(ValueError, match="unknown attention"):
+        TranslationModel(vocab_size=12, decoder_attention="nope")
+
+
+def test_the_embedded_default_learns_the_synthetic_corpus(corpus: Path, tmp_path: Path) -> None:
+    """``conf/mt/synthetic_delta.yaml`` with fewer steps: BLEU (greedy, 60 validation sentences) must
+    rise from below the threshold (untrained) to above it; BLEU is computed every second validation."""
+    overrides = [
+        f"--data.init_args.data_dir={corpus}",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+        "--model.init_args.beam_size=1",
+        "--model.init_args.warmup_steps=50",
+        "--model.init_args.bleu_every_n_validations=2",
+        f"--trainer.max_steps={LEARNING_STEPS}",
+        f"--trainer.val_check_interval={LEARNING_STEPS // 2}",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.callbacks=null",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+    cli = main(["--config", str(CONF / "synthetic_delta.yaml"), *overrides], run=False)
+    untrained = quiet_trainer().validate(cli.model, cli.datamodule, verbose=False)[0]["valid/sacrebleu"]
+
+    bleu_after_validation = []
+
+    class RecordBleu(L.Callback):
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            bleu_after_validation.append(trainer.callback_metrics.get("valid/sacrebleu"))
+
+    cli.trainer.callbacks.append(RecordBleu())
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert len(bleu_after_validation) == 2 and bleu_after_validation[0] is None  # BLEU every 2nd run
+    trained = float(bleu_after_validation[1])
+    assert untrained < BLEU_THRESHOLD < trained, (untrained, trained)
+
+
+def test_predict_writes_translations_in_input_order(corpus: Path, tmp_path: Path) -> None:
+    lines = (corpus / "test.src").read_text().splitlines()
+    source_file = tmp_path / "input.txt"
+    source_file.write_text("\n".join(lines) + "\n")
+    data = TranslationDataModule(
+        data_dir=str(corpus),
+        cache_dir=str(tmp_path / "cache"),
+        bpe_vocab_size=300,
+        max_positions=64,
+        max_tokens=160,
+        predict_file=str(source_file),
+    )
+    torch.manual_seed(0)
+    output = tmp_path / "out" / "translations.txt"
+    model = TranslationModel(
+        data.vocab_size,
+        data.pad_id,
+        **TINY,
+        encoder_attention="linear",
+        decoder_attention="delta",
+        dropout=0.0,
+        beam_size=2,
+        max_len_a=0.5,
+        max_len_b=2,
+        predict_output=str(output),
+    )
+    returned = quiet_trainer().predict(model, data)
+    assert len(returned) > 1  # several batches, sorted by length: not in input order
+    translations = output.read_text().splitlines()
+    assert len(translations) == len(lines)
+    encoded = [data.tokenizer.encode(line.strip()).ids for line in lines]
+    for line_tokens, translation in zip(encoded, translations, strict=True):
+        src = torch.tensor([line_tokens])
+        alone = model.translate(src, torch.zeros_like(src, dtype=torch.bool), beam_size=2)[0]
+        assert data.decode(alone) == translation
