@@ -1,11 +1,14 @@
-"""Callbacks every fwp run gets: a guard against non-finite losses and a report of where logs go."""
+"""Callbacks every fwp run gets: a guard against non-finite losses, a report of where logs go, the
+learning rate in the logs."""
 
 from __future__ import annotations
 
-import math
+from typing import Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 
 
 def last_good_checkpoint(trainer: L.Trainer) -> str:
@@ -16,21 +19,81 @@ def last_good_checkpoint(trainer: L.Trainer) -> str:
     return written[0] if written else "none written yet"
 
 
-class NonFiniteLossGuard(L.Callback):
-    """Stops training with an error naming the step and the last good checkpoint when the training
-    loss is NaN or infinite (instead of silently training a broken model)."""
+NON_FINITE_POLICIES = ("stop", "skip")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None:
+
+class NonFiniteLossGuard(L.Callback):
+    """What happens when a training loss is NaN or infinite (checked before its backward pass).
+
+    - ``policy="stop"``: raise ``FloatingPointError`` naming the global step, the batch and the last
+      good checkpoint; the weights are never updated with the bad loss.
+    - ``policy="skip"``: the batch is dropped: its gradients (the whole accumulation window's under
+      gradient accumulation) are discarded before the optimizer step, so no parameter and no optimizer
+      state (Adam moments, step count) changes; the step counter and LR schedulers still advance. The
+      number of skipped batches is logged as ``train/skipped_batches`` and saved in checkpoints.
+      After ``max_consecutive_skips`` skipped batches in a row training stops as with ``"stop"``.
+
+    Under a distributed strategy the ranks decide together: a non-finite loss on any rank stops or
+    skips on all of them (its gradients reach every rank through the all-reduce).
+
+    Args:
+        policy: ``"stop"`` or ``"skip"``.
+        max_consecutive_skips: consecutive skipped batches tolerated by ``"skip"`` (>= 1).
+    """
+
+    def __init__(self, policy: Literal["stop", "skip"] = "stop", max_consecutive_skips: int = 10) -> None:
+        if policy not in NON_FINITE_POLICIES:
+            raise ValueError(
+                f"NonFiniteLossGuard: policy must be one of {NON_FINITE_POLICIES}, got policy={policy!r}"
+            )
+        if max_consecutive_skips < 1:
+            raise ValueError(
+                "NonFiniteLossGuard: max_consecutive_skips must be >= 1, "
+                f"got max_consecutive_skips={max_consecutive_skips}"
+            )
+        self.policy = policy
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped_batches = 0
+        self.consecutive_skips = 0
+        self._discard_gradients = False
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            return
+        if self.policy == "skip" and self.consecutive_skips + 1 < self.max_consecutive_skips:
+            self._discard_gradients = True
             return
         value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"non-finite training loss ({value}) at global step {trainer.global_step} "
-                f"(batch {batch_idx} of epoch {trainer.current_epoch}); "
-                f"last good checkpoint: {last_good_checkpoint(trainer)}"
-            )
+        where = f"{value}" if trainer.world_size == 1 else f"{value} on rank {trainer.global_rank}"
+        repeated = f" ({self.consecutive_skips + 1} batches in a row)" if self.policy == "skip" else ""
+        raise FloatingPointError(
+            f"non-finite training loss ({where}){repeated} at global step {trainer.global_step} (batch "
+            f"{trainer.fit_loop.epoch_loop.batch_idx} of epoch {trainer.current_epoch}); "
+            f"last good checkpoint: {last_good_checkpoint(trainer)}"
+        )
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._discard_gradients:
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    parameter.grad = None
+            self._discard_gradients = False
+            self.skipped_batches += 1
+            self.consecutive_skips += 1
+        else:
+            self.consecutive_skips = 0
+        if self.policy == "skip":
+            pl_module.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped_batches": self.skipped_batches, "consecutive_skips": self.consecutive_skips}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.skipped_batches = state_dict["skipped_batches"]
+        self.consecutive_skips = state_dict["consecutive_skips"]
 
 
 class RunDirectoryReport(L.Callback):

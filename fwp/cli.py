@@ -2,17 +2,35 @@
 
 Sizes that come from the data are linked into the model at instantiation; a link applies only when
 both the chosen data module and the chosen model have the named attribute/argument.
+
+Every run also gets, whatever its YAML says:
+- checkpoints written atomically (``AtomicCheckpointIO``, unless the YAML gives a CheckpointIO plugin)
+  and random number generator states saved in them (``RandomStateCheckpoint``), for exact resume;
+- ``non_finite_loss: {policy: stop|skip, max_consecutive_skips: N}`` (``NonFiniteLossGuard``);
+- ``preemption: {signals: [SIGTERM, SIGUSR1], filename: preempted.ckpt}`` (``PreemptionCheckpoint``):
+  a termination signal ends training cleanly with a checkpoint (or SLURM requeue);
+- TensorBoard as the logger unless the YAML chooses another, the learning rate in the logs.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from fwp.callbacks import LearningRateLogger, NonFiniteLossGuard, RunDirectoryReport
+from fwp.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointLoadError,
+    RandomStateCheckpoint,
+    verify_checkpoint_file,
+)
+from fwp.preemption import PreemptionCheckpoint
 
 DATA_TO_MODEL_LINKS = (
     ("num_keys", "num_keys"),
@@ -21,6 +39,7 @@ DATA_TO_MODEL_LINKS = (
 )
 
 USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
+RUN_ERRORS = (CheckpointLoadError, FloatingPointError)
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -30,8 +49,16 @@ def trainer_defaults() -> dict[str, Any]:
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": "runs", "name": "fwp"},
         },
-        "callbacks": [NonFiniteLossGuard(), RunDirectoryReport(), LearningRateLogger()],
+        "callbacks": [RunDirectoryReport(), LearningRateLogger(), RandomStateCheckpoint()],
     }
+
+
+def exit_with_user_error(error: BaseException) -> None:
+    """End with the error's message on stderr and status 2 (``FWP_DEBUG=1``: re-raise, full trace)."""
+    if os.environ.get("FWP_DEBUG") == "1":
+        raise error
+    print(f"fwp: error: {type(error).__name__}: {error}", file=sys.stderr)
+    raise SystemExit(2) from error
 
 
 class FwpCLI(LightningCLI):
@@ -40,6 +67,17 @@ class FwpCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_TO_MODEL_LINKS:
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+        parser.add_lightning_class_args(NonFiniteLossGuard, "non_finite_loss")
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse as usual; a ``--ckpt_path`` file must be a complete, uncorrupted checkpoint (checked
+        before LightningCLI reads hyperparameters from it)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            verify_checkpoint_file(ckpt_path)
 
     def instantiate_classes(self) -> None:
         """Instantiate as usual; a configuration mistake that surfaces only when a class is built
@@ -48,23 +86,33 @@ class FwpCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except USER_ERRORS as error:
-            if os.environ.get("FWP_DEBUG") == "1":
-                raise
-            print(f"fwp: error: {type(error).__name__}: {error}", file=sys.stderr)
-            raise SystemExit(2) from error
+            exit_with_user_error(error)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with ``AtomicCheckpointIO`` added to its plugins unless one is a CheckpointIO."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
 
 
 def main(args: ArgsType = None, run: bool = True) -> FwpCLI:
-    """Entry point of ``python cli.py {fit,validate,test,predict} --config conf/....yaml``."""
+    """Entry point of ``python cli.py {fit,validate,test,predict} --config conf/....yaml``.
+
+    An unreadable ``--ckpt_path`` or a non-finite loss ends the run with its message (status 2)."""
     import lightning as L
 
-    return FwpCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    try:
+        return FwpCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=trainer_defaults(),
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+    except RUN_ERRORS as error:
+        exit_with_user_error(error)

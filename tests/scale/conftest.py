@@ -1,0 +1,22 @@
+"""The scale tests train tiny models in-process: one thread is fastest, leaves the other core to the
+DDP subprocesses and to whatever else shares the machine, and keeps runs that are compared bit for bit
+on the same reduction order. Each test runs in its own temporary directory (runs without a logger write
+checkpoints and config.yaml into the working directory)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _in_a_temporary_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)

@@ -1,0 +1,112 @@
+"""Small retrieval runs through the project CLI, shared by the scale tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from fwp.cli import FwpCLI, main
+
+REPO = Path(__file__).resolve().parents[2]
+RETRIEVAL = REPO / "conf" / "retrieval"
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def retrieval_args(
+    config: str = "setting1_delta", *extra: str, num_keys: int = 5, batch_size: int = 4
+) -> list[str]:
+    """CLI arguments of a tiny retrieval run (S keys, small batches, quiet)."""
+    return [
+        "--config",
+        str(RETRIEVAL / f"{config}.yaml"),
+        "--data.init_args.num_keys",
+        str(num_keys),
+        "--data.init_args.batch_size",
+        str(batch_size),
+        "--seed_everything",
+        "7",
+        *QUIET,
+        *extra,
+    ]
+
+
+def build(args: list[str], *callbacks: L.Callback) -> FwpCLI:
+    """The CLI's model, data and trainer for ``args`` (no subcommand run), with extra callbacks."""
+    cli = main(args, run=False)
+    cli.trainer.callbacks.extend(callbacks)
+    return cli
+
+
+def fit(cli: FwpCLI, ckpt_path: str | Path | None = None) -> L.Trainer:
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    return cli.trainer
+
+
+class LossRecorder(L.Callback):
+    """The training loss of every global step: ``losses[step]`` (step counted after the update)."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses[trainer.global_step] = float(outputs["loss"])
+
+
+def checkpoints_every(dirpath: Path, steps: int | None = None, prefix: str = "") -> L.Callback:
+    """Keeps every checkpoint: one every ``steps`` training steps (taken at the end of the training
+    batch) or, with ``steps=None``, one at the end of every validation."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if steps is None:
+        return ModelCheckpoint(dirpath, prefix + "{step}", save_top_k=-1, save_on_train_epoch_end=False)
+    return ModelCheckpoint(dirpath, prefix + "{step}", save_top_k=-1, every_n_train_steps=steps)
+
+
+def parameters(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, weights_only=True)["state_dict"]
+
+
+def cli_command(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of ``python cli.py <args>`` in a fresh process, one thread per process."""
+    return [sys.executable, str(REPO / "cli.py"), *args], {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli_process(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python cli.py <args>`` run to its end, output captured."""
+    command, environment = cli_command(args)
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+class PoisonLoss(L.Callback):
+    """Makes the retrieval model's output (hence its loss) NaN at the given global steps."""
+
+    def __init__(self, steps: set[int] | range) -> None:
+        self.steps = steps
+        self.active = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        def poison(module, inputs, output):
+            return output * float("nan") if self.active else output
+
+        pl_module.query_projection.register_forward_hook(poison)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.active = trainer.global_step in self.steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.active = False
+
+
+class ParameterRecorder(L.Callback):
+    """A copy of every parameter after each optimizer step: ``after[step]``."""
+
+    def __init__(self) -> None:
+        self.after: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.after[trainer.global_step] = {n: p.detach().clone() for n, p in pl_module.named_parameters()}

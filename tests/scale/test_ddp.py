@@ -1,0 +1,98 @@
+"""DDP on CPU (2 processes, gloo) trains exactly like one process that sees the union of both ranks'
+batches: the retrieval data module deals shards of every global batch to the ranks, and one process
+with ``shards_per_rank: 2`` and twice the batch size takes both shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scale_runs import build, fit, parameters, retrieval_args, run_cli_process
+
+from tasks.retrieval.data import RetrievalDataModule, TrainingBatches
+
+STEPS = 4
+TRAINER = """
+accelerator: cpu
+devices: {devices}
+strategy: {strategy}
+max_steps: {steps}
+val_check_interval: 2
+check_val_every_n_epoch: null
+num_sanity_val_steps: 0
+enable_progress_bar: false
+enable_model_summary: false
+logger:
+  class_path: lightning.pytorch.loggers.TensorBoardLogger
+  init_args: {{save_dir: {directory}/runs, name: ddp}}
+callbacks:
+  - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+    init_args: {{dirpath: {directory}/ckpt, filename: final, every_n_train_steps: {steps}}}
+  - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+    init_args: {{dirpath: {directory}/ckpt, filename: best, monitor: eval/loss}}
+"""
+
+
+def trainer_file(directory, devices: int, strategy: str):
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "trainer.yaml"
+    path.write_text(TRAINER.format(devices=devices, strategy=strategy, steps=STEPS, directory=directory))
+    return str(path)
+
+
+def best_eval_loss(checkpoint) -> float:
+    states = torch.load(checkpoint, weights_only=True)["callbacks"]
+    (score,) = [s["best_model_score"] for key, s in states.items() if "eval/loss" in key]
+    return float(score)
+
+
+def final_checkpoint(directory):
+    return directory / "ckpt" / "final.ckpt"
+
+
+def one_process_run(directory, batch_size: int, shards: int):
+    args = [*retrieval_args("setting1_delta", batch_size=batch_size), "--data.init_args.shards_per_rank"]
+    fit(build([*args, str(shards), "--trainer", trainer_file(directory, 1, "auto")]))
+    return final_checkpoint(directory)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ddp")
+    args = [
+        "fit",
+        *retrieval_args("setting1_delta", batch_size=4),
+        "--trainer",
+        trainer_file(directory, 2, "ddp"),
+    ]
+    result = run_cli_process(args, cwd=directory, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return final_checkpoint(directory)
+
+
+def test_ddp_equals_one_process_on_the_union_of_the_ranks_batches(ddp_run, tmp_path):
+    single = one_process_run(tmp_path, batch_size=8, shards=2)
+    distributed, reference = parameters(ddp_run), parameters(single)
+    initial = build(retrieval_args("setting1_delta", "--trainer.logger", "false")).model.state_dict()
+    for name, value in reference.items():
+        assert not torch.equal(value, initial[name]), f"{name} did not train"
+        torch.testing.assert_close(distributed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert best_eval_loss(ddp_run) == pytest.approx(best_eval_loss(single), rel=1e-5)
+
+
+def test_one_process_on_one_shard_differs(ddp_run, tmp_path):
+    """The comparison above can fail: rank 0's shard alone is another run."""
+    distributed, shard0 = parameters(ddp_run), parameters(one_process_run(tmp_path, batch_size=4, shards=1))
+    assert any(not torch.allclose(distributed[name], shard0[name], atol=1e-4) for name in shard0)
+
+
+def test_a_rank_with_several_shards_holds_the_ranks_batches_one_after_the_other():
+    rank0, rank1 = (TrainingBatches(5, 2, 3, 10, seed=1, rank=rank) for rank in (0, 1))
+    both = TrainingBatches(5, 2, 3, 10, seed=1, rank=0, shards=2)
+    for field in ("keys", "values", "queries", "targets"):
+        expected = torch.cat([getattr(rank0[7], field), getattr(rank1[7], field)])
+        assert torch.equal(getattr(both[7], field), expected), field
+
+
+def test_batch_size_must_split_into_shards():
+    with pytest.raises(ValueError, match=r"batch_size=6, shards_per_rank=4"):
+        RetrievalDataModule(batch_size=6, shards_per_rank=4)

@@ -1,0 +1,90 @@
+"""Resuming from a mid-epoch checkpoint continues exactly as the uninterrupted run: same losses, same
+parameters, bit for bit (CPU, fixed seed). Checkpoints are taken at the end of training batches (with
+and without an evaluation following) and at the end of evaluations.
+
+The random parts are exercised: the retrieval model with FAVOR+ redraws its random features from the
+global generator at every call (training and evaluation), the language model uses dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scale_runs import QUIET, REPO, LossRecorder, build, checkpoints_every, fit, retrieval_args
+
+from tasks.language_modeling.synthetic import write_synthetic_corpus
+
+STEPS = 6
+CHECKPOINTS = ["train-step=3.ckpt", "train-step=4.ckpt", "eval-step=4.ckpt"]
+
+
+def run_options(directory) -> list[str]:
+    """Six steps with an evaluation every second one."""
+    return [
+        "--trainer.max_steps",
+        str(STEPS),
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.logger.init_args.save_dir",
+        str(directory / "runs"),
+    ]
+
+
+def retrieval(directory) -> list[str]:
+    return retrieval_args("setting1_favor64", *run_options(directory))
+
+
+def language_model(directory) -> list[str]:
+    corpus = directory.parent / "corpus"
+    if not corpus.exists():
+        write_synthetic_corpus(corpus, train_lines=200, valid_lines=20, test_lines=1)
+    return [
+        "--config",
+        str(REPO / "conf" / "lm" / "synthetic_softmax.yaml"),
+        "--data.init_args.data_dir",
+        str(corpus),
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.segment_length",
+        "16",
+        "--trainer.limit_val_batches",
+        "2",
+        "--model.init_args.dropout",
+        "0.1",
+        *QUIET,
+        *run_options(directory),
+    ]
+
+
+TASKS = {"retrieval_favor": retrieval, "lm_dropout": language_model}
+
+
+@pytest.fixture(scope="module", params=list(TASKS))
+def uninterrupted(request, tmp_path_factory):
+    """The uninterrupted run: its arguments, losses, final parameters; every checkpoint kept."""
+    arguments = TASKS[request.param]
+    directory = tmp_path_factory.mktemp(request.param) / "uninterrupted"
+    recorder = LossRecorder()
+    cli = build(
+        arguments(directory),
+        recorder,
+        checkpoints_every(directory / "ckpt", steps=1, prefix="train-"),
+        checkpoints_every(directory / "ckpt", prefix="eval-"),
+    )
+    fit(cli)
+    final = {name: value.clone() for name, value in cli.model.state_dict().items()}
+    return arguments, directory, recorder.losses, final
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+def test_resume_continues_exactly(uninterrupted, checkpoint):
+    arguments, directory, losses, final = uninterrupted
+    recorder = LossRecorder()
+    cli = build(arguments(directory.parent / f"resumed-{checkpoint}"), recorder)
+    trainer = fit(cli, ckpt_path=directory / "ckpt" / checkpoint)
+    resumed_from = int(checkpoint.split("=")[1].split(".")[0])
+    assert trainer.global_step == STEPS
+    assert sorted(recorder.losses) == list(range(resumed_from + 1, STEPS + 1))
+    for step, loss in recorder.losses.items():
+        assert loss == losses[step], f"step {step}: resumed loss {loss} != uninterrupted {losses[step]}"
+    for name, value in cli.model.state_dict().items():
+        assert torch.equal(value, final[name]), name
