@@ -236,7 +236,8 @@ class LanguageModelingDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Open the splits the stage needs, this rank's columns only."""
-        splits = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",)}.get(stage, ())
+        splits = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",), "predict": ("test",)}
+        splits = splits.get(stage, ())
         rank, world_size = rank_and_world_size(self.trainer)
         for split in splits:
             self.datasets[split] = self.segments(split, rank=rank, world_size=world_size)
@@ -253,4 +254,8 @@ class LanguageModelingDataModule(L.LightningDataModule):
         return self._loader("valid")
 
     def test_dataloader(self) -> BatchLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> BatchLoader:
+        """The test split's segments: each row's first tokens are the prompts of ``predict``."""
         return self._loader("test")

@@ -22,6 +22,8 @@ A batch, with ``B`` pairs::
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -123,6 +125,16 @@ def _require_no_empty_line(path: Path, lines: LineTokens) -> None:
         raise ValueError(f"{path}: line {empty[0] + 1} is empty ({len(empty)} empty lines in all)")
 
 
+def save_standard_input(directory: Path) -> Path:
+    """Read standard input once into ``directory/stdin-<sha256>.txt`` (``predict_file: "-"``), so that
+    it can be tokenised and cached like any file."""
+    text = sys.stdin.read()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"stdin-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
+    path.write_text(text)
+    return path
+
+
 class TranslationDataModule(L.LightningDataModule):
     """Parallel-corpus translation data with a joint BPE vocabulary (module docstring).
 
@@ -148,7 +160,8 @@ class TranslationDataModule(L.LightningDataModule):
             ``data_dir``; for the synthetic corpus, the cache root ``$FWP_CACHE`` or ``~/.cache/fwp``,
             which a given ``cache_dir`` replaces.
         predict_file: Source-language text to translate with ``predict`` (one sentence per line, none
-            empty; sources longer than ``max_positions`` are truncated). ``None`` means the test source.
+            empty; sources longer than ``max_positions`` are truncated). ``None`` means the test source;
+            ``"-"`` reads standard input.
     """
 
     def __init__(
@@ -307,7 +320,10 @@ class TranslationDataModule(L.LightningDataModule):
     def predict_batches(self) -> PairBatches:
         """The sources of ``predict_file`` (or of the test split) packed into batches without targets,
         sorted by length (the output is budgeted as wide as the source)."""
-        path = Path(self.predict_file) if self.predict_file else self.split_file("test", self.src_lang)
+        if self.predict_file == "-":
+            path = save_standard_input(self.cache_path)
+        else:
+            path = Path(self.predict_file) if self.predict_file else self.split_file("test", self.src_lang)
         source = cached_line_tokens(path, self.tokenizer, cache_dir=self.cache_path)
         _require_no_empty_line(path, source)
         lengths = np.minimum(source.lengths, self.max_positions)

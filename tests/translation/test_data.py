@@ -179,3 +179,14 @@ def test_missing_split_is_named(tmp_path):
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TranslationDataModule(**kwargs)
+
+
+def test_predict_file_dash_reads_standard_input(tmp_path, monkeypatch):
+    import io
+
+    from tasks.translation.data import save_standard_input
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("the cat sleeps\na dog runs\n"))
+    path = save_standard_input(tmp_path)
+    assert path.read_text() == "the cat sleeps\na dog runs\n"
+    assert path.parent == tmp_path
