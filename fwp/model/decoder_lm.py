@@ -1,0 +1,147 @@
+"""Decoder-only language model: tokens → causal Transformer stack → next-token distribution.
+
+``forward(tokens [B, T], *, states, position_offset)`` runs the stack over the tokens, continuing
+``states`` (one per layer, as returned by the previous call) — so the same call serves a whole
+segment (parallel), the next segment of a stream (segment carry, ``position_offset`` = tokens seen
+before) and generation one token at a time (step mode). It returns the logits ``[B, T, V]``, or with an
+adaptive softmax (``adaptive_cutoffs``) the final hidden states ``[B, T, d_model]``; ``log_probs`` and
+``target_log_probs`` turn either into float32 log-probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fwp.attention import AttentionSpec
+from fwp.model.adaptive import AdaptiveInput, adaptive_embedding, check_cutoffs, softmax_clusters
+from fwp.model.block import Activation, Norm
+from fwp.model.positions import Positional
+from fwp.model.stack import InputEncoding, TransformerStack, token_embedding
+
+
+def check_tokens(name: str, tokens: Tensor) -> None:
+    """A ValueError unless ``tokens`` is an integer tensor ``[B, T]``."""
+    if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
+
+
+class DecoderLM(nn.Module):
+    """Causal Transformer language model over a vocabulary of ``vocab_size`` tokens.
+
+    ``attention`` is any registry spec (``"delta"``, ``{"name": "performer", "m": 64}``, …), the same
+    for every layer. ``tie_embeddings`` shares the input embedding with the output layer (with an
+    adaptive softmax: the cluster tables and projections). ``adaptive_cutoffs`` (e.g. the paper's
+    ``[20000, 40000, 200000]``) switch to adaptive input + ``nn.AdaptiveLogSoftmaxWithLoss`` with
+    cluster widths ``d_model / adaptive_div_value^i``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        d_model: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        d_head: int | None = None,
+        d_ff: int = 512,
+        attention: AttentionSpec = "delta",
+        dropout: float = 0.1,
+        positional: Positional = "sinusoidal",
+        norm: Norm = "post",
+        tie_embeddings: bool = False,
+        max_positions: int = 4096,
+        adaptive_cutoffs: Sequence[int] | None = None,
+        adaptive_div_value: float = 1.0,
+        activation: Activation = "relu",
+    ) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got vocab_size={vocab_size}")
+        self.vocab_size = vocab_size
+        self.tie_embeddings = tie_embeddings
+        self.adaptive_softmax: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        if adaptive_cutoffs is not None:
+            if adaptive_div_value < 1.0:
+                raise ValueError(
+                    f"adaptive_div_value must be >= 1, got adaptive_div_value={adaptive_div_value}"
+                )
+            cutoffs = check_cutoffs(adaptive_cutoffs, vocab_size)
+            self.adaptive_softmax = nn.AdaptiveLogSoftmaxWithLoss(
+                d_model, vocab_size, cutoffs, div_value=adaptive_div_value
+            )
+            self.boundaries = [0, *cutoffs, vocab_size]
+            if not tie_embeddings:
+                self.adaptive_input = AdaptiveInput(vocab_size, d_model, cutoffs, adaptive_div_value)
+        else:
+            self.embedding = token_embedding(vocab_size, d_model)
+            if not tie_embeddings:
+                self.output = nn.Linear(d_model, vocab_size, bias=False)
+        self.input_encoding = InputEncoding(
+            d_model, positional=positional, max_positions=max_positions, dropout=dropout
+        )
+        self.stack = TransformerStack(
+            n_layers,
+            d_model,
+            n_heads,
+            d_ff,
+            attention,
+            d_head=d_head,
+            dropout=dropout,
+            activation=activation,
+            norm=norm,
+            causal=True,
+        )
+        self.output_dropout = nn.Dropout(dropout)
+
+    @property
+    def adaptive(self) -> bool:
+        """True with an adaptive softmax: ``forward`` then returns hidden states, not logits."""
+        return self.adaptive_softmax is not None
+
+    @property
+    def bounded_state(self) -> bool:
+        """True when every layer is a fast-weight layer (state size independent of the length)."""
+        return self.stack.bounded_state
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Token embeddings ``[B, T]`` → ``[B, T, d_model]`` (before scaling and positions)."""
+        if self.adaptive_softmax is None:
+            return self.embedding(tokens)
+        if self.tie_embeddings:
+            return adaptive_embedding(tokens, self.boundaries, softmax_clusters(self.adaptive_softmax))
+        return self.adaptive_input(tokens)
+
+    def forward(
+        self, tokens: Tensor, *, states: list | None = None, position_offset: int = 0
+    ) -> tuple[Tensor, list]:
+        """tokens ``[B, T]`` → logits ``[B, T, V]`` (hidden ``[B, T, d_model]`` when adaptive) and one
+        state per layer; ``states`` from a previous call are continued, positions start at
+        ``position_offset``."""
+        check_tokens("tokens", tokens)
+        x = self.input_encoding(self.embed(tokens), position_offset)
+        x, states = self.stack(x, states=states)
+        x = self.output_dropout(x)
+        if self.adaptive_softmax is not None:
+            return x, states
+        if self.tie_embeddings:
+            return F.linear(x, self.embedding.weight), states
+        return self.output(x), states
+
+    def log_probs(self, output: Tensor) -> Tensor:
+        """Float32 log-distribution over the vocabulary ``[..., V]`` from ``forward``'s output."""
+        if self.adaptive_softmax is None:
+            return torch.log_softmax(output.float(), dim=-1)
+        hidden = output.reshape(-1, output.shape[-1])
+        return self.adaptive_softmax.log_prob(hidden).float().view(*output.shape[:-1], self.vocab_size)
+
+    def target_log_probs(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Float32 ``log p(target)`` ``[B, T]`` from ``forward``'s output and targets ``[B, T]``."""
+        if self.adaptive_softmax is None:
+            logits = output.float().reshape(-1, self.vocab_size)
+            return -F.cross_entropy(logits, targets.reshape(-1), reduction="none").view(targets.shape)
+        hidden = output.reshape(-1, output.shape[-1])
+        return self.adaptive_softmax(hidden, targets.reshape(-1)).output.float().view(targets.shape)

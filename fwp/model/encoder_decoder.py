@@ -1,0 +1,103 @@
+"""Encoder-decoder Transformer (Vaswani et al. 2017) for sequence-to-sequence tasks.
+
+The encoder reads the source ``[B, S]`` (right-padded; ``src_padding_mask`` True at pads) with
+non-causal self-attention; the decoder reads the shifted target ``[B, T]`` with causal self-attention
+and cross-attention over the encoder's output. Each of the three attentions has its own registry
+spec (fast-weight encoders and cross-attentions need a core that supports bidirectional use: the
+sum rule). ``share_embeddings`` shares one embedding among source, target and the output layer;
+otherwise the encoder has its own and the decoder's input embedding is tied to its output layer.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fwp.attention import AttentionSpec
+from fwp.model.block import Activation, Norm
+from fwp.model.decoder_lm import check_tokens
+from fwp.model.positions import Positional
+from fwp.model.stack import InputEncoding, TransformerStack, token_embedding
+
+
+class EncoderDecoder(nn.Module):
+    """``encode`` the source once, then ``decode`` the target in parallel (training, scoring) or one
+    token at a time with the returned states (generation, beam search with ``reorder_states``)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        d_model: int = 512,
+        n_encoder_layers: int = 6,
+        n_decoder_layers: int = 6,
+        n_heads: int = 8,
+        d_head: int | None = None,
+        d_ff: int = 2048,
+        encoder_attention: AttentionSpec = "softmax",
+        decoder_attention: AttentionSpec = "softmax",
+        cross_attention: AttentionSpec = "softmax",
+        dropout: float = 0.1,
+        positional: Positional = "sinusoidal",
+        norm: Norm = "post",
+        share_embeddings: bool = True,
+        max_positions: int = 1024,
+        pad_id: int = 0,
+        activation: Activation = "relu",
+    ) -> None:
+        super().__init__()
+        if not 0 <= pad_id < vocab_size:
+            raise ValueError(f"pad_id must be in [0, vocab_size={vocab_size}), got pad_id={pad_id}")
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.decoder_embedding = token_embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.encoder_embedding = self.decoder_embedding
+        if not share_embeddings:
+            self.encoder_embedding = token_embedding(vocab_size, d_model, padding_idx=pad_id)
+        encoding = {"positional": positional, "max_positions": max_positions, "dropout": dropout}
+        self.encoder_input = InputEncoding(d_model, **encoding)
+        self.decoder_input = InputEncoding(d_model, **encoding)
+        layers = {"d_head": d_head, "dropout": dropout, "activation": activation, "norm": norm}
+        self.encoder = TransformerStack(
+            n_encoder_layers, d_model, n_heads, d_ff, encoder_attention, causal=False, **layers
+        )
+        self.decoder = TransformerStack(
+            n_decoder_layers,
+            d_model,
+            n_heads,
+            d_ff,
+            decoder_attention,
+            causal=True,
+            cross_attention=cross_attention,
+            **layers,
+        )
+
+    def encode(self, src: Tensor, src_padding_mask: Tensor | None) -> Tensor:
+        """Source tokens ``[B, S]`` (pads marked True in ``src_padding_mask`` ``[B, S]``) → memory
+        ``[B, S, d_model]``; outputs at pad positions are meaningless and never attended to."""
+        check_tokens("src", src)
+        x = self.encoder_input(self.encoder_embedding(src))
+        memory, _ = self.encoder(x, key_padding_mask=src_padding_mask)
+        return memory
+
+    def decode(
+        self,
+        tgt_in: Tensor,
+        memory: Tensor | None,
+        memory_padding_mask: Tensor | None,
+        *,
+        states: list | None = None,
+        position_offset: int = 0,
+    ) -> tuple[Tensor, list]:
+        """Target input tokens ``[B, T]`` → logits ``[B, T, V]`` and one ``CrossBlockState`` per decoder
+        layer. Given ``states`` from a previous call, self-attention continues them and
+        cross-attention reads the cached memory keys (``memory`` may then be None)."""
+        check_tokens("tgt_in", tgt_in)
+        x = self.decoder_input(self.decoder_embedding(tgt_in), position_offset)
+        x, states = self.decoder(x, states=states, memory=memory, memory_padding_mask=memory_padding_mask)
+        return F.linear(x, self.decoder_embedding.weight), states
+
+    def forward(self, src: Tensor, src_padding_mask: Tensor | None, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits ``[B, T, V]`` of ``tgt_in`` ``[B, T]`` given the source ``[B, S]``."""
+        logits, _ = self.decode(tgt_in, self.encode(src, src_padding_mask), src_padding_mask)
+        return logits

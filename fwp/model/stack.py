@@ -1,0 +1,116 @@
+"""What every model of the backbone is made of: the input encoding and a stack of blocks.
+
+Input: ``x = Dropout(PE(√d_model · e(tokens)))`` where ``e`` is a token embedding (normal init, std
+``d_model^{-1/2}``, so that ``√d_model · e`` has unit-variance entries like the sinusoids) and ``PE``
+adds positional encodings (Vaswani et al. 2017; Transformer-XL's ``emb_scale``).
+Stack: ``n_layers`` ``TransformerBlock``s, then one LayerNorm with pre-norm (post-norm blocks already
+end normalised).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from fwp.attention import AttentionSpec
+from fwp.model.block import Activation, Norm, TransformerBlock
+from fwp.model.positions import Positional, positional_encoding
+
+
+def token_embedding(vocab_size: int, d_model: int, *, padding_idx: int | None = None) -> nn.Embedding:
+    """``nn.Embedding(vocab_size, d_model)`` with normal init of std ``d_model^{-1/2}`` (the padding row,
+    if any, zero)."""
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got vocab_size={vocab_size}")
+    embedding = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
+    nn.init.normal_(embedding.weight, std=d_model**-0.5)
+    if padding_idx is not None:
+        nn.init.zeros_(embedding.weight[padding_idx])
+    return embedding
+
+
+class InputEncoding(nn.Module):
+    """Embedded tokens ``[B, T, d_model]`` → ``Dropout(PE(√d_model · x))`` for positions from ``offset``."""
+
+    def __init__(self, d_model: int, *, positional: Positional, max_positions: int, dropout: float) -> None:
+        super().__init__()
+        self.scale = math.sqrt(d_model)
+        self.positions = positional_encoding(positional, d_model, max_positions)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, embedded: Tensor, offset: int = 0) -> Tensor:
+        return self.dropout(self.positions(embedded * self.scale, offset))
+
+
+class TransformerStack(nn.Module):
+    """``n_layers`` blocks; ``forward(x, *, states, key_padding_mask, memory, memory_padding_mask)``
+    → ``([B, T, d_model], states)`` with one state per block (see ``TransformerBlock``)."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        attention: AttentionSpec,
+        *,
+        d_head: int | None,
+        dropout: float,
+        activation: Activation,
+        norm: Norm,
+        causal: bool,
+        cross_attention: AttentionSpec | None = None,
+    ) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"the number of layers must be >= 1, got {n_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                d_model,
+                n_heads,
+                d_ff,
+                attention,
+                d_head=d_head,
+                dropout=dropout,
+                activation=activation,
+                norm=norm,
+                causal=causal,
+                cross_attention=cross_attention,
+            )
+            for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+
+    @property
+    def bounded_state(self) -> bool:
+        """True when every self-attention state has a size independent of the sequence length (fast
+        weights, not a key/value cache), so that it can be carried along an unbounded stream."""
+        return all(block.self_attention.core.is_fast_weight for block in self.blocks)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        states: list | None = None,
+        key_padding_mask: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, list]:
+        if states is None:
+            states = [None] * len(self.blocks)
+        elif len(states) != len(self.blocks):
+            raise ValueError(f"states must have one entry per layer ({len(self.blocks)}), got {len(states)}")
+        new_states = []
+        for block, state in zip(self.blocks, states, strict=True):
+            x, state = block(
+                x,
+                state=state,
+                key_padding_mask=key_padding_mask,
+                memory=memory,
+                memory_padding_mask=memory_padding_mask,
+            )
+            new_states.append(state)
+        return self.final_norm(x), new_states

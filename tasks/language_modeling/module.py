@@ -1,0 +1,284 @@
+"""The language-modelling LightningModule: a ``DecoderLM`` trained on Transformer-XL segments.
+
+Loss: mean token cross-entropy ``−(1/N) Σ log p(target)`` of a segment, computed in float32.
+Evaluation: the NLL summed over every target token of the split (float64 sums, reduced across ranks)
+→ ``ppl = exp(Σ NLL / N)``, logged as ``valid/ppl`` / ``test/ppl`` (and ``valid/loss`` / ``test/loss``,
+the mean NLL in nats) at the end of the epoch.
+
+State carry: with ``carry_state`` the layers' states (fast weights) after one segment start the next
+segment of the same columns, cut from the graph (gradients stay within a segment), and positions
+continue (``position_offset``); a batch with ``segment_index == 0``, or one that does not follow the
+previous batch, starts from empty memory. Training and evaluation each carry their own stream
+(``eval_carry_state``, default: as in training). Carried states are not checkpointed: a resumed run
+restarts its memory at the next segment.
+
+Optimisation: AdamW (Adam when ``weight_decay`` is 0), a linear warm-up over ``warmup_steps`` then
+``schedule``: ``cosine`` decay to 0 at the last step, ``constant``, or ``inverse_sqrt`` (``∝ 1/√step``);
+stepped every optimiser step. Gradient clipping is the Trainer's ``gradient_clip_val``.
+
+Prediction: each batch's first ``prompt_length`` input tokens per row are continued by
+``max_new_tokens`` sampled tokens (``temperature``, ``top_k``; 0 = greedy) in step mode; the texts are
+decoded with the data module's tokenizer when there is one, printed, and returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torchmetrics import Metric
+
+from fwp.attention import AttentionSpec
+from fwp.model import DecoderLM, detach_states, sample
+from fwp.model.block import Activation, Norm
+from fwp.model.positions import Positional
+
+Schedule = Literal["cosine", "constant", "inverse_sqrt"]
+SCHEDULES = ("cosine", "constant", "inverse_sqrt")
+
+
+class TokenNLL(Metric):
+    """Negative log-likelihood summed over tokens (float64) and the token count, sum-reduced across
+    ranks, so the epoch's ``compute()`` — the mean NLL per token — is exact under DDP."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, target_log_probs: Tensor) -> None:
+        """Add ``log p(target)`` of a batch of tokens (any shape)."""
+        self.nll_sum = self.nll_sum - target_log_probs.detach().double().sum()
+        self.tokens = self.tokens + target_log_probs.numel()
+
+    def compute(self) -> Tensor:
+        return self.nll_sum / self.tokens
+
+
+@dataclass
+class CarriedStream:
+    """Memory carried along one stream of segments: the layers' states and where the next segment
+    starts (its ``segment_index`` and the position of its first token)."""
+
+    states: list
+    next_segment: int
+    next_position: int
+
+
+def learning_rate_factor(step: int, *, schedule: Schedule, warmup_steps: int, total_steps: float) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based): ``(step + 1) /
+    warmup_steps`` during warm-up; then 1 (``constant``), ``√(warmup_steps / (step + 1))``
+    (``inverse_sqrt``), or ``½(1 + cos(π·p))`` with ``p = (step − warmup_steps) / (total_steps −
+    warmup_steps)`` clipped to [0, 1] (``cosine``)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "inverse_sqrt":
+        return math.sqrt(max(warmup_steps, 1) / (step + 1))
+    progress = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LanguageModel(L.LightningModule):
+    """Decoder-only language model over ``vocab_size`` tokens (linked from the data module).
+
+    Backbone arguments are those of ``fwp.model.DecoderLM`` (``attention`` is a registry spec such as
+    ``delta`` or ``{name: performer, m: 16}``). See the module docstring for ``carry_state``,
+    ``eval_carry_state``, the optimiser and schedule arguments (``max_steps`` None: the Trainer's), and
+    the prediction arguments.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        d_head: int | None = None,
+        d_ff: int = 512,
+        attention: AttentionSpec = "delta",
+        dropout: float = 0.1,
+        positional: Positional = "sinusoidal",
+        norm: Norm = "post",
+        activation: Activation = "relu",
+        tie_embeddings: bool = False,
+        adaptive_cutoffs: list[int] | None = None,
+        adaptive_div_value: float = 1.0,
+        max_positions: int = 4096,
+        carry_state: bool = False,
+        eval_carry_state: bool | None = None,
+        lr: float = 2.5e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        schedule: Schedule = "cosine",
+        max_steps: int | None = None,
+        prompt_length: int = 16,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got schedule={schedule!r}")
+        for name, value in (("lr", lr), ("prompt_length", prompt_length)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {name}={value}")
+        for name, value in (("warmup_steps", warmup_steps), ("weight_decay", weight_decay)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {name}={value}")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got max_steps={max_steps}")
+        self.model = DecoderLM(
+            vocab_size,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_head=d_head,
+            d_ff=d_ff,
+            attention=attention,
+            dropout=dropout,
+            positional=positional,
+            norm=norm,
+            activation=activation,
+            tie_embeddings=tie_embeddings,
+            max_positions=max_positions,
+            adaptive_cutoffs=adaptive_cutoffs,
+            adaptive_div_value=adaptive_div_value,
+        )
+        self.carry_state = carry_state
+        self.eval_carry_state = carry_state if eval_carry_state is None else eval_carry_state
+        if (self.carry_state or self.eval_carry_state) and not self.model.bounded_state:
+            raise ValueError(
+                "carry_state/eval_carry_state need fast-weight attention (a fixed-size state) in every "
+                f"layer, got attention={attention!r}"
+            )
+        if (self.carry_state or self.eval_carry_state) and positional == "learned":
+            raise ValueError(
+                "carrying state continues positions without bound; use positional='none' (the paper's "
+                "choice) or 'sinusoidal', got positional='learned'"
+            )
+        self.valid_nll = TokenNLL()
+        self.test_nll = TokenNLL()
+        self.streams: dict[str, CarriedStream] = {}
+        self._last_step_end: float | None = None
+
+    def forward(self, tokens: Tensor, *, states: list | None = None, position_offset: int = 0):
+        """``DecoderLM.forward``: logits (hidden states with an adaptive softmax) and layer states."""
+        return self.model(tokens, states=states, position_offset=position_offset)
+
+    def segment_log_probs(self, batch: dict[str, Any], stream: str, carry: bool) -> Tensor:
+        """``log p(target)`` ``[B, T]`` of a segment, continuing (and updating) the carried ``stream``
+        when ``carry``."""
+        inputs, segment = batch["input"], int(batch["segment_index"])
+        carried = self.streams.get(stream)
+        follows = carry and carried is not None and segment != 0 and carried.next_segment == segment
+        states, position = (carried.states, carried.next_position) if follows else (None, 0)
+        output, states = self.model(inputs, states=states, position_offset=position)
+        if carry:
+            self.streams[stream] = CarriedStream(
+                detach_states(states), segment + 1, position + inputs.shape[1]
+            )
+        return self.model.target_log_probs(output, batch["target"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = -self.segment_log_probs(batch, "train", self.carry_state).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        """Logs ``train/tokens_per_s``: target tokens of all ranks per second of wall time between the
+        ends of consecutive training steps (optimiser and data loading included)."""
+        now = time.perf_counter()
+        if self._last_step_end is not None:
+            tokens = batch["target"].numel() * self.trainer.world_size
+            self.log("train/tokens_per_s", tokens / (now - self._last_step_end), on_step=True, on_epoch=False)
+        self._last_step_end = now
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_end = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._last_step_end = None
+
+    def evaluation_step(self, batch: dict[str, Any], split: str, metric: TokenNLL) -> None:
+        metric.update(self.segment_log_probs(batch, split, self.eval_carry_state))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluation_step(batch, "valid", self.valid_nll)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluation_step(batch, "test", self.test_nll)
+
+    def log_perplexity(self, split: str, metric: TokenNLL) -> None:
+        mean_nll = metric.compute()
+        self.log(f"{split}/loss", mean_nll.float(), sync_dist=True)
+        self.log(f"{split}/ppl", mean_nll.exp().float(), prog_bar=True, sync_dist=True)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_perplexity("valid", self.valid_nll)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_perplexity("test", self.test_nll)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Continue each row's first ``prompt_length`` tokens; one dict per row with ``prompt_ids``,
+        ``generated_ids`` and, with a data module that has a ``tokenizer``, ``prompt``/``generated`` text."""
+        hparams = self.hparams
+        prompt = batch["input"][:, : hparams.prompt_length]
+        tokens = sample(
+            self.model,
+            prompt,
+            max_new_tokens=hparams.max_new_tokens,
+            temperature=hparams.temperature,
+            top_k=hparams.top_k,
+        )
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        samples = []
+        for row in tokens.tolist():
+            prompt_ids, generated_ids = row[: prompt.shape[1]], row[prompt.shape[1] :]
+            result: dict[str, Any] = {"prompt_ids": prompt_ids, "generated_ids": generated_ids}
+            if tokenizer is not None:
+                result["prompt"] = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+                result["generated"] = tokenizer.decode(generated_ids, skip_special_tokens=False)
+                rank_zero_info(f"[prompt] {result['prompt']}\n[sample] {result['generated']}\n")
+            samples.append(result)
+        return samples
+
+    def total_steps(self) -> float:
+        """Optimiser steps of the run: ``max_steps`` if given, else the Trainer's estimate."""
+        if self.hparams.max_steps is not None:
+            return float(self.hparams.max_steps)
+        return float(self.trainer.estimated_stepping_batches)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hparams = self.hparams
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=hparams.lr, betas=tuple(hparams.betas), weight_decay=hparams.weight_decay
+        )
+        total_steps = self.total_steps()
+        if hparams.schedule == "cosine" and not math.isfinite(total_steps):
+            raise ValueError(
+                "schedule='cosine' needs a finite number of steps: set model max_steps or the Trainer's "
+                "max_steps/max_epochs"
+            )
+
+        def factor(step: int) -> float:
+            return learning_rate_factor(
+                step, schedule=hparams.schedule, warmup_steps=hparams.warmup_steps, total_steps=total_steps
+            )
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

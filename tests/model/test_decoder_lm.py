@@ -1,0 +1,122 @@
+"""DecoderLM: parallel == step mode, segment carry == one pass, adaptive softmax, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fwp.model import DecoderLM, step_log_probs
+from tests.model.model_cases import FAST_WEIGHT_PRESETS, PRESETS, VOCAB, tiny_lm, tokens
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("attention", PRESETS)
+def test_step_mode_equals_parallel_forward(attention: str, norm: str) -> None:
+    model = tiny_lm(attention, norm=norm)
+    x = tokens()
+    parallel = model.log_probs(model(x)[0])
+    stepped = step_log_probs(model, x, prompt_length=3)
+    torch.testing.assert_close(stepped, parallel[:, 2:], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("positional", ["none", "sinusoidal", "learned"])
+@pytest.mark.parametrize("attention", FAST_WEIGHT_PRESETS)
+def test_segment_carry_equals_one_pass(attention: str, positional: str) -> None:
+    model = tiny_lm(attention, positional=positional, max_positions=32)
+    x = tokens(length=12)
+    whole, _ = model(x)
+    first, states = model(x[:, :5])
+    second, _ = model(x[:, 5:], states=states, position_offset=5)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-9, atol=1e-10)
+
+
+def test_position_offset_matters_with_sinusoids() -> None:
+    model = tiny_lm("delta", positional="sinusoidal")
+    x = tokens(length=6)
+    _, states = model(x[:, :3])
+    continued, _ = model(x[:, 3:], states=states, position_offset=3)
+    restarted, _ = model(x[:, 3:], states=states, position_offset=0)
+    assert not torch.allclose(continued, restarted)
+
+
+def test_bounded_state_tells_fast_weights_from_softmax() -> None:
+    assert tiny_lm("delta").bounded_state
+    assert not tiny_lm("softmax").bounded_state
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_adaptive_softmax_is_a_distribution_and_scores_targets(tie: bool) -> None:
+    vocab = 120
+    model = DecoderLM(
+        vocab, d_model=16, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=[10, 50], tie_embeddings=tie
+    ).double()
+    x = tokens(length=9, vocab=vocab)
+    hidden, _ = model(x)
+    assert hidden.shape == (2, 9, 16)
+    log_probs = model.log_probs(hidden)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 9, dtype=torch.float32))
+    expected = log_probs.gather(-1, x[..., None]).squeeze(-1)
+    torch.testing.assert_close(model.target_log_probs(hidden, x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_tied_adaptive_input_reads_the_softmax_weights() -> None:
+    cutoffs, vocab, d = [10, 50], 120, 16
+    untied = DecoderLM(vocab, d_model=d, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=cutoffs)
+    tied = DecoderLM(
+        vocab, d_model=d, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=cutoffs, tie_embeddings=True
+    )
+    input_parameters = sum(p.numel() for p in untied.adaptive_input.parameters())
+    assert input_parameters == vocab * d + 2 * d * d
+    assert count_parameters(untied) - count_parameters(tied) == input_parameters
+    softmax = tied.adaptive_softmax
+    x = torch.tensor([[3, 10, 49, 50, 119]])
+    embedded = tied.embed(x)[0]
+    torch.testing.assert_close(embedded[0], softmax.head.weight[3])
+    tail_0, tail_1 = softmax.tail
+    torch.testing.assert_close(embedded[1], tail_0[1].weight[0] @ tail_0[0].weight)
+    torch.testing.assert_close(embedded[2], tail_0[1].weight[39] @ tail_0[0].weight)
+    torch.testing.assert_close(embedded[4], tail_1[1].weight[69] @ tail_1[0].weight)
+    embedded.sum().backward()
+    assert softmax.head.weight.grad[3].abs().sum() > 0
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_tied_embeddings_share_the_output_matrix() -> None:
+    tied, untied = tiny_lm("linear", tie_embeddings=True), tiny_lm("linear")
+    assert count_parameters(untied) - count_parameters(tied) == VOCAB * 16
+    logits, _ = tied(tokens(batch=1, length=1))
+    tied.embedding.weight.grad = None
+    logits[0, 0, 5].backward()
+    assert tied.embedding.weight.grad[5].abs().sum() > 0, "the output layer must read the embedding"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"adaptive_cutoffs": [20, 10]}, "adaptive_cutoffs"),
+        ({"adaptive_cutoffs": [5, VOCAB]}, "adaptive_cutoffs"),
+        ({"positional": "rotary"}, "positional"),
+        ({"norm": "sandwich"}, "norm"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"n_layers": 0}, "layers"),
+    ],
+)
+def test_bad_settings_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DecoderLM(VOCAB, d_model=16, n_heads=2, **kwargs)
+
+
+def test_bad_inputs_are_named() -> None:
+    model = tiny_lm("delta", positional="learned", max_positions=8)
+    with pytest.raises(ValueError, match="tokens"):
+        model(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="max_positions"):
+        model(tokens(length=4), position_offset=5)
+    with pytest.raises(ValueError, match="states"):
+        model(tokens(length=4), states=[None])
+    adaptive = DecoderLM(VOCAB, d_model=16, n_heads=2, adaptive_cutoffs=[5])
+    with pytest.raises(ValueError, match="vocab_size"):
+        adaptive(torch.tensor([[VOCAB]]))
