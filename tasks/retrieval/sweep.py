@@ -57,7 +57,7 @@ class Result:
 
 def run_job(job: Job) -> Result:
     """Train one (config, S) pair in this process through the project CLI, then evaluate the final
-model on fresh sequences (the paper's "final evaluation loss")."""
+    model on fresh sequences (the paper's "final evaluation loss")."""
     import torch
 
     from fwp.cli import main

@@ -17,7 +17,9 @@ def test_every_experiment_config_is_found():
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
 def test_config_runs_one_step(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["fit", "--config", str(config), "--trainer.fast_dev_run", "1", "--data.init_args.num_keys", "5"])
+    cli = main(
+        ["fit", "--config", str(config), "--trainer.fast_dev_run", "1", "--data.init_args.num_keys", "5"]
+    )
     assert cli.trainer.global_step == 1
     assert cli.model.hparams.num_keys == 5
 

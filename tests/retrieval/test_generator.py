@@ -33,7 +33,10 @@ def test_setting2_target_is_the_latest_value_of_the_query_key(seed, all_queries)
     for row in range(4):
         keys, values = batch.keys[row].tolist(), batch.values[row].tolist()
         for query, target, valid in zip(
-            batch.queries[row].tolist(), batch.targets[row].tolist(), batch.query_mask[row].tolist(), strict=True
+            batch.queries[row].tolist(),
+            batch.targets[row].tolist(),
+            batch.query_mask[row].tolist(),
+            strict=True,
         ):
             expected = brute_force_last_value(keys, values, query)
             assert valid == (expected is not None)

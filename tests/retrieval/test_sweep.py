@@ -25,7 +25,7 @@ def test_sweep_writes_csv_plot_and_tensorboard_image(tmp_path):
 
 
 def test_sweep_rejects_missing_config_and_bad_sizes(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         run_sweep([str(tmp_path / "nope.yaml")], [4], tmp_path, max_steps=1, workers=1)
     with pytest.raises(ValueError, match="num_keys"):
         run_sweep([str(CONF / "setting1_linear.yaml")], [0], tmp_path, max_steps=1, workers=1)
