@@ -143,5 +143,7 @@ class DecoderLM(nn.Module):
         if self.adaptive_softmax is None:
             logits = output.float().reshape(-1, self.vocab_size)
             return -F.cross_entropy(logits, targets.reshape(-1), reduction="none").view(targets.shape)
-        hidden = output.reshape(-1, output.shape[-1])
-        return self.adaptive_softmax(hidden, targets.reshape(-1)).output.float().view(targets.shape)
+        hidden = output.reshape(-1, output.shape[-1]).float()
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            result = self.adaptive_softmax(hidden, targets.reshape(-1))
+        return result.output.view(targets.shape)
