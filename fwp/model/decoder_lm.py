@@ -131,19 +131,26 @@ class DecoderLM(nn.Module):
             return F.linear(x, self.embedding.weight), states
         return self.output(x), states
 
+    def adaptive_hidden(self, output: Tensor) -> Tensor:
+        """Hidden states ``[..., d_model]`` → ``[N, d_model]`` in the adaptive softmax's own dtype (its
+        log-softmax then runs in float32 even under bf16 autocast, which is switched off around it)."""
+        return output.reshape(-1, output.shape[-1]).to(self.adaptive_softmax.head.weight.dtype)
+
     def log_probs(self, output: Tensor) -> Tensor:
-        """Float32 log-distribution over the vocabulary ``[..., V]`` from ``forward``'s output."""
+        """Log-distribution over the vocabulary ``[..., V]`` (float32, float64 for a float64 model)."""
         if self.adaptive_softmax is None:
             return torch.log_softmax(output.float(), dim=-1)
-        hidden = output.reshape(-1, output.shape[-1])
-        return self.adaptive_softmax.log_prob(hidden).float().view(*output.shape[:-1], self.vocab_size)
+        hidden = self.adaptive_hidden(output)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            log_probs = self.adaptive_softmax.log_prob(hidden)
+        return log_probs.view(*output.shape[:-1], self.vocab_size)
 
     def target_log_probs(self, output: Tensor, targets: Tensor) -> Tensor:
-        """Float32 ``log p(target)`` ``[B, T]`` from ``forward``'s output and targets ``[B, T]``."""
+        """``log p(target)`` ``[B, T]`` (float32, float64 for a float64 model) for targets ``[B, T]``."""
         if self.adaptive_softmax is None:
             logits = output.float().reshape(-1, self.vocab_size)
             return -F.cross_entropy(logits, targets.reshape(-1), reduction="none").view(targets.shape)
-        hidden = output.reshape(-1, output.shape[-1]).float()
+        hidden = self.adaptive_hidden(output)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             result = self.adaptive_softmax(hidden, targets.reshape(-1))
         return result.output.view(targets.shape)

@@ -25,7 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from fwp.data import (
     EOS_ID,
@@ -256,6 +256,9 @@ class LanguageModelingDataModule(L.LightningDataModule):
     def test_dataloader(self) -> BatchLoader:
         return self._loader("test")
 
-    def predict_dataloader(self) -> BatchLoader:
-        """The test split's segments: each row's first tokens are the prompts of ``predict``."""
-        return self._loader("test")
+    def predict_dataloader(self) -> DataLoader:
+        """The test split's segments: each row's first tokens are the prompts of ``predict``. A plain
+        ``DataLoader``: Lightning rebuilds predict loaders with its own index-tracking sampler."""
+        if "test" not in self.datasets:
+            raise RuntimeError("the test split is not set up: call setup('predict') first")
+        return DataLoader(self.datasets["test"], batch_size=None)

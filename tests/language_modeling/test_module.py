@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from fwp.model import step_log_probs
 from tasks.language_modeling.data import LanguageModelingDataModule
@@ -172,20 +171,9 @@ def test_adaptive_softmax_generation_matches_the_parallel_forward() -> None:
     torch.testing.assert_close(step_log_probs(model.model, tokens, prompt_length=4), parallel[:, 3:])
 
 
-class PredictFromTestSplit(LanguageModelingDataModule):
-    """The data module serving its test segments for ``predict`` (prompts = their first tokens)."""
-
-    def setup(self, stage: str) -> None:
-        super().setup("test" if stage == "predict" else stage)
-
-    def predict_dataloader(self) -> DataLoader:
-        # a plain DataLoader: Lightning rebuilds predict loaders with its own index-tracking sampler
-        return DataLoader(self.datasets["test"], batch_size=None)
-
-
 def test_predict_continues_prompts_and_decodes_them(corpus: Path) -> None:
     torch.manual_seed(0)
-    data = PredictFromTestSplit(str(corpus), batch_size=2, segment_length=8, eval_batch_size=2)
+    data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8, eval_batch_size=2)
     model = LanguageModel(
         data.vocab_size,
         d_model=16,

@@ -54,9 +54,10 @@ def test_adaptive_softmax_is_a_distribution_and_scores_targets(tie: bool) -> Non
     hidden, _ = model(x)
     assert hidden.shape == (2, 9, 16)
     log_probs = model.log_probs(hidden)
-    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 9, dtype=torch.float32))
+    assert log_probs.dtype == torch.float64
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 9, dtype=torch.float64))
     expected = log_probs.gather(-1, x[..., None]).squeeze(-1)
-    torch.testing.assert_close(model.target_log_probs(hidden, x), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(model.target_log_probs(hidden, x), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_tied_adaptive_input_reads_the_softmax_weights() -> None:
@@ -120,3 +121,11 @@ def test_bad_inputs_are_named() -> None:
     adaptive = DecoderLM(VOCAB, d_model=16, n_heads=2, adaptive_cutoffs=[5])
     with pytest.raises(ValueError, match="vocab_size"):
         adaptive(torch.tensor([[VOCAB]]))
+
+
+def test_adaptive_log_distribution_is_float32_and_normalised_under_bf16_autocast() -> None:
+    model = DecoderLM(120, d_model=16, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=[10, 50]).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_probs = model.log_probs(model(tokens(length=5, vocab=120))[0])
+    assert log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 5), rtol=0, atol=1e-5)
