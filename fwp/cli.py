@@ -32,10 +32,12 @@ from fwp.checkpointing import (
 )
 from fwp.preemption import PreemptionCheckpoint
 
+# Every task model that a data module with the source attribute can be paired with must take the
+# target argument: jsonargparse stores a link whose target is missing as an extra keyword, which then
+# breaks loading that model's checkpoint (``--ckpt_path``).
 DATA_TO_MODEL_LINKS = (
     ("num_keys", "num_keys"),
     ("vocab_size", "vocab_size"),
-    ("pad_id", "pad_id"),
 )
 
 USER_ERRORS = (ValueError, FileNotFoundError, TypeError)

@@ -92,7 +92,8 @@ class TranslationModel(L.LightningModule):
     """Encoder-decoder translation model.
 
     Args:
-        vocab_size, pad_id: from the data module (linked by the CLI; do not set in YAML).
+        vocab_size: from the data module (linked by the CLI; do not set in YAML). pad_id: the padding id
+            of the data (``fwp.data.PAD_ID`` for every data module of this project).
         d_model, n_encoder_layers, n_decoder_layers, n_heads, d_head, d_ff, dropout, positional, norm,
             share_embeddings: ``fwp.model.EncoderDecoder`` sizes and options.
         position_limit: positions of the learned table with ``positional="learned"`` (the backbone's
