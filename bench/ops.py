@@ -1,6 +1,7 @@
 """Benchmark of the ``chunk`` fast-weight backend (forward + backward, float32, CPU).
 
-Measured side by side in one run (rounds interleave the variants; medians are reported):
+Measured side by side in one run (rounds interleave the variants; medians decide the targets, minima
+are shown alongside):
 
 1. chunk vs the reference recurrence (``fwp.ops.reference``, one step at a time with autograd);
 2. chunk vs its plain-autograd twin (``bench/plain_chunk.py``: the same chunkwise forward, no custom
@@ -167,9 +168,9 @@ def report_timing(args: argparse.Namespace, shape: Shape, measured: dict) -> Non
     header = f"{'rule':<6} {'variant':<10} {'median ms':>10} {'min ms':>8} {'runs':>5}"
     print(f"{header} {'max|y − y_chunk|/max|y|':>24}")
     for rule in RULES:
-        reference_y = outputs[rule, "chunk"]
+        chunk_y = outputs[rule, "chunk"]
         for variant in VARIANTS:
-            error = (outputs[rule, variant] - reference_y).abs().max() / reference_y.abs().max()
+            error = (outputs[rule, variant] - chunk_y).abs().max() / chunk_y.abs().max()
             runs = times[rule, variant]
             print(
                 f"{rule:<6} {variant:<10} {median_ms(runs):>10.1f} {1e3 * min(runs):>8.1f} "

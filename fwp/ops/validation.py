@@ -56,6 +56,8 @@ def validate_recurrence_inputs(
         raise ValueError(f"q, k, v must be on one device, got {sorted(map(str, devices))}")
     B, H, T, d_dot = q.shape
     d_v = v.shape[-1]
+    if T < 1:
+        raise ValueError(f"q, k, v must hold at least one time step, got T={T} (q shape {tuple(q.shape)})")
     if rule == "delta":
         if beta is None:
             raise ValueError("beta is required by rule='delta' (shape [B, H, T]), got None")

@@ -180,3 +180,16 @@ def test_chunk_saves_no_per_step_state(rule: str) -> None:
     y.sum().backward()
     per_step_states = B * H * T * d * d_v
     assert 0 < sum(saved_elements) < per_step_states / 2
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_chunk_accepts_non_contiguous_inputs(rule: str) -> None:
+    """Heads split from a ``[B, T, H, D]`` projection arrive as transposed views."""
+    g = torch.Generator().manual_seed(5)
+    B, T, H, d = 2, 11, 3, 4
+    q, k, v = (torch.rand(B, T, H, d, generator=g, dtype=torch.float64).transpose(1, 2) for _ in range(3))
+    beta = torch.rand(B, T, H, generator=g, dtype=torch.float64).transpose(1, 2) if rule == "delta" else None
+    y, state = fast_weight_recurrence(q, k, v, beta, rule=rule, backend="chunk", chunk_size=4)
+    y_ref, state_ref = fast_weight_recurrence(q, k, v, beta, rule=rule, backend="reference")
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state.W, state_ref.W, rtol=1e-10, atol=1e-10)

@@ -79,3 +79,13 @@ def test_fwp_debug_turns_on_finite_checks(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FWP_DEBUG", "1")
     with pytest.raises(ValueError, match=r"^v has 1 non-finite"):
         fast_weight_recurrence(**arguments)
+
+
+def test_empty_sequence_is_rejected():
+    import torch
+
+    from fwp.ops import fast_weight_recurrence
+
+    q = torch.zeros(1, 1, 0, 3)
+    with pytest.raises(ValueError, match="T=0"):
+        fast_weight_recurrence(q, q, q)
