@@ -39,6 +39,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from fwp.attention import AttentionSpec
+from fwp.data import PAD_ID
 from fwp.model import EncoderDecoder
 from fwp.model.beam_search import beam_search, greedy_decode
 from fwp.model.block import Norm
@@ -116,7 +117,7 @@ class TranslationModel(L.LightningModule):
     def __init__(
         self,
         vocab_size: int,
-        pad_id: int = 0,
+        pad_id: int = PAD_ID,
         d_model: int = 512,
         n_encoder_layers: int = 6,
         n_decoder_layers: int = 6,
