@@ -7,6 +7,10 @@ are shown alongside):
 2. chunk vs its plain-autograd twin (``bench/plain_chunk.py``: the same chunkwise forward, no custom
    backward);
 3. the achieved FLOP/s of chunk (analytic count below) vs a large float32 matmul timed in the same rounds;
+   and a floor: chunk's matrix products at the rate of one batched product of their own size
+   (``[B H N, C, d] @ [B H N, d, e]``), plus the triangular solve (delta rule), timed in the same
+   rounds. No implementation that performs these products runs faster than the floor, so
+   plain / floor bounds what plain / chunk can reach on this machine;
 4. the peak memory of chunk vs the reference (and the twin), each in a fresh subprocess;
 5. the sequence length from which chunked delta attention beats causal
    ``scaled_dot_product_attention`` (forward + backward, same ``B, H, d``).
@@ -16,7 +20,7 @@ chunks per head, ``d`` = key size, ``e`` = value size; a matrix product ``m×k·
 the unit-triangular solve ``T = A⁻¹`` counts ``C³``; element-wise work is not counted):
 
     sum rule:   B H N (C² (8d + 6e) + 12 C d e)
-    delta rule: B H N (C³ + C² (18d + 12e) + 18 C d e)
+    delta rule: B H N (C³ + C² (14d + 14e) + 20 C d e)
 
 Peak memory: torch's CPU allocator keeps no statistics and ``tracemalloc`` does not see tensor
 storage, so each variant runs in a fresh Python process (Linux). It builds the inputs and runs one
@@ -69,12 +73,13 @@ class Shape:
     e: int
 
 
-def chunk_flops(rule: str, shape: Shape, chunk_size: int) -> float:
-    """The analytic FLOP count of chunk forward + backward (module docstring)."""
+def chunk_flops(rule: str, shape: Shape, chunk_size: int, *, solve: bool = True) -> float:
+    """The analytic FLOP count of chunk forward + backward (module docstring); without the triangular
+    solve's ``C³`` if ``solve`` is false (matrix products only)."""
     C = min(chunk_size, shape.T)
     d, e = shape.d, shape.e
     if rule == "delta":
-        per_chunk = C**3 + C**2 * (18 * d + 12 * e) + 18 * C * d * e
+        per_chunk = C**3 * solve + C**2 * (14 * d + 14 * e) + 20 * C * d * e
     else:
         per_chunk = C**2 * (8 * d + 6 * e) + 12 * C * d * e
     return shape.B * shape.H * math.ceil(shape.T / C) * per_chunk
@@ -128,6 +133,37 @@ def matmul_seconds(size: int) -> float:
     return time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class FloorOperands:
+    """Operands of the floor's two kernels: one batched product ``[B H N, C, d] @ [B H N, d, e]`` and
+    the batched unit-lower-triangular solve ``A X = I`` of the delta rule, ``[B H N, C, C]``."""
+
+    left: Tensor
+    right: Tensor
+    lower: Tensor
+    identity: Tensor
+
+    @classmethod
+    def make(cls, shape: Shape, chunk_size: int) -> FloorOperands:
+        C = min(chunk_size, shape.T)
+        batch = shape.B * shape.H * math.ceil(shape.T / C)
+        lower = (0.1 * torch.randn(batch, C, C)).tril_(diagonal=-1)
+        left, right = torch.randn(batch, C, shape.d), torch.randn(batch, shape.d, shape.e)
+        return cls(left, right, lower, torch.eye(C).expand_as(lower))
+
+    def product_seconds(self, repeats: int = 8) -> float:
+        """Seconds per product, from ``repeats`` back to back (one is too short to time reliably)."""
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.bmm(self.left, self.right)
+        return (time.perf_counter() - start) / repeats
+
+    def solve_seconds(self) -> float:
+        start = time.perf_counter()
+        torch.linalg.solve_triangular(self.lower, self.identity, upper=False, unitriangular=True)
+        return time.perf_counter() - start
+
+
 def median_ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
 
@@ -143,12 +179,17 @@ def time_variants(args: argparse.Namespace, shape: Shape) -> dict:
     times: dict[tuple[str, str], list[float]] = {(r, v): [] for r in RULES for v in VARIANTS}
     outputs: dict[tuple[str, str], Tensor] = {}
     matmul: list[float] = []
+    floor = FloorOperands.make(shape, args.chunk_size)
+    floor_times: dict[str, list[float]] = {"product": [], "solve": []}
     for rule in RULES:  # warm-up
         for variant in ("chunk", "plain"):
             forward_backward(variant, rule, inputs[rule], args.chunk_size)
     matmul_seconds(args.matmul_size)
+    floor.product_seconds(), floor.solve_seconds()
     for round_index in range(args.repeats):
         matmul.append(matmul_seconds(args.matmul_size))
+        floor_times["product"].append(floor.product_seconds())
+        floor_times["solve"].append(floor.solve_seconds())
         for rule in RULES:
             for variant in VARIANTS:
                 if variant == "reference" and round_index >= args.reference_repeats:
@@ -156,7 +197,7 @@ def time_variants(args: argparse.Namespace, shape: Shape) -> dict:
                 seconds, y = forward_backward(variant, rule, inputs[rule], args.chunk_size)
                 times[rule, variant].append(seconds)
                 outputs[rule, variant] = y
-    return {"times": times, "outputs": outputs, "matmul": matmul}
+    return {"times": times, "outputs": outputs, "matmul": matmul, "floor": floor_times}
 
 
 def report_timing(args: argparse.Namespace, shape: Shape, measured: dict) -> None:
@@ -197,6 +238,25 @@ def report_timing(args: argparse.Namespace, shape: Shape, measured: dict) -> Non
             f"{100 * share['median']:.0f}% of the matmul [{100 * share['min']:.0f}%]  "
             f"({verdict(share['median'], TARGETS['flops'])})"
         )
+        floor = floor_ms(rule, shape, args.chunk_size, measured["floor"])
+        print(
+            f"{rule}: floor {floor:.1f} ms (chunk's products at the batched-product rate"
+            f"{' + the solve' if rule == 'delta' else ''}); chunk / floor = "
+            f"{median_ms(chunk_runs) / floor:.2f}; plain / floor = "
+            f"{median_ms(times[rule, 'plain']) / floor:.2f}× (the most plain / chunk can reach here)"
+        )
+
+
+def floor_ms(rule: str, shape: Shape, chunk_size: int, floor_times: dict[str, list[float]]) -> float:
+    """The fastest chunk could run (module docstring, item 3): its product FLOPs at the median rate of
+    one batched product of their size, plus the median triangular solve for the delta rule."""
+    C = min(chunk_size, shape.T)
+    product_flops = 2 * shape.B * shape.H * math.ceil(shape.T / C) * C * shape.d * shape.e
+    rate = product_flops / statistics.median(floor_times["product"])
+    seconds = chunk_flops(rule, shape, chunk_size, solve=False) / rate
+    if rule == "delta":
+        seconds += statistics.median(floor_times["solve"])
+    return 1e3 * seconds
 
 
 def resident_kb(field: str) -> int:

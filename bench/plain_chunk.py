@@ -18,7 +18,7 @@ from fwp.ops.chunk_math import (
     split_beta_chunks,
     split_chunks,
     sum_rule_states,
-    wy_representation,
+    wy_inverse,
 )
 
 
@@ -33,7 +33,8 @@ def plain_chunk_recurrence(
     start = initial.reshape(B * H, d, v.shape[-1])
     if rule == "delta":
         beta_c = split_beta_chunks(beta, size)
-        values, starts, final = delta_rule_scan(k_c, wy_representation(k_c, v_c, beta_c), start)
+        inverse = wy_inverse(beta_c.unsqueeze(-1) * k_c, k_c)
+        values, starts, final = delta_rule_scan(k_c, v_c, beta_c, inverse, start)
     else:
         values, (starts, final) = v_c, sum_rule_states(k_c, v_c, start)
     out = chunk_read(q_c, causal_scores(q_c, k_c), values, starts)

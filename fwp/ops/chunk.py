@@ -2,20 +2,16 @@
 
 The sequence is cut into chunks of ``C`` steps (zero-padded at the end); inside a chunk everything is
 a matrix product (``fwp.ops.chunk_math``), between chunks only the state ``S`` ``[d, d_v]`` is carried.
-The autograd functions keep their inputs, the ``N`` chunk-start states and (delta rule) the
-pseudo-values ``U`` and the per-chunk inverse ``T``; no per-step state is ever stored. The backward
-runs the adjoint scan over the chunks in reverse, recomputes the cheap products (``P``, ``W_k``) and
-forms every other gradient for all chunks at once. The Katharopoulos denominator is applied outside,
-with plain autograd.
+No per-step state is ever stored. The Katharopoulos denominator is applied outside, with plain autograd.
 
-Gradients, per chunk with start state ``S``, the gradient ``dS'`` of the state after it, values ``U``
-(``V`` for the sum rule) and ``P = tril(Q Kᵀ)``, from ``O = Q S + P U`` and ``S' = S + Kᵀ U``:
-``dS = dS' + Qᵀ dO (− W_kᵀ dU)``; ``dU = Pᵀ dO + K dS'``; ``dQ = dO Sᵀ + tril(dO Uᵀ) K``;
-``dK ∋ tril(dO Uᵀ)ᵀ Q + U dS'ᵀ``. Delta rule only, through ``U = U_0 − W_k S`` and
-``[W_k | U_0] = T R``, ``R = [diag(β) K | diag(β) V]``, ``T = A⁻¹``: with ``E = Tᵀ dU``,
-``dR = [−E Sᵀ | E]`` and ``dA = −tril(E Uᵀ, −1)`` (as ``U_0 − W_k S = U``), then through
-``A = I + tril(diag(β) K Kᵀ, −1)`` and ``R``: ``dV = β E``,
-``dK ∋ β (dA K − E Sᵀ) + dAᵀ diag(β) K``, ``dβ = rowsum(K ⊙ (dA K − E Sᵀ)) + rowsum(V ⊙ E)``.
+- Sum rule: saves the inputs and the ``N`` chunk-start states; the backward recomputes ``P`` and forms
+  every gradient for all chunks at once, but for the adjoint state scan over the chunks in reverse.
+  Per chunk, from ``O = Q S + P V`` and ``S' = S + Kᵀ V`` with ``P = tril(Q Kᵀ)`` and ``dS'`` the
+  gradient of the state after the chunk: ``dS = dS' + Qᵀ dO``; ``dV = Pᵀ dO + K dS'``;
+  ``dQ = dO Sᵀ + tril(dO Vᵀ) K``; ``dK = tril(dO Vᵀ)ᵀ Q + V dS'ᵀ``.
+- Delta rule: saves the inputs, the chunk-start states and ``T = A⁻¹``; the backward walks the chunks
+  in reverse and recomputes each chunk's pseudo-values and scores (``delta_chunk_backward`` has the
+  formulas), so that beyond the gradients it holds one chunk's temporaries only.
 """
 
 from __future__ import annotations
@@ -30,57 +26,41 @@ from fwp.ops.chunk_math import (
     add_product_,
     causal_scores,
     chunk_read,
+    delta_pseudo_values,
     delta_rule_scan,
     merge_chunks,
     split_beta_chunks,
     split_chunks,
     sum_rule_states,
     transpose,
-    wy_representation,
+    wy_inverse,
 )
 from fwp.ops.normalization import causal_denominator
 from fwp.ops.state import FastWeightState
 
 
-def read_gradients(
-    q: Tensor, k: Tensor, values: Tensor, starts: Tensor, d_out: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``dQ = dO Sᵀ + tril(dO Uᵀ) K`` and the read's part of ``dK``, ``tril(dO Uᵀ)ᵀ Q``, of
-    ``O = Q S + tril(Q Kᵀ) U`` (values ``U``, start states ``S``); both ``[G, N, C, d]``."""
-    d_scores = (d_out @ transpose(values)).tril_()
+def read_gradients(q: Tensor, k: Tensor, v: Tensor, starts: Tensor, d_out: Tensor) -> tuple[Tensor, Tensor]:
+    """``dQ = dO Sᵀ + tril(dO Vᵀ) K`` and the read's part of ``dK``, ``tril(dO Vᵀ)ᵀ Q``, of
+    ``O = Q S + tril(Q Kᵀ) V`` (start states ``S``); both ``[G, N, C, d]``."""
+    d_scores = (d_out @ transpose(v)).tril_()
     d_q = add_product_(d_out @ transpose(starts), d_scores, k)
     return d_q, transpose(d_scores) @ q
 
 
 def adjoint_scan_(
-    q: Tensor,
-    k: Tensor,
-    values: Tensor,
-    d_out: Tensor,
-    d_final: Tensor,
-    d_values: Tensor,
-    d_k: Tensor,
-    wy_keys: Tensor | None = None,
+    q: Tensor, k: Tensor, v: Tensor, d_out: Tensor, d_final: Tensor, d_v: Tensor, d_k: Tensor
 ) -> Tensor:
-    """The state gradients, chunks in reverse, with ``dS'`` that of the state after chunk ``n``
-    (``dS_N`` = d_final) and ``S' = S + Kᵀ U`` (``U`` = values): ``dS_n = dS' + Q_nᵀ dO_n``, minus
-    ``W_kᵀ dU_n`` for the delta rule (``U = U_0 − W_k S``, wy_keys given); in place, ``dU_n += K_n dS'``
-    (d_values holds ``Pᵀ dO`` on entry) and ``dK_n += U_n dS'ᵀ``. q, k ``[G, N, C, d]``; values,
-    d_out, d_values ``[G, N, C, d_v]``. Returns ``dS_0`` ``[G, d, d_v]``."""
+    """The sum rule's state gradients, chunks in reverse: ``dS_n = dS_{n+1} + Q_nᵀ dO_n`` from
+    ``dS_N`` = d_final; then in place ``dV_n += K_n dS_{n+1}`` and ``dK_n += V_n dS_{n+1}ᵀ`` for all
+    chunks at once. q, k ``[G, N, C, d]``; v, d_out, d_v ``[G, N, C, d_v]``. Returns ``dS_0``."""
     G, chunks, _, d = q.shape
     d_next = d_final.new_empty(G, chunks, d, d_final.shape[-1])
     d_state = d_final
     for n in reversed(range(chunks)):
         d_next[:, n] = d_state
-        update = torch.baddbmm(d_state, transpose(q[:, n]), d_out[:, n])
-        if wy_keys is not None:
-            d_pseudo = torch.baddbmm(d_values[:, n], k[:, n], d_state)
-            d_values[:, n] = d_pseudo
-            update.baddbmm_(transpose(wy_keys[:, n]), d_pseudo, alpha=-1)
-        d_state = update
-    if wy_keys is None:
-        add_product_(d_values, k, d_next)
-    add_product_(d_k, values, transpose(d_next))
+        d_state = torch.baddbmm(d_state, transpose(q[:, n]), d_out[:, n])
+    add_product_(d_v, k, d_next)
+    add_product_(d_k, v, transpose(d_next))
     return d_state
 
 
@@ -107,39 +87,77 @@ class SumRuleChunks(torch.autograd.Function):
 
 class DeltaRuleChunks(torch.autograd.Function):
     """Delta rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, beta ``[G, N, C]``,
-    initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]`` and the final state ``[G, d, d_v]``."""
+    initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]`` and the final state ``[G, d, d_v]``.
+
+    Saves the inputs, ``T`` and the chunk-start states; the backward walks the chunks in reverse
+    (``delta_chunk_backward``) and recomputes each chunk's pseudo-values and scores, so that beyond the
+    gradients it holds only one chunk's temporaries."""
 
     @staticmethod
     def forward(
         ctx: Any, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, initial: Tensor
     ) -> tuple[Tensor, Tensor]:
-        wy = wy_representation(k, v, beta)
-        pseudo_values, starts, final = delta_rule_scan(k, wy, initial)
-        ctx.save_for_backward(q, k, v, beta, wy.inverse, pseudo_values, starts)
+        inverse = wy_inverse(beta.unsqueeze(-1) * k, k)
+        pseudo_values, starts, final = delta_rule_scan(k, v, beta, inverse, initial)
+        ctx.save_for_backward(q, k, v, beta, inverse, starts)
         return chunk_read(q, causal_scores(q, k), pseudo_values, starts), final
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, d_out: Tensor, d_final: Tensor) -> tuple[Tensor, ...]:
-        q, k, v, beta, inverse, pseudo_values, starts = ctx.saved_tensors
+        q, k, v, beta, inverse, starts = ctx.saved_tensors
         d_out = d_out.contiguous()
-        beta_column = beta.unsqueeze(-1)
-        d_q, d_k = read_gradients(q, k, pseudo_values, starts, d_out)
-        d_pseudo = transpose(causal_scores(q, k)) @ d_out
-        wy_keys = inverse @ (beta_column * k)
-        d_initial = adjoint_scan_(q, k, pseudo_values, d_out, d_final, d_pseudo, d_k, wy_keys)
-        # Through U = U_0 − W_k S and [W_k | U_0] = T R (module docstring), E = d_scaled_values;
-        # intermediates are released or updated in place as early as possible: this sets the peak memory.
-        del wy_keys
-        d_scaled_values = transpose(inverse) @ d_pseudo
-        del d_pseudo
-        d_lower = (d_scaled_values @ transpose(pseudo_values)).tril_(diagonal=-1).neg_()
-        key_terms = add_product_(d_lower @ k, d_scaled_values, transpose(starts), alpha=-1)
-        add_product_(d_k, transpose(d_lower.mul_(beta_column)), k)
-        del d_lower
-        d_k.addcmul_(beta_column, key_terms)
-        d_beta = key_terms.mul_(k).sum(-1) + (v * d_scaled_values).sum(-1)
-        return d_q, d_k, d_scaled_values.mul_(beta_column), d_beta, d_initial
+        grads = tuple(torch.empty_like(x) for x in (q, k, v, beta))
+        d_state = d_final
+        for n in reversed(range(q.shape[1])):
+            chunk = (x[:, n] for x in (q, k, v, beta, inverse, starts, d_out))
+            *chunk_grads, d_state = delta_chunk_backward(*chunk, d_state)
+            for grad in grads:
+                grad[:, n] = chunk_grads.pop(0)
+        return *grads, d_state
+
+
+def delta_chunk_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    inverse: Tensor,
+    start: Tensor,
+    d_out: Tensor,
+    d_next: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients ``dQ, dK, dV, dβ, dS`` of one delta-rule chunk (contiguous: fast batched products).
+
+    One chunk of every head: q, k ``[G, C, d]``, v ``[G, C, d_v]``, beta ``[G, C]``, inverse ``T``
+    ``[G, C, C]``, start ``S`` and ``dS'`` (d_next, the gradient of the state after the chunk)
+    ``[G, d, d_v]``, d_out ``[G, C, d_v]``. Forward: ``X = V − K S``, ``U = T diag(β) X``,
+    ``O = Q S + P U`` with ``P = tril(Q Kᵀ)``, ``S' = S + Kᵀ U``, ``T = A⁻¹``,
+    ``A = I + tril(diag(β) K Kᵀ, −1)``. Backward, with ``E = Tᵀ dU`` and ``L = tril(E Uᵀ, −1) = −dA``:
+    ``dU = Pᵀ dO + K dS'``; ``dP = tril(dO Uᵀ)``; ``dQ = dO Sᵀ + dP K``;
+    ``dK = dPᵀ Q + U dS'ᵀ − β E Sᵀ − β (L K) − Lᵀ diag(β) K``; ``dV = β E``;
+    ``dβ = rowsum(X ⊙ E) − rowsum(K ⊙ L K)``; ``dS = dS' + Qᵀ dO − Kᵀ diag(β) E``.
+    """
+    beta = beta.unsqueeze(-1)
+    residuals = torch.baddbmm(v, k, start, alpha=-1)
+    pseudo_values = delta_pseudo_values(inverse, beta.squeeze(-1), residuals)
+    d_pseudo = torch.bmm(k, d_next).baddbmm_(transpose(causal_scores(q, k)), d_out)
+    d_residuals = transpose(inverse) @ d_pseudo
+    del d_pseudo  # temporaries are released as soon as possible: they set the peak memory
+    d_v = beta * d_residuals
+    d_beta = (residuals * d_residuals).sum(-1)
+    del residuals
+    d_scores = (d_out @ transpose(pseudo_values)).tril_()
+    d_q = torch.bmm(d_out, transpose(start)).baddbmm_(d_scores, k)
+    d_k = torch.bmm(transpose(d_scores), q).baddbmm_(pseudo_values, transpose(d_next))
+    del d_scores
+    lower = (d_residuals @ transpose(pseudo_values)).tril_(diagonal=-1)
+    lower_keys = lower @ k
+    d_k.baddbmm_(d_v, transpose(start), alpha=-1).addcmul_(beta, lower_keys, value=-1)
+    d_k.baddbmm_(transpose(lower), beta * k, alpha=-1)
+    d_beta.sub_((k * lower_keys).sum(-1))
+    d_start = torch.baddbmm(d_next, transpose(q), d_out).baddbmm_(transpose(k), d_v, alpha=-1)
+    return d_q, d_k, d_v, d_beta, d_start
 
 
 def chunk_backend(

@@ -7,9 +7,9 @@ Row vectors, state ``S``: ``[d, d_v]`` (``d = d_dot``). A sequence of ``T = N C`
 
 - sum rule:   ``O_n = Q S_n + P V``;  ``S_{n+1} = S_n + Kᵀ V``.
 - delta rule: the pseudo-values ``U`` solve ``(I + tril(diag(β) K Kᵀ, −1)) U = diag(β)(V − K S_n)``;
-  ``O_n = Q S_n + P U``;  ``S_{n+1} = S_n + Kᵀ U``. With ``A = I + tril(diag(β) K Kᵀ, −1)`` and its
-  inverse ``T = A⁻¹`` (WY form), ``U = U_0 − W_k S_n`` where ``[W_k | U_0] = T [diag(β) K | diag(β) V]``
-  does not depend on the state.
+  ``O_n = Q S_n + P U``;  ``S_{n+1} = S_n + Kᵀ U``. ``A = I + tril(diag(β) K Kᵀ, −1)`` does not depend
+  on the state: its inverse ``T = A⁻¹`` (the UT transform of the WY form) is formed for all chunks at
+  once, and the scan only multiplies, ``U = T diag(β)(V − K S_n)``.
 
 Tensors are ``[G, N, C, D]`` with ``G = B H``; everything is batched over all chunks except the
 ``N``-step state scans. They are plain differentiable operations (the scans iterate over ``unbind``
@@ -17,8 +17,6 @@ so that autograd, in ``bench/plain_chunk.py``, stacks their gradients once inste
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,38 +65,37 @@ def add_product_(acc: Tensor, a: Tensor, b: Tensor, *, alpha: float = 1.0) -> Te
     return acc
 
 
-class WYRepresentation(NamedTuple):
-    """The state-independent part of the delta rule, per chunk: ``inverse`` ``T = A⁻¹`` ``[C, C]`` (unit
-    lower triangular), ``wy_keys`` ``W_k = T diag(β) K`` ``[C, d]``, ``wy_values`` ``U_0 = T diag(β) V``
-    ``[C, d_v]``."""
-
-    inverse: Tensor
-    wy_keys: Tensor
-    wy_values: Tensor
-
-
-def wy_representation(k: Tensor, v: Tensor, beta: Tensor) -> WYRepresentation:
-    """The WY form for all chunks at once; ``T`` by one batched unit-lower-triangular solve against the
-    identity. k: ``[G, N, C, d]``, v: ``[G, N, C, d_v]``, beta: ``[G, N, C]``."""
-    beta = beta.unsqueeze(-1)
-    scaled_keys = beta * k
+def wy_inverse(scaled_keys: Tensor, k: Tensor) -> Tensor:
+    """``T = A⁻¹`` with ``A = I + tril(diag(β) K Kᵀ, −1)``, for all chunks at once by one batched
+    unit-lower-triangular solve against the identity. scaled_keys ``diag(β) K`` and k: ``[G, N, C, d]``;
+    returns ``[G, N, C, C]`` (unit lower triangular)."""
     strictly_lower = (scaled_keys @ transpose(k)).tril_(diagonal=-1)
     identity = torch.eye(k.shape[-2], dtype=k.dtype, device=k.device).expand_as(strictly_lower)
-    inverse = torch.linalg.solve_triangular(strictly_lower, identity, upper=False, unitriangular=True)
-    return WYRepresentation(inverse, inverse @ scaled_keys, inverse @ (beta * v))
+    return torch.linalg.solve_triangular(strictly_lower, identity, upper=False, unitriangular=True)
 
 
-def delta_rule_scan(k: Tensor, wy: WYRepresentation, initial: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The delta rule's state recurrence over chunks: ``U_n = U_0 − W_k S_n``, ``S_{n+1} = S_n + Kᵀ U_n``.
+def delta_pseudo_values(inverse: Tensor, beta: Tensor, residuals: Tensor) -> Tensor:
+    """``U = T diag(β) (V − K S)`` from the residuals ``V − K S``; inverse ``[…, C, C]``, beta ``[…, C]``,
+    residuals ``[…, C, d_v]`` (one chunk or all of them)."""
+    return inverse @ (beta.unsqueeze(-1) * residuals)
 
-    k: ``[G, N, C, d]``; initial ``S_0``: ``[G, d, d_v]``. Returns the pseudo-values ``U``
-    ``[G, N, C, d_v]``, the states before every chunk ``[G, N, d, d_v]`` and the final state ``[G, d, d_v]``.
+
+def delta_rule_scan(
+    k: Tensor, v: Tensor, beta: Tensor, inverse: Tensor, initial: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The delta rule's state recurrence over chunks: ``U_n = T_n diag(β_n) (V_n − K_n S_n)``,
+    ``S_{n+1} = S_n + K_nᵀ U_n``.
+
+    k: ``[G, N, C, d]``; v: ``[G, N, C, d_v]``; beta: ``[G, N, C]``; inverse ``T``: ``[G, N, C, C]``;
+    initial ``S_0``: ``[G, d, d_v]``. Returns the pseudo-values ``U`` ``[G, N, C, d_v]``, the states
+    before every chunk ``[G, N, d, d_v]`` and the final state ``[G, d, d_v]``.
     """
     state, starts, pseudo_values = initial, [], []
-    chunks = zip(k.unbind(1), wy.wy_keys.unbind(1), wy.wy_values.unbind(1), strict=True)
-    for keys, wy_keys, wy_values in chunks:
+    chunks = zip(k.unbind(1), v.unbind(1), beta.unbind(1), inverse.unbind(1), strict=True)
+    for keys, values, betas, inverse_n in chunks:
         starts.append(state)
-        pseudo_values.append(torch.baddbmm(wy_values, wy_keys, state, alpha=-1))
+        residuals = torch.baddbmm(values, keys, state, alpha=-1)
+        pseudo_values.append(delta_pseudo_values(inverse_n, betas, residuals))
         state = torch.baddbmm(state, transpose(keys), pseudo_values[-1])
     return torch.stack(pseudo_values, dim=1), torch.stack(starts, dim=1), state
 
