@@ -121,15 +121,28 @@ class DecoderLM(nn.Module):
         """tokens ``[B, T]`` → logits ``[B, T, V]`` (hidden ``[B, T, d_model]`` when adaptive) and one
         state per layer; ``states`` from a previous call are continued, positions start at
         ``position_offset``."""
+        hidden, states = self.hidden_states(tokens, states=states, position_offset=position_offset)
+        return self.output_scores(hidden), states
+
+    def hidden_states(
+        self, tokens: Tensor, *, states: list | None = None, position_offset: int = 0
+    ) -> tuple[Tensor, list]:
+        """``forward`` without the output layer: tokens ``[B, T]`` → the last hidden states ``[B, T,
+        d_model]`` (after the output dropout) and one state per layer."""
         check_tokens("tokens", tokens)
         x = self.input_encoding(self.embed(tokens), position_offset)
         x, states = self.stack(x, states=states)
-        x = self.output_dropout(x)
+        return self.output_dropout(x), states
+
+    def output_scores(self, hidden: Tensor) -> Tensor:
+        """Hidden states ``[..., d_model]`` → logits ``[..., V]``; with an adaptive softmax the hidden
+        states themselves (both are what ``log_probs`` and ``target_log_probs`` take). Scoring a subset
+        of positions (``output_scores(hidden[mask])``) skips the vocabulary projection of the others."""
         if self.adaptive_softmax is not None:
-            return x, states
+            return hidden
         if self.tie_embeddings:
-            return F.linear(x, self.embedding.weight), states
-        return self.output(x), states
+            return F.linear(hidden, self.embedding.weight)
+        return self.output(hidden)
 
     def adaptive_hidden(self, output: Tensor) -> Tensor:
         """Hidden states ``[..., d_model]`` → ``[N, d_model]`` in the adaptive softmax's own dtype (its

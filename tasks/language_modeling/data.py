@@ -13,6 +13,21 @@ so row ``b`` of consecutive segments continues the same text and a model may car
 segment to the next (reset it when ``segment_index == 0``). Batches are served in order, never
 shuffled. The dataset shards itself by rank, so the loader must not be given a ``DistributedSampler``
 by Lightning: its sampler already is one (see ``fwp.data.loading``); no Trainer flag is needed.
+
+Sliding-window evaluation (``eval_mode="sliding"``) reads the split as one stream instead: every
+target ``x[t]``, ``t = 1 .. N-1``, is scored exactly once, with the longest context a window of ``T``
+tokens gives it. With ``T_w = min(T, N - 1)`` and stride ``s`` (``1 ≤ s ≤ T``), window ``j = 0 .. K-1``,
+``K = 1 + ⌈(N - 1 - T_w) / s⌉``, ends at target ``e_j = min(T_w + j·s, N - 1)``:
+
+    input  [T_w] = x[e_j - T_w     : e_j]
+    target [T_w] = x[e_j - T_w + 1 : e_j + 1]
+
+and scores its targets from position ``score_from_j = T_w - (e_j - e_{j-1})`` on (``e_{-1} = 0``): all
+of them in the first window, the last ``s`` in the others (fewer in the last one). Windows are
+independent (each starts from empty memory at position 0). Rank ``r`` of ``W`` takes windows ``r·M ..
+(r+1)·M - 1``, ``M = ⌈K / W⌉``, in batches of up to ``B``; the windows past ``K - 1`` repeat the last one
+with nothing scored, so every rank runs as many batches. With ``s = T``, ``B = 1`` and ``T | N - 1`` the
+windows are exactly the segments of one column.
 """
 
 from __future__ import annotations
@@ -39,9 +54,24 @@ from fwp.data import (
 from tasks.language_modeling.synthetic import SPLIT_FILES, write_synthetic_corpus
 
 SYNTHETIC_SUBDIR = "synthetic/wikitext-v1"
+EvalMode = Literal["segments", "sliding"]
+EVAL_MODES = ("segments", "sliding")
 
 
-class SegmentDataset(Dataset):
+class StreamDataset(Dataset):
+    """A dataset over a memory-mapped token stream ``self.stream``: spawned DataLoader workers reopen
+    the memmap instead of receiving a copy of the stream."""
+
+    stream: np.ndarray
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "stream": str(self.stream.filename)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, stream=np.load(state["stream"], mmap_mode="r"))
+
+
+class SegmentDataset(StreamDataset):
     """Transformer-XL segments of one token stream for one rank (module docstring); item ``s`` is
     ``{"input": LongTensor[B, T'], "target": LongTensor[B, T'], "segment_index": s}``."""
 
@@ -83,12 +113,71 @@ class SegmentDataset(Dataset):
         block = torch.from_numpy(columns[self.rows, start : start + length + 1].astype(np.int64))
         return {"input": block[:, :-1], "target": block[:, 1:], "segment_index": index}
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Spawned DataLoader workers reopen the memmap instead of receiving a copy of the stream.
-        return {**self.__dict__, "stream": str(self.stream.filename)}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, stream=np.load(state["stream"], mmap_mode="r"))
+def sliding_windows(num_tokens: int, window_length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows over a stream of ``num_tokens`` tokens (module docstring; ``window_length`` is
+    ``T_w``): the stream position of each window's first input token and its first scored position
+    ``score_from``, both ``int64 [K]``."""
+    steps = stride * np.arange(1 + math.ceil((num_tokens - 1 - window_length) / stride), dtype=np.int64)
+    ends = np.minimum(window_length + steps, num_tokens - 1)
+    return ends - window_length, window_length - np.diff(ends, prepend=0)
+
+
+class SlidingWindowDataset(StreamDataset):
+    """Sliding windows over one token stream for one rank (module docstring); item ``i`` is this rank's
+    ``i``-th batch ``{"input": LongTensor[k, T_w], "target": LongTensor[k, T_w], "score_from":
+    LongTensor[k]}`` of ``k ≤ batch_size`` windows, row ``b`` scoring its targets ``[b, score_from[b]:]``."""
+
+    def __init__(
+        self,
+        stream: np.ndarray,
+        *,
+        batch_size: int,
+        window_length: int,
+        stride: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("window_length", window_length)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={value}")
+        check_stride(stride, window_length, "window_length")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got rank={rank}")
+        if len(stream) < 2:
+            raise ValueError(f"a stream of {len(stream)} tokens has no target to score: need at least 2")
+        self.stream = stream
+        self.batch_size = batch_size
+        self.window_length = min(window_length, len(stream) - 1)
+        starts, score_from = sliding_windows(len(stream), self.window_length, stride)
+        self.num_windows = len(starts)
+        per_rank = math.ceil(self.num_windows / world_size)
+        index = np.arange(rank * per_rank, (rank + 1) * per_rank)
+        padding = index >= self.num_windows
+        index = np.minimum(index, self.num_windows - 1)
+        self.starts = starts[index]
+        self.score_from = np.where(padding, self.window_length, score_from[index])
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.starts) / self.batch_size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"window batch index {index} out of range [0, {len(self)})")
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        positions = self.starts[rows, None] + np.arange(self.window_length + 1)
+        block = torch.from_numpy(np.asarray(self.stream[positions], dtype=np.int64))
+        score_from = torch.from_numpy(self.score_from[rows])
+        return {"input": block[:, :-1], "target": block[:, 1:], "score_from": score_from}
+
+
+def check_stride(stride: int, window_length: int, length_name: str) -> None:
+    """A ValueError naming ``eval_stride`` unless ``1 ≤ stride ≤ window_length``."""
+    if not 1 <= stride <= window_length:
+        raise ValueError(
+            f"eval_stride must be in [1, {length_name}={window_length}] (the window length), "
+            f"got eval_stride={stride}"
+        )
 
 
 class LanguageModelingDataModule(L.LightningDataModule):
@@ -107,9 +196,19 @@ class LanguageModelingDataModule(L.LightningDataModule):
             ``bpe`` (byte-level BPE with ``bpe_vocab_size`` tokens).
         bpe_vocab_size: Number of BPE tokens; required when ``tokenizer`` is ``bpe``, unused otherwise.
         batch_size: Columns (sequences) per training batch, per rank.
-        eval_batch_size: Columns per validation/test batch, per rank; ``None`` means ``batch_size``.
+        eval_batch_size: Columns (``segments``) or windows (``sliding``) per validation/test batch, per
+            rank; ``None`` means ``batch_size``.
         segment_length: Tokens per training segment (the model's context, ``T``).
-        eval_segment_length: Tokens per validation/test segment; ``None`` means ``segment_length``.
+        eval_segment_length: Tokens per validation/test segment or window; ``None`` means
+            ``segment_length``.
+        eval_mode: How the validation and test splits are scored. ``segments``: Transformer-XL segments
+            of ``eval_batch_size`` columns (a carry model carries its state along them). ``sliding``:
+            the whole stream in sliding windows of ``eval_segment_length`` tokens (module docstring),
+            every window from empty memory; costs about ``eval_segment_length / eval_stride`` times as
+            much as ``segments``.
+        eval_stride: Targets scored per window after the first in ``sliding`` mode, in ``[1,
+            eval_segment_length]``; 1 is the paper's evaluation, ``eval_segment_length`` scores the
+            segments of a single column.
         num_workers: DataLoader worker processes.
         cache_dir: Where the tokenizer and token caches are written. ``None``: beside the data for
             ``data_dir``; for the synthetic corpus, the cache root ``$FWP_CACHE`` or ``~/.cache/fwp``,
@@ -125,6 +224,8 @@ class LanguageModelingDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         segment_length: int = 256,
         eval_segment_length: int | None = None,
+        eval_mode: EvalMode = "segments",
+        eval_stride: int = 1,
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
@@ -140,6 +241,9 @@ class LanguageModelingDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be >= 1, got {name}={value}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {list(EVAL_MODES)}, got eval_mode={eval_mode!r}")
+        check_stride(eval_stride, eval_segment_length or segment_length, "eval_segment_length")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.tokenizer_kind = tokenizer
@@ -148,10 +252,12 @@ class LanguageModelingDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.segment_length = segment_length
         self.eval_segment_length = eval_segment_length or segment_length
+        self.eval_mode = eval_mode
+        self.eval_stride = eval_stride
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self._tokenizer: Tokenizer | None = None
-        self.datasets: dict[str, SegmentDataset] = {}
+        self.datasets: dict[str, SegmentDataset | SlidingWindowDataset] = {}
 
     def _directories(self) -> tuple[Path, Path]:
         return corpus_directories(
@@ -234,13 +340,29 @@ class LanguageModelingDataModule(L.LightningDataModule):
             world_size=world_size,
         )
 
+    def windows(self, split: str, *, rank: int = 0, world_size: int = 1) -> SlidingWindowDataset:
+        """``split``'s sliding windows for ``rank`` of ``world_size`` (``eval_segment_length`` tokens,
+        ``eval_stride``, ``eval_batch_size`` windows per batch)."""
+        return SlidingWindowDataset(
+            self.token_stream(split),
+            batch_size=self.eval_batch_size,
+            window_length=self.eval_segment_length,
+            stride=self.eval_stride,
+            rank=rank,
+            world_size=world_size,
+        )
+
     def setup(self, stage: str) -> None:
-        """Open the splits the stage needs, this rank's columns only."""
+        """Open the splits the stage needs, this rank's share only: segments, or sliding windows for
+        the validation and test splits with ``eval_mode="sliding"`` (``predict`` always reads the test
+        split's segments)."""
         splits = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",), "predict": ("test",)}
         splits = splits.get(stage, ())
         rank, world_size = rank_and_world_size(self.trainer)
         for split in splits:
-            self.datasets[split] = self.segments(split, rank=rank, world_size=world_size)
+            sliding = self.eval_mode == "sliding" and split != "train" and stage != "predict"
+            dataset = self.windows if sliding else self.segments
+            self.datasets[split] = dataset(split, rank=rank, world_size=world_size)
 
     def _loader(self, split: str) -> BatchLoader:
         if split not in self.datasets:

@@ -3,14 +3,18 @@
 Loss: mean token cross-entropy ``−(1/N) Σ log p(target)`` of a segment, computed in float32.
 Evaluation: the NLL summed over every target token of the split (float64 sums, reduced across ranks)
 → ``ppl = exp(Σ NLL / N)``, logged as ``valid/ppl`` / ``test/ppl`` (and ``valid/loss`` / ``test/loss``,
-the mean NLL in nats) at the end of the epoch.
+the mean NLL in nats) at the end of the epoch. Batches are segments (``segment_log_probs``) or, from
+the data module's ``eval_mode="sliding"``, sliding windows with a ``score_from`` per row
+(``window_log_probs``: only the scored targets count, every window starts from empty memory).
 
 State carry: with ``carry_state`` the layers' states (fast weights) after one segment start the next
 segment of the same columns, cut from the graph (gradients stay within a segment), and positions
 continue (``position_offset``); a batch with ``segment_index == 0``, or one that does not follow the
 previous batch, starts from empty memory. Training and evaluation each carry their own stream
-(``eval_carry_state``, default: as in training). Carried states are not checkpointed: a resumed run
-restarts its memory at the next segment.
+(``eval_carry_state``, default: as in training). The training stream is checkpointed
+(``CARRIED_STATE_KEY``: every layer's state of all ranks' columns, concatenated in column order), so a
+resumed run continues its memory exactly; a checkpoint without it (older runs) or with another number
+of columns (other batch size × world size) resumes from empty memory, with a warning.
 
 Optimisation: AdamW (Adam when ``weight_decay`` is 0), a linear warm-up over ``warmup_steps`` then
 ``schedule``: ``cosine`` decay to 0 at the last step, ``constant``, or ``inverse_sqrt`` (``∝ 1/√step``);
@@ -30,7 +34,8 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -38,9 +43,11 @@ from fwp.attention import AttentionSpec
 from fwp.model import DecoderLM, detach_states, sample
 from fwp.model.block import Activation, Norm
 from fwp.model.positions import Positional
+from fwp.ops import FastWeightState
 
 Schedule = Literal["cosine", "constant", "inverse_sqrt"]
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
+CARRIED_STATE_KEY = "carried_train_state"
 
 
 class TokenNLL(Metric):
@@ -171,6 +178,7 @@ class LanguageModel(L.LightningModule):
         self.valid_nll = TokenNLL()
         self.test_nll = TokenNLL()
         self.streams: dict[str, CarriedStream] = {}
+        self._restored_train_state: dict[str, Any] | None = None
         self._last_step_end: float | None = None
 
     def forward(self, tokens: Tensor, *, states: list | None = None, position_offset: int = 0):
@@ -190,6 +198,15 @@ class LanguageModel(L.LightningModule):
                 detach_states(states), segment + 1, position + inputs.shape[1]
             )
         return self.model.target_log_probs(output, batch["target"])
+
+    def window_log_probs(self, batch: dict[str, Any]) -> Tensor:
+        """``log p(target)`` ``[n]`` of the scored targets of a batch of sliding windows (input, target
+        ``[K, T]``, score_from ``[K]``): row ``k`` scores positions ``t ≥ score_from[k]``. Every window
+        starts from empty memory at position 0; only the scored positions reach the output layer."""
+        hidden, _ = self.model.hidden_states(batch["input"])
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        scored = positions >= batch["score_from"][:, None]
+        return self.model.target_log_probs(self.model.output_scores(hidden[scored]), batch["target"][scored])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = -self.segment_log_probs(batch, "train", self.carry_state).mean()
@@ -212,7 +229,12 @@ class LanguageModel(L.LightningModule):
         self._last_step_end = None
 
     def evaluation_step(self, batch: dict[str, Any], split: str, metric: TokenNLL) -> None:
-        metric.update(self.segment_log_probs(batch, split, self.eval_carry_state))
+        """Adds the batch's target log-probabilities to ``metric``: a batch of sliding windows (it has
+        ``score_from``) or a segment of ``split``'s stream (carried with ``eval_carry_state``)."""
+        if "score_from" in batch:
+            metric.update(self.window_log_probs(batch))
+        else:
+            metric.update(self.segment_log_probs(batch, split, self.eval_carry_state))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.evaluation_step(batch, "valid", self.valid_nll)
@@ -231,6 +253,79 @@ class LanguageModel(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_perplexity("test", self.test_nll)
+
+    def gather_columns(self, tensor: Tensor) -> Tensor:
+        """This rank's rows ``[B, ...]`` → every rank's ``[W·B, ...]`` in rank order, which is column
+        order (rank ``r`` owns columns ``r·B .. (r+1)·B - 1``). Collective under DDP."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tensor
+        return self.all_gather(tensor).flatten(0, 1)
+
+    def carried_train_state(self) -> dict[str, Any] | None:
+        """The training stream as saved in checkpoints: ``next_segment``, ``next_position``, and per
+        layer ``W`` ``[C, H, d_dot, d_v]`` and ``z`` ``[C, H, d_dot]`` (or None) of all ``C = W·B``
+        columns; None before the first carried segment."""
+        if self._restored_train_state is not None:  # resumed, not continued yet: still the run's state
+            return self._restored_train_state
+        stream = self.streams.get("train")
+        if stream is None:
+            return None
+        return {
+            "next_segment": stream.next_segment,
+            "next_position": stream.next_position,
+            "W": [self.gather_columns(state.W) for state in stream.states],
+            "z": [None if state.z is None else self.gather_columns(state.z) for state in stream.states],
+        }
+
+    def restored_train_stream(self, saved: dict[str, Any], rows: int) -> CarriedStream | None:
+        """This rank's ``rows`` columns of a saved training stream (``carried_train_state``), on this
+        module's device; None, with a warning naming the shapes, if it holds another number of columns
+        than ``world_size × rows``."""
+        world_size, rank = self.trainer.world_size, self.trainer.global_rank
+        saved_shape = tuple(saved["W"][0].shape)
+        if saved_shape[0] != world_size * rows:
+            rank_zero_warn(
+                f"the checkpoint's carried training state holds {saved_shape[0]} columns (layer 0's W "
+                f"{list(saved_shape)}), this run has {world_size * rows} (world_size={world_size} × "
+                f"batch_size={rows}, W [{rows}, {', '.join(map(str, saved_shape[1:]))}] per rank): "
+                "training resumes from empty memory"
+            )
+            return None
+        own = slice(rank * rows, (rank + 1) * rows)
+
+        def local(tensor: Tensor | None) -> Tensor | None:
+            return None if tensor is None else tensor[own].to(self.device)
+
+        states = [FastWeightState(local(W), local(z)) for W, z in zip(saved["W"], saved["z"], strict=True)]
+        return CarriedStream(states, saved["next_segment"], saved["next_position"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """With ``carry_state``, saves the training stream under ``CARRIED_STATE_KEY`` (called on every
+        rank: the states are gathered)."""
+        if self.carry_state:
+            checkpoint[CARRIED_STATE_KEY] = self.carried_train_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When training resumes with ``carry_state``, keeps the saved training stream until the first
+        training batch, which takes this rank's columns of it; warns if the checkpoint has none."""
+        resuming = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if not (self.carry_state and resuming):
+            return
+        if CARRIED_STATE_KEY not in checkpoint:
+            rank_zero_warn(
+                f"the checkpoint has no carried training state ('{CARRIED_STATE_KEY}'; written by an "
+                "older version?): training resumes from empty memory"
+            )
+        self._restored_train_state = checkpoint.get(CARRIED_STATE_KEY)
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """The first training batch after resuming continues the checkpoint's training stream (if it
+        holds as many columns as this run): its ``segment_log_probs`` then follows it as usual."""
+        if self._restored_train_state is not None:
+            stream = self.restored_train_stream(self._restored_train_state, batch["input"].shape[0])
+            if stream is not None:
+                self.streams["train"] = stream
+            self._restored_train_state = None
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Continue each row's first ``prompt_length`` tokens; one dict per row with ``prompt_ids``,

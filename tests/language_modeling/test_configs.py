@@ -11,6 +11,7 @@ import yaml
 
 from fwp.attention import FastWeightAttention, build_attention
 from fwp.cli import main
+from tasks.language_modeling.data import SlidingWindowDataset
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "lm"
@@ -97,6 +98,16 @@ def test_config_runs_one_step(path: Path, corpus: Path, tmp_path: Path, monkeypa
     assert cli.model.hparams.attention == model_args["attention"]
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size
     assert torch.isfinite(cli.trainer.callback_metrics["valid/ppl"])
+
+
+def test_sliding_evaluation_is_a_command_line_override(corpus: Path, tmp_path: Path, monkeypatch, one_thread):
+    """The README's ``test ... --data.init_args.eval_mode sliding --data.init_args.eval_stride N``."""
+    monkeypatch.chdir(tmp_path)
+    args = ["test", "--config", str(CONF / "synthetic_delta.yaml"), f"--data.init_args.data_dir={corpus}"]
+    args += ["--data.init_args.eval_mode", "sliding", "--data.init_args.eval_stride", "16", *TINY_MODEL]
+    cli = main([*args, "--trainer.limit_test_batches=2", "--trainer.logger=false"])
+    assert isinstance(cli.datamodule.datasets["test"], SlidingWindowDataset)
+    assert torch.isfinite(cli.trainer.callback_metrics["test/ppl"])
 
 
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem.startswith("wt103")], ids=lambda p: p.stem)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fwp.data import EOS_ID
-from tasks.language_modeling.data import LanguageModelingDataModule, SegmentDataset
+from tasks.language_modeling.data import LanguageModelingDataModule, SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 SMALL = {"train_lines": 40, "valid_lines": 8, "test_lines": 8}
@@ -71,6 +71,48 @@ def test_too_short_stream_and_bad_sizes_are_named(stream):
         SegmentDataset(stream, batch_size=32, segment_length=4, world_size=2)
     with pytest.raises(ValueError, match="segment_length"):
         SegmentDataset(stream, batch_size=2, segment_length=0)
+
+
+def scored_positions(dataset: SlidingWindowDataset) -> list[tuple[int, int]]:
+    """``(target position, tokens of context)`` of every target the windows score, for a stream whose
+    token at position ``p`` is ``1000 + p``."""
+    scored = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        torch.testing.assert_close(item["input"][:, 1:], item["target"][:, :-1])
+        for inputs, targets, first in zip(item["input"], item["target"], item["score_from"], strict=True):
+            start = int(inputs[0]) - 1000
+            scored += [(int(t) - 1000, int(t) - 1000 - start) for t in targets[int(first) :]]
+    return scored
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize(("window", "stride"), [(7, 1), (7, 3), (7, 7), (200, 5)])
+def test_sliding_windows_score_every_target_once_with_the_longest_context(stream, window, stride, world_size):
+    shares = [
+        SlidingWindowDataset(
+            stream, batch_size=4, window_length=window, stride=stride, rank=r, world_size=world_size
+        )
+        for r in range(world_size)
+    ]
+    assert len({len(share) for share in shares}) == 1  # every rank runs as many batches
+    scored = sorted(pair for share in shares for pair in scored_positions(share))
+    assert [position for position, _ in scored] == list(range(1, 103))  # N - 1 targets, each once
+    window = min(window, 102)
+    for position, context in scored:
+        assert min(position, window - stride + 1) <= context <= min(position, window)
+        if stride == 1:
+            assert context == min(position, window)
+
+
+def test_sliding_windows_with_stride_t_are_the_segments_of_one_column(stream):
+    windows = SlidingWindowDataset(stream, batch_size=1, window_length=6, stride=6)  # 102 = 17 · 6
+    segments = SegmentDataset(stream, batch_size=1, segment_length=6)
+    assert len(windows) == len(segments) == 17
+    for index in range(17):
+        assert windows[index]["score_from"].tolist() == [0]
+        for key in ("input", "target"):
+            torch.testing.assert_close(windows[index][key], segments[index][key])
 
 
 def test_dataset_pickles_the_stream_by_file_name(stream):
@@ -155,11 +197,36 @@ def test_missing_directory_split_and_empty_file_are_named(tmp_path):
         ({"tokenizer": "chars"}, "tokenizer must be"),
         ({"batch_size": 0}, "batch_size"),
         ({"eval_segment_length": 0}, "eval_segment_length"),
+        ({"eval_mode": "strided"}, "eval_mode must be one of .*eval_mode='strided'"),
+        ({"eval_stride": 0}, r"eval_stride must be in \[1, eval_segment_length=256\].*eval_stride=0"),
+        ({"eval_stride": 65, "segment_length": 64}, r"eval_segment_length=64\].*eval_stride=65"),
+        ({"eval_stride": 33, "eval_segment_length": 32}, r"eval_segment_length=32\].*eval_stride=33"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LanguageModelingDataModule(**kwargs)
+
+
+def test_bad_window_settings_are_named(stream):
+    with pytest.raises(ValueError, match=r"window_length=4\].*eval_stride=5"):
+        SlidingWindowDataset(stream, batch_size=2, window_length=4, stride=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        SlidingWindowDataset(stream, batch_size=0, window_length=4, stride=1)
+
+
+def test_sliding_mode_windows_the_evaluation_splits_only(corpus, tmp_path):
+    options = {"batch_size": 2, "segment_length": 8, "eval_batch_size": 5, "cache_dir": str(tmp_path)}
+    data = LanguageModelingDataModule(str(corpus), eval_mode="sliding", eval_stride=2, **options)
+    data.setup("fit")
+    assert isinstance(data.datasets["train"], SegmentDataset)
+    batch = next(iter(data.val_dataloader()))
+    assert batch["input"].shape == (5, 8) and batch["score_from"].tolist() == [0, 6, 6, 6, 6]
+    data.setup("predict")
+    assert isinstance(data.datasets["test"], SegmentDataset)
+    data.setup("test")
+    scored = sum(int((8 - b["score_from"]).sum()) for b in data.test_dataloader())
+    assert scored == len(data.token_stream("test")) - 1
 
 
 def test_lightning_resumes_mid_epoch_at_the_next_segment(corpus, tmp_path):

@@ -6,12 +6,18 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
 from fwp.model import step_log_probs
-from tasks.language_modeling.data import LanguageModelingDataModule
-from tasks.language_modeling.module import LanguageModel, TokenNLL, learning_rate_factor
+from tasks.language_modeling.data import LanguageModelingDataModule, SegmentDataset, SlidingWindowDataset
+from tasks.language_modeling.module import (
+    CARRIED_STATE_KEY,
+    LanguageModel,
+    TokenNLL,
+    learning_rate_factor,
+)
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 VOCAB = 41
@@ -114,6 +120,127 @@ def test_validation_perplexity_is_the_exponent_of_the_mean_token_nll(corpus: Pat
     assert tokens == (len(data.token_stream("valid")) // 3 - 1) * 3
     assert metrics["valid/ppl"] == pytest.approx(math.exp(nll_sum / tokens), rel=1e-5)
     assert metrics["valid/loss"] == pytest.approx(nll_sum / tokens, rel=1e-5)
+
+
+@pytest.fixture
+def random_stream(tmp_path: Path) -> np.ndarray:
+    """121 random tokens (120 = 8 · 15 targets), memory-mapped like a token cache."""
+    generator = np.random.default_rng(0)
+    np.save(tmp_path / "stream.npy", generator.integers(0, VOCAB, 121, dtype=np.int32))
+    return np.load(tmp_path / "stream.npy", mmap_mode="r")
+
+
+def evaluate(model: LanguageModel, dataset: SegmentDataset | SlidingWindowDataset) -> TokenNLL:
+    """The model's ``TokenNLL`` over every batch of ``dataset`` (evaluation mode, no gradients)."""
+    metric = TokenNLL()
+    model.eval()
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            model.evaluation_step(dataset[index], "valid", metric)
+    return metric
+
+
+def brute_force_nll(model: LanguageModel, stream: np.ndarray, context: int) -> float:
+    """``−Σ_t log p(x_t | x[max(0, t − context) : t])``: every target with a forward of its own window."""
+    tokens = torch.as_tensor(np.asarray(stream, dtype=np.int64))
+    nll = 0.0
+    with torch.no_grad():
+        for t in range(1, len(tokens)):
+            window = tokens[max(0, t - context) : t][None]
+            output, _ = model(window)
+            nll -= model.model.target_log_probs(output[:, -1:], tokens[t].view(1, 1)).item()
+    return nll
+
+
+@pytest.mark.parametrize("windows_per_batch", [1, 4])
+def test_sliding_windows_with_stride_t_score_like_fresh_segments(random_stream, windows_per_batch) -> None:
+    torch.manual_seed(0)
+    model = tiny_language_model(attention="delta").double()
+    segments = evaluate(model, SegmentDataset(random_stream, batch_size=1, segment_length=15))
+    windows = SlidingWindowDataset(random_stream, batch_size=windows_per_batch, window_length=15, stride=15)
+    sliding = evaluate(model, windows)
+    assert sliding.tokens == segments.tokens == len(random_stream) - 1
+    if windows_per_batch == 1:
+        assert sliding.nll_sum == segments.nll_sum
+    else:
+        torch.testing.assert_close(sliding.nll_sum, segments.nll_sum, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"attention": "delta"},
+        {"attention": "softmax", "adaptive_cutoffs": [8, 20], "tie_embeddings": True},
+        {"attention": "linear", "adaptive_cutoffs": [10], "positional": "none", "eval_carry_state": True},
+    ],
+    ids=["delta", "softmax_adaptive", "linear_adaptive_carry"],
+)
+def test_stride_1_scores_every_token_with_its_own_window(random_stream, options) -> None:
+    torch.manual_seed(0)
+    model = tiny_language_model(**options).double().eval()
+    windows = SlidingWindowDataset(random_stream, batch_size=16, window_length=9, stride=1)
+    metric = evaluate(model, windows)
+    assert metric.tokens == len(random_stream) - 1
+    assert metric.nll_sum.item() == pytest.approx(brute_force_nll(model, random_stream, 9), rel=1e-12)
+
+
+def test_sliding_validation_through_the_trainer(corpus: Path) -> None:
+    torch.manual_seed(0)
+    data = LanguageModelingDataModule(
+        str(corpus), segment_length=12, eval_batch_size=32, eval_mode="sliding", eval_stride=1
+    )
+    model = LanguageModel(data.vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=16, dropout=0.0)
+    metrics = quiet_trainer().validate(model, datamodule=data, verbose=False)[0]
+    stream = data.token_stream("valid")
+    mean_nll = brute_force_nll(model.eval(), stream, 12) / (len(stream) - 1)
+    assert metrics["valid/loss"] == pytest.approx(mean_nll, rel=1e-5)
+    assert metrics["valid/ppl"] == pytest.approx(math.exp(mean_nll), rel=1e-5)
+
+
+def carry_run(corpus: Path, directory: Path, max_steps: int, batch_size: int = 3, ckpt_path=None):
+    """A tiny carry model trained to ``max_steps`` on 8-token segments, then checkpointed."""
+    data = LanguageModelingDataModule(str(corpus), batch_size=batch_size, segment_length=8)
+    model = LanguageModel(
+        data.vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=16, positional="none", carry_state=True
+    )
+    trainer = quiet_trainer(max_steps=max_steps, limit_val_batches=0, default_root_dir=directory)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(directory / f"step{max_steps}.ckpt")
+    return model, directory / f"step{max_steps}.ckpt"
+
+
+def test_checkpoints_hold_the_carried_training_state(corpus: Path, tmp_path: Path) -> None:
+    model, checkpoint = carry_run(corpus, tmp_path, max_steps=2)
+    saved = torch.load(checkpoint, weights_only=True)[CARRIED_STATE_KEY]
+    stream = model.streams["train"]
+    assert (saved["next_segment"], saved["next_position"]) == (2, 16)
+    assert [tuple(W.shape) for W in saved["W"]] == [(3, 2, 32, 8)] * 2  # [B, H, 4·d_head (DPFP), d_head]
+    assert saved["z"] == [None, None]
+    for W, state in zip(saved["W"], stream.states, strict=True):
+        assert torch.equal(W, state.W)
+    resumed, _ = carry_run(corpus, tmp_path / "resumed", max_steps=3, ckpt_path=checkpoint)
+    assert resumed.streams["train"].next_position == 24  # positions continued: the memory was restored
+
+
+COLUMN_MISMATCH = r"holds 3 columns \(layer 0's W \[3, 2, 32, 8\]\), this run has 2 .*batch_size=2.*empty"
+
+
+@pytest.mark.parametrize(
+    ("drop_key", "batch_size", "message"),
+    [(True, 3, "no carried training state.*empty memory"), (False, 2, COLUMN_MISMATCH)],
+    ids=["older_checkpoint", "other_batch_size"],
+)
+def test_resuming_without_a_matching_carried_state_warns_and_starts_empty(
+    corpus: Path, tmp_path: Path, drop_key: bool, batch_size: int, message: str
+) -> None:
+    _, checkpoint = carry_run(corpus, tmp_path, max_steps=2)
+    if drop_key:
+        contents = torch.load(checkpoint, weights_only=True)
+        del contents[CARRIED_STATE_KEY]
+        torch.save(contents, checkpoint)
+    with pytest.warns(UserWarning, match=message):
+        resumed, _ = carry_run(corpus, tmp_path / "resumed", 3, batch_size=batch_size, ckpt_path=checkpoint)
+    assert resumed.streams["train"].next_position == 8  # a fresh stream: positions restarted
 
 
 def test_token_nll_accumulates_sums_not_batch_means() -> None:

@@ -3,9 +3,13 @@ parameters, bit for bit (CPU, fixed seed). Checkpoints are taken at the end of t
 and without an evaluation following) and at the end of evaluations.
 
 The random parts are exercised: the retrieval model with FAVOR+ redraws its random features from the
-global generator at every call (training and evaluation), the language model uses dropout."""
+global generator at every call (training and evaluation), the language models use dropout. The carry
+language model (delta rule) continues its fast weights from segment to segment, so its checkpoints
+must hold the carried state too."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 import torch
@@ -33,13 +37,13 @@ def retrieval(directory) -> list[str]:
     return retrieval_args("setting1_favor64", *run_options(directory))
 
 
-def language_model(directory) -> list[str]:
+def language_model(directory, config: str = "synthetic_softmax") -> list[str]:
     corpus = directory.parent / "corpus"
     if not corpus.exists():
         write_synthetic_corpus(corpus, train_lines=200, valid_lines=20, test_lines=1)
     return [
         "--config",
-        str(REPO / "conf" / "lm" / "synthetic_softmax.yaml"),
+        str(REPO / "conf" / "lm" / f"{config}.yaml"),
         "--data.init_args.data_dir",
         str(corpus),
         "--data.init_args.batch_size",
@@ -55,7 +59,11 @@ def language_model(directory) -> list[str]:
     ]
 
 
-TASKS = {"retrieval_favor": retrieval, "lm_dropout": language_model}
+TASKS = {
+    "retrieval_favor": retrieval,
+    "lm_dropout": language_model,
+    "lm_carry": partial(language_model, config="synthetic_delta"),
+}
 
 
 @pytest.fixture(scope="module", params=list(TASKS))
