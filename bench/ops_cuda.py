@@ -16,7 +16,7 @@ bfloat16).
 FLOPs: the fast-weight rows use the analytic forward + backward count of the chunkwise algorithm from
 the CPU benchmark (``chunk_flops`` in ``bench/ops.py``; the triton kernels keep the WY pair
 ``W_k = T diag(β) K``, ``U_0 = T diag(β) V`` where the CPU backend multiplies ``T`` into the residual
-``V − K S``: with ``d = e``, as here, both count the same products, and the kernels recompute one
+``V − K S``: with ``C = d = e``, the defaults, both count the same products; the kernels recompute one
 ``QKᵀ`` per chunk more in the backward), causal softmax attention ``2T²d`` per head
 forward and 2.5× that backward (FlashAttention recomputes the scores, as in its own benchmarks).
 
