@@ -1,10 +1,12 @@
-"""What tasks share: vocabularies (Hugging Face ``tokenizers``), binarised token caches, batch loaders.
+"""What tasks share: vocabularies (Hugging Face ``tokenizers``), binarised token caches, batch loaders,
+the corpus and tokenizer part of their data modules.
 
 Special tokens ``<pad>, <unk>, <bos>, <eos>`` have ids 0, 1, 2, 3 in every vocabulary.
 """
 
+from fwp.data.datamodule import CorpusDataModule
 from fwp.data.files import corpus_directories, default_cache_root, file_sha256, require_nonempty_file
-from fwp.data.loading import BatchIndexSampler, BatchLoader, rank_and_world_size
+from fwp.data.loading import BatchIndexSampler, BatchLoader, check_rank, rank_and_world_size
 from fwp.data.token_cache import LineTokens, cached_line_tokens, cached_token_stream
 from fwp.data.tokenizer import (
     BOS_ID,
@@ -24,9 +26,11 @@ __all__ = [
     "UNK_ID",
     "BatchIndexSampler",
     "BatchLoader",
+    "CorpusDataModule",
     "LineTokens",
     "cached_line_tokens",
     "cached_token_stream",
+    "check_rank",
     "corpus_directories",
     "default_cache_root",
     "file_sha256",

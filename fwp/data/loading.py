@@ -28,6 +28,12 @@ def rank_and_world_size(trainer: Any | None) -> tuple[int, int]:
     return trainer.global_rank, trainer.world_size
 
 
+def check_rank(rank: int, world_size: int) -> None:
+    """A ValueError naming both unless ``0 ≤ rank < world_size``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got rank={rank}")
+
+
 class BatchIndexSampler(DistributedSampler):
     """Indices ``0 .. num_batches - 1`` of a batch-valued dataset, this rank's share, from ``start`` on.
 
@@ -38,8 +44,7 @@ class BatchIndexSampler(DistributedSampler):
     def __init__(
         self, dataset: Dataset, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got rank={rank}")
+        check_rank(rank, world_size)
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.start = 0
 

@@ -36,24 +36,13 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
-from fwp.data import (
-    EOS_ID,
-    PAD_ID,
-    BatchLoader,
-    cached_token_stream,
-    corpus_directories,
-    load_or_train_tokenizer,
-    rank_and_world_size,
-)
+from fwp.data import CorpusDataModule, cached_token_stream, check_rank, rank_and_world_size
 from tasks.language_modeling.synthetic import SPLIT_FILES, write_synthetic_corpus
 
-SYNTHETIC_SUBDIR = "synthetic/wikitext-v1"
 EvalMode = Literal["segments", "sliding"]
 EVAL_MODES = ("segments", "sliding")
 
@@ -84,11 +73,8 @@ class SegmentDataset(StreamDataset):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        for name, value in (("batch_size", batch_size), ("segment_length", segment_length)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={value}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got rank={rank}")
+        check_sizes(batch_size=batch_size, segment_length=segment_length)
+        check_rank(rank, world_size)
         num_columns = world_size * batch_size
         self.column_length = len(stream) // num_columns
         if self.column_length < 2:
@@ -138,12 +124,9 @@ class SlidingWindowDataset(StreamDataset):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        for name, value in (("batch_size", batch_size), ("window_length", window_length)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={value}")
+        check_sizes(batch_size=batch_size, window_length=window_length)
         check_stride(stride, window_length, "window_length")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got rank={rank}")
+        check_rank(rank, world_size)
         if len(stream) < 2:
             raise ValueError(f"a stream of {len(stream)} tokens has no target to score: need at least 2")
         self.stream = stream
@@ -171,6 +154,13 @@ class SlidingWindowDataset(StreamDataset):
         return {"input": block[:, :-1], "target": block[:, 1:], "score_from": score_from}
 
 
+def check_sizes(**sizes: int | None) -> None:
+    """A ValueError naming the first of ``sizes`` below 1 (None, for "not given", passes)."""
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {name}={value}")
+
+
 def check_stride(stride: int, window_length: int, length_name: str) -> None:
     """A ValueError naming ``eval_stride`` unless ``1 ≤ stride ≤ window_length``."""
     if not 1 <= stride <= window_length:
@@ -180,7 +170,7 @@ def check_stride(stride: int, window_length: int, length_name: str) -> None:
         )
 
 
-class LanguageModelingDataModule(L.LightningDataModule):
+class LanguageModelingDataModule(CorpusDataModule):
     """WikiText-103-style language modelling with Transformer-XL batching (module docstring).
 
     Reads ``wiki.train.tokens``, ``wiki.valid.tokens``, ``wiki.test.tokens`` from ``data_dir``. The
@@ -215,6 +205,11 @@ class LanguageModelingDataModule(L.LightningDataModule):
             which a given ``cache_dir`` replaces.
     """
 
+    synthetic_subdir = "synthetic/wikitext-v1"
+    synthetic_files = tuple(SPLIT_FILES.values())
+    generate_synthetic = staticmethod(write_synthetic_corpus)
+    datasets: dict[str, SegmentDataset | SlidingWindowDataset]
+
     def __init__(
         self,
         data_dir: str | None = None,
@@ -229,25 +224,25 @@ class LanguageModelingDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            data_dir=data_dir, cache_dir=cache_dir, tokenizer_kind=tokenizer, bpe_vocab_size=bpe_vocab_size
+        )
         if tokenizer not in ("word", "bpe"):
             raise ValueError(f"tokenizer must be 'word' or 'bpe', got tokenizer={tokenizer!r}")
         if tokenizer == "bpe" and bpe_vocab_size is None:
             raise ValueError("tokenizer='bpe' needs bpe_vocab_size (the number of BPE tokens), got None")
-        positive = {"batch_size": batch_size, "segment_length": segment_length}
-        optional = {"eval_batch_size": eval_batch_size, "eval_segment_length": eval_segment_length}
-        for name, value in (*positive.items(), *optional.items()):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={value}")
+        check_sizes(
+            batch_size=batch_size,
+            segment_length=segment_length,
+            eval_batch_size=eval_batch_size,
+            eval_segment_length=eval_segment_length,
+        )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
         if eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {list(EVAL_MODES)}, got eval_mode={eval_mode!r}")
         check_stride(eval_stride, eval_segment_length or segment_length, "eval_segment_length")
         self.save_hyperparameters()
-        self.data_dir = data_dir
-        self.tokenizer_kind = tokenizer
-        self.bpe_vocab_size = bpe_vocab_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.segment_length = segment_length
@@ -255,28 +250,6 @@ class LanguageModelingDataModule(L.LightningDataModule):
         self.eval_mode = eval_mode
         self.eval_stride = eval_stride
         self.num_workers = num_workers
-        self.cache_dir = cache_dir
-        self._tokenizer: Tokenizer | None = None
-        self.datasets: dict[str, SegmentDataset | SlidingWindowDataset] = {}
-
-    def _directories(self) -> tuple[Path, Path]:
-        return corpus_directories(
-            self.data_dir,
-            self.cache_dir,
-            synthetic_subdir=SYNTHETIC_SUBDIR,
-            expected_files=tuple(SPLIT_FILES.values()),
-            generate=write_synthetic_corpus,
-        )
-
-    @property
-    def data_path(self) -> Path:
-        """The corpus directory; the synthetic corpus is generated on first access if ``data_dir`` is None."""
-        return self._directories()[0]
-
-    @property
-    def cache_path(self) -> Path:
-        """Where the tokenizer and the token caches are written."""
-        return self._directories()[1]
 
     def split_file(self, split: str) -> Path:
         """Path of ``split``'s text file; ``FileNotFoundError`` naming it and the expected files if absent."""
@@ -293,32 +266,9 @@ class LanguageModelingDataModule(L.LightningDataModule):
             )
         return path
 
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The vocabulary of the train split (built and saved on first access, then loaded)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_or_train_tokenizer(
-                [self.split_file("train")],
-                kind=self.tokenizer_kind,
-                save_dir=self.cache_path,
-                vocab_size=self.bpe_vocab_size if self.tokenizer_kind == "bpe" else None,
-            )
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids, special tokens included (for the model's embedding and softmax)."""
-        return self.tokenizer.get_vocab_size()
-
-    @property
-    def pad_id(self) -> int:
-        """Id of ``<pad>`` (never in a stream; for models that need one)."""
-        return PAD_ID
-
-    @property
-    def eos_id(self) -> int:
-        """Id of ``<eos>``, which ends every line of the stream."""
-        return EOS_ID
+    def tokenizer_files(self) -> list[Path]:
+        """The train split: the vocabulary is built from it only."""
+        return [self.split_file("train")]
 
     def token_stream(self, split: str) -> np.ndarray:
         """The whole ``int32 [N]`` token stream of ``split`` (memory-mapped), e.g. for sliding-window eval."""
@@ -364,19 +314,9 @@ class LanguageModelingDataModule(L.LightningDataModule):
             dataset = self.windows if sliding else self.segments
             self.datasets[split] = dataset(split, rank=rank, world_size=world_size)
 
-    def _loader(self, split: str) -> BatchLoader:
-        if split not in self.datasets:
-            raise RuntimeError(f"the {split} split is not set up: call setup() with a stage that uses it")
-        return BatchLoader(self.datasets[split], num_workers=self.num_workers)
-
-    def train_dataloader(self) -> BatchLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> BatchLoader:
-        return self._loader("valid")
-
-    def test_dataloader(self) -> BatchLoader:
-        return self._loader("test")
+    def loader_options(self, split: str) -> dict[str, Any]:
+        """Batches in order, not dealt to ranks by the loader: each rank's dataset holds its own share."""
+        return {"num_workers": self.num_workers}
 
     def predict_dataloader(self) -> DataLoader:
         """The test split's segments: each row's first tokens are the prompts of ``predict``. A plain

@@ -26,12 +26,11 @@ import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from tokenizers import Tokenizer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -39,16 +38,12 @@ from fwp.data import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
-    BatchLoader,
+    CorpusDataModule,
     LineTokens,
     cached_line_tokens,
-    corpus_directories,
-    load_or_train_tokenizer,
     rank_and_world_size,
 )
 from tasks.translation.synthetic import SPLITS, write_synthetic_parallel_corpus
-
-SYNTHETIC_SUBDIR = "synthetic/translation-v1"
 
 
 def pack_batches(src_widths: np.ndarray, tgt_widths: np.ndarray, *, max_tokens: int) -> list[np.ndarray]:
@@ -135,7 +130,7 @@ def save_standard_input(directory: Path) -> Path:
     return path
 
 
-class TranslationDataModule(L.LightningDataModule):
+class TranslationDataModule(CorpusDataModule):
     """Parallel-corpus translation data with a joint BPE vocabulary (module docstring).
 
     The BPE is learned on ``train.<src_lang>`` + ``train.<tgt_lang>``, saved beside the data and reused;
@@ -164,6 +159,11 @@ class TranslationDataModule(L.LightningDataModule):
             ``"-"`` reads standard input.
     """
 
+    synthetic_subdir = "synthetic/translation-v1"
+    synthetic_files = tuple(f"{split}.{lang}" for split in SPLITS for lang in ("src", "tgt"))
+    generate_synthetic = staticmethod(write_synthetic_parallel_corpus)
+    datasets: dict[str, PairBatches]
+
     def __init__(
         self,
         data_dir: str | None = None,
@@ -178,7 +178,9 @@ class TranslationDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         predict_file: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            data_dir=data_dir, cache_dir=cache_dir, tokenizer_kind="bpe", bpe_vocab_size=bpe_vocab_size
+        )
         if src_lang == tgt_lang:
             raise ValueError(f"src_lang and tgt_lang must differ, got both {src_lang!r}")
         if max_positions < 2:
@@ -192,38 +194,14 @@ class TranslationDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
         self.save_hyperparameters()
-        self.data_dir = data_dir
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
-        self.bpe_vocab_size = bpe_vocab_size
         self.max_tokens = max_tokens
         self.eval_max_tokens = eval_max_tokens or max_tokens
         self.max_positions = max_positions
         self.num_workers = num_workers
         self.seed = seed
-        self.cache_dir = cache_dir
         self.predict_file = predict_file
-        self._tokenizer: Tokenizer | None = None
-        self.datasets: dict[str, PairBatches] = {}
         self.long_pairs: dict[str, int] = {}
-
-    def _directories(self) -> tuple[Path, Path]:
-        return corpus_directories(
-            self.data_dir,
-            self.cache_dir,
-            synthetic_subdir=SYNTHETIC_SUBDIR,
-            expected_files=[f"{split}.{lang}" for split in SPLITS for lang in ("src", "tgt")],
-            generate=write_synthetic_parallel_corpus,
-        )
-
-    @property
-    def data_path(self) -> Path:
-        """The corpus directory; the synthetic corpus is generated on first access if ``data_dir`` is None."""
-        return self._directories()[0]
-
-    @property
-    def cache_path(self) -> Path:
-        """Where the tokenizer and the token caches are written."""
-        return self._directories()[1]
 
     def split_file(self, split: str, lang: str) -> Path:
         """Path of ``<split>.<lang>``; ``FileNotFoundError`` naming it if absent."""
@@ -237,34 +215,14 @@ class TranslationDataModule(L.LightningDataModule):
             )
         return path
 
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The joint BPE of the training source and target (built and saved on first access, then loaded)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_or_train_tokenizer(
-                [self.split_file("train", self.src_lang), self.split_file("train", self.tgt_lang)],
-                kind="bpe",
-                save_dir=self.cache_path,
-                vocab_size=self.bpe_vocab_size,
-            )
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids, special tokens included (shared by source and target)."""
-        return self.tokenizer.get_vocab_size()
-
-    @property
-    def pad_id(self) -> int:
-        return PAD_ID
+    def tokenizer_files(self) -> list[Path]:
+        """The training source and target: one joint BPE for both sides."""
+        return [self.split_file("train", self.src_lang), self.split_file("train", self.tgt_lang)]
 
     @property
     def bos_id(self) -> int:
+        """Id of ``<bos>``, which starts every decoder input."""
         return BOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return EOS_ID
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
         """Detokenised text of ``ids`` up to the first <eos>, special tokens left out."""
@@ -341,27 +299,16 @@ class TranslationDataModule(L.LightningDataModule):
         for split in splits:
             self.datasets[split] = self.batches(split)
 
-    def _loader(self, split: str) -> BatchLoader:
-        if split not in self.datasets:
-            raise RuntimeError(f"the {split} split is not set up: call setup() with a stage that uses it")
+    def loader_options(self, split: str) -> dict[str, Any]:
+        """The training batches in a new order each epoch; every split's batches dealt to the ranks."""
         rank, world_size = rank_and_world_size(self.trainer)
-        return BatchLoader(
-            self.datasets[split],
-            shuffle=split == "train",
-            seed=self.seed,
-            rank=rank,
-            world_size=world_size,
-            num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> BatchLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> BatchLoader:
-        return self._loader("valid")
-
-    def test_dataloader(self) -> BatchLoader:
-        return self._loader("test")
+        return {
+            "shuffle": split == "train",
+            "seed": self.seed,
+            "rank": rank,
+            "world_size": world_size,
+            "num_workers": self.num_workers,
+        }
 
     def predict_dataloader(self) -> DataLoader:
         """A plain DataLoader: for prediction Lightning rebuilds the loader and deals batches to ranks

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning_runs import quiet_trainer
 
 from fwp.model import step_log_probs
 from tasks.language_modeling.data import LanguageModelingDataModule, SegmentDataset, SlidingWindowDataset
@@ -21,11 +21,20 @@ from tasks.language_modeling.module import (
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 VOCAB = 41
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_language_model(**kwargs) -> LanguageModel:
+    """A two-layer model over ``VOCAB`` tokens (d_model 16, 2 heads, d_ff 24, no dropout); ``kwargs``
+    override."""
     options = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 24, "dropout": 0.0} | kwargs
     return LanguageModel(VOCAB, **options)
+
+
+def corpus_language_model(data: LanguageModelingDataModule, **kwargs) -> LanguageModel:
+    """A one-layer model over ``data``'s vocabulary (d_model 16, 2 heads, d_ff 16); ``kwargs`` override."""
+    options = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16} | kwargs
+    return LanguageModel(data.vocab_size, **options)
 
 
 def segment(stream: torch.Tensor, index: int, length: int) -> dict:
@@ -36,26 +45,6 @@ def segment(stream: torch.Tensor, index: int, length: int) -> dict:
         "target": stream[:, start + 1 : start + length + 1],
         "segment_index": index,
     }
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    options = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-    }
-    return L.Trainer(**(options | kwargs))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and does not oversubscribe a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +93,7 @@ def test_without_carry_every_segment_starts_fresh() -> None:
 def test_validation_perplexity_is_the_exponent_of_the_mean_token_nll(corpus: Path, carry: bool) -> None:
     torch.manual_seed(0)
     data = LanguageModelingDataModule(str(corpus), batch_size=4, segment_length=16, eval_batch_size=3)
-    model = LanguageModel(
-        data.vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=16, positional="none", carry_state=carry
-    )
+    model = corpus_language_model(data, positional="none", carry_state=carry)
     metrics = quiet_trainer().validate(model, datamodule=data, verbose=False)[0]
     data.setup("validate")
     nll_sum, tokens, states = 0.0, 0, None
@@ -189,7 +176,7 @@ def test_sliding_validation_through_the_trainer(corpus: Path) -> None:
     data = LanguageModelingDataModule(
         str(corpus), segment_length=12, eval_batch_size=32, eval_mode="sliding", eval_stride=1
     )
-    model = LanguageModel(data.vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=16, dropout=0.0)
+    model = corpus_language_model(data, dropout=0.0)
     metrics = quiet_trainer().validate(model, datamodule=data, verbose=False)[0]
     stream = data.token_stream("valid")
     mean_nll = brute_force_nll(model.eval(), stream, 12) / (len(stream) - 1)
@@ -200,9 +187,7 @@ def test_sliding_validation_through_the_trainer(corpus: Path) -> None:
 def carry_run(corpus: Path, directory: Path, max_steps: int, batch_size: int = 3, ckpt_path=None):
     """A tiny carry model trained to ``max_steps`` on 8-token segments, then checkpointed."""
     data = LanguageModelingDataModule(str(corpus), batch_size=batch_size, segment_length=8)
-    model = LanguageModel(
-        data.vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=16, positional="none", carry_state=True
-    )
+    model = corpus_language_model(data, n_layers=2, positional="none", carry_state=True)
     trainer = quiet_trainer(max_steps=max_steps, limit_val_batches=0, default_root_dir=directory)
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     trainer.save_checkpoint(directory / f"step{max_steps}.ckpt")
@@ -265,16 +250,7 @@ def test_schedule_warms_up_then_follows_its_shape() -> None:
 
 def test_trainer_follows_the_schedule(corpus: Path) -> None:
     data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8)
-    model = LanguageModel(
-        data.vocab_size,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        d_ff=16,
-        lr=0.01,
-        warmup_steps=2,
-        attention="linear",
-    )
+    model = corpus_language_model(data, lr=0.01, warmup_steps=2, attention="linear")
     trainer = quiet_trainer(max_steps=4, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     expected = 0.01 * learning_rate_factor(4, schedule="cosine", warmup_steps=2, total_steps=4)
@@ -285,7 +261,7 @@ def test_trainer_follows_the_schedule(corpus: Path) -> None:
 
 def test_cosine_without_a_step_budget_is_refused(corpus: Path) -> None:
     data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8)
-    model = LanguageModel(data.vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=16, attention="linear")
+    model = corpus_language_model(data, attention="linear")
     with pytest.raises(ValueError, match="max_steps"):
         quiet_trainer(max_steps=-1, max_epochs=-1, limit_val_batches=0).fit(model, datamodule=data)
 
@@ -301,16 +277,7 @@ def test_adaptive_softmax_generation_matches_the_parallel_forward() -> None:
 def test_predict_continues_prompts_and_decodes_them(corpus: Path) -> None:
     torch.manual_seed(0)
     data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8, eval_batch_size=2)
-    model = LanguageModel(
-        data.vocab_size,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        d_ff=16,
-        prompt_length=5,
-        max_new_tokens=3,
-        top_k=4,
-    )
+    model = corpus_language_model(data, prompt_length=5, max_new_tokens=3, top_k=4)
     samples = quiet_trainer(limit_predict_batches=1).predict(model, datamodule=data)[0]
     batch = next(iter(data.test_dataloader()))
     assert len(samples) == 2

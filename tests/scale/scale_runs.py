@@ -1,4 +1,4 @@
-"""Small retrieval runs through the project CLI, shared by the scale tests."""
+"""Small retrieval and language-model runs through the project CLI, shared by the scale tests."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fwp.cli import FwpCLI, main
 
 REPO = Path(__file__).resolve().parents[2]
 RETRIEVAL = REPO / "conf" / "retrieval"
+LANGUAGE_MODELING = REPO / "conf" / "lm"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
@@ -30,6 +31,25 @@ def retrieval_args(
         str(batch_size),
         "--seed_everything",
         "7",
+        *QUIET,
+        *extra,
+    ]
+
+
+def lm_args(
+    config: str, corpus: str | Path, *extra: str, batch_size: int = 4, segment_length: int = 16
+) -> list[str]:
+    """CLI arguments of a small language-model run (``conf/lm/<config>.yaml``) on the corpus directory
+    ``corpus`` (batches of ``batch_size`` columns × ``segment_length`` tokens, quiet)."""
+    return [
+        "--config",
+        str(LANGUAGE_MODELING / f"{config}.yaml"),
+        "--data.init_args.data_dir",
+        str(corpus),
+        "--data.init_args.batch_size",
+        str(batch_size),
+        "--data.init_args.segment_length",
+        str(segment_length),
         *QUIET,
         *extra,
     ]

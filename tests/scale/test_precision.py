@@ -9,7 +9,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from scale_runs import QUIET, REPO, LossRecorder, build, fit
+from scale_runs import LossRecorder, build, fit, lm_args
 
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
@@ -39,15 +39,9 @@ def corpus(tmp_path_factory):
 
 def train(corpus, precision: str) -> tuple[dict[int, float], set[torch.dtype]]:
     recorder, types = LossRecorder(), LinearOutputTypes()
-    args = [
-        "--config",
-        str(REPO / "conf" / "lm" / "synthetic_delta.yaml"),
-        "--data.init_args.data_dir",
-        str(corpus),
-        "--data.init_args.batch_size",
-        "4",
-        "--data.init_args.segment_length",
-        "16",
+    args = lm_args(
+        "synthetic_delta",
+        corpus,
         "--trainer.max_steps",
         str(STEPS),
         "--trainer.limit_val_batches",
@@ -56,8 +50,7 @@ def train(corpus, precision: str) -> tuple[dict[int, float], set[torch.dtype]]:
         "false",
         "--trainer.precision",
         precision,
-        *QUIET,
-    ]
+    )
     fit(build(args, recorder, types))
     return recorder.losses, types.seen
 

@@ -13,7 +13,7 @@ from functools import partial
 
 import pytest
 import torch
-from scale_runs import QUIET, REPO, LossRecorder, build, checkpoints_every, fit, retrieval_args
+from scale_runs import LossRecorder, build, checkpoints_every, fit, lm_args, retrieval_args
 
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
@@ -41,22 +41,15 @@ def language_model(directory, config: str = "synthetic_softmax") -> list[str]:
     corpus = directory.parent / "corpus"
     if not corpus.exists():
         write_synthetic_corpus(corpus, train_lines=200, valid_lines=20, test_lines=1)
-    return [
-        "--config",
-        str(REPO / "conf" / "lm" / f"{config}.yaml"),
-        "--data.init_args.data_dir",
-        str(corpus),
-        "--data.init_args.batch_size",
-        "4",
-        "--data.init_args.segment_length",
-        "16",
+    return lm_args(
+        config,
+        corpus,
         "--trainer.limit_val_batches",
         "2",
         "--model.init_args.dropout",
         "0.1",
-        *QUIET,
         *run_options(directory),
-    ]
+    )
 
 
 TASKS = {

@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning_runs import quiet_trainer
 
 from fwp.cli import main
 from tasks.translation.data import TranslationDataModule
@@ -27,18 +28,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_parallel_corpus(
         tmp_path_factory.mktemp("corpus"), n_train=4000, n_valid=60, n_test=12
     )
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    options = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        **kwargs,
-    }
-    return L.Trainer(**options)
 
 
 def test_label_smoothed_loss_is_cross_entropy_against_the_smoothed_distribution() -> None:
