@@ -25,6 +25,9 @@ the state is streamed in ``[BK, BV]`` tiles, so any ``d_dot``/``d_v`` works. The
 keep the running state in their own slice of ``h``/``dh`` (one program per ``(d_v tile, BH)``)
 and synchronise their threads after each chunk. Every matrix product runs in ``ACC`` with
 ``tl.dot``'s ``input_precision=PREC``.
+
+The ``_``-prefixed helpers hold the tile addressing and the loops that several kernels share;
+Triton inlines them, so a kernel compiles to the loads and products it would have spelt out.
 """
 
 from __future__ import annotations
@@ -53,10 +56,44 @@ def _store_tile(ptr, value, row0, col0, n_rows, n_cols, ROWS: tl.constexpr, COLS
 
 
 @triton.jit
-def _load_beta(beta_ptr, t0, T, BT: tl.constexpr, ACC: tl.constexpr):
-    """``β`` of the chunk starting at token ``t0``: ``[BT]``, zero past ``T``."""
+def _load_chunk(ptr, bh, t0, col0, T, D, BT: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr):
+    """Tokens ``t0 .. t0 + BT`` × columns ``col0 .. col0 + BD`` of head ``bh`` of a contiguous
+    ``[BH, T, D]`` tensor: a ``[BT, BD]`` tile in ``ACC``, zero past ``T`` and ``D``."""
+    return _load_tile(ptr + bh * T * D, t0, col0, T, D, BT, BD, ACC)
+
+
+@triton.jit
+def _store_chunk(ptr, value, bh, t0, col0, T, D, BT: tl.constexpr, BD: tl.constexpr):
+    """Write ``value`` ``[BT, BD]`` at tokens ``t0 ..``, columns ``col0 ..`` of head ``bh`` of a
+    contiguous ``[BH, T, D]`` tensor (the part inside ``[T, D]``)."""
+    _store_tile(ptr + bh * T * D, value, t0, col0, T, D, BT, BD)
+
+
+@triton.jit
+def _load_beta(beta_ptr, bh, t0, T, BT: tl.constexpr, ACC: tl.constexpr):
+    """``β`` of head ``bh``'s chunk starting at token ``t0`` (``beta_ptr``: ``[BH, T]``): ``[BT]``, zero
+    past ``T``."""
     rows = t0 + tl.arange(0, BT)
-    return tl.load(beta_ptr + rows, mask=rows < T, other=0.0).to(ACC)
+    return tl.load(beta_ptr + bh * T + rows, mask=rows < T, other=0.0).to(ACC)
+
+
+@triton.jit
+def _store_dbeta(dbeta_ptr, dbeta, bh, t0, T, BT: tl.constexpr):
+    """Write ``dβ`` ``[BT]`` of head ``bh``'s chunk starting at ``t0`` into ``[BH, T]``, up to ``T``."""
+    rows = t0 + tl.arange(0, BT)
+    tl.store(dbeta_ptr + bh * T + rows, dbeta.to(dbeta_ptr.dtype.element_ty), mask=rows < T)
+
+
+@triton.jit
+def _state_ptr(h_ptr, bh, n, NT, DK: tl.constexpr, DV: tl.constexpr):
+    """Pointer to state ``n`` (``[DK, DV]``, row-major) of head ``bh`` in ``[BH, NT + 1, DK, DV]``."""
+    return h_ptr + (bh * (NT + 1) + n) * DK * DV
+
+
+@triton.jit
+def _tmat_ptr(tmat_ptr, bh, n, NT, BT: tl.constexpr):
+    """Pointer to the ``[BT, BT]`` matrix ``T`` of chunk ``n`` of head ``bh`` in ``[BH, NT, BT, BT]``."""
+    return tmat_ptr + (bh * NT + n) * BT * BT
 
 
 @triton.jit
@@ -65,6 +102,67 @@ def _causal_mask(BT: tl.constexpr, STRICT: tl.constexpr):
     rows = tl.arange(0, BT)[:, None]
     cols = tl.arange(0, BT)[None, :]
     return rows > cols if STRICT else rows >= cols
+
+
+@triton.jit
+def _scores_and_state_product(q_ptr, k_ptr, s_ptr, bh, t0, iv, T, DK, DV, BT, BK, BV, LEFT_IS_Q, ACC, PREC):
+    """Over the ``d_dot`` tiles of head ``bh``'s chunk at ``t0``, loading each ``[BT, BK]`` tile of
+    ``Q``, ``K`` and ``[BK, BV]`` tile of the state ``s_ptr`` (column tile ``iv``) once: the causal
+    scores ``M ⊙ Q Kᵀ`` (``[BT, BT]``) and ``X S`` (``[BT, BV]``) with ``X = Q`` (``LEFT_IS_Q``) or ``K``.
+
+    The two products are issued in the order the output (``X = Q``) and state-backward (``X = K``)
+    kernels have always used: Triton picks the MMA warp layout of the loop's dots from that order."""
+    scores = tl.zeros([BT, BT], dtype=ACC)
+    product = tl.zeros([BT, BV], dtype=ACC)
+    for ik in range(tl.cdiv(DK, BK)):
+        q = _load_chunk(q_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
+        k = _load_chunk(k_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
+        s = _load_tile(s_ptr, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
+        if LEFT_IS_Q:
+            product += tl.dot(q, s, input_precision=PREC)
+            scores += tl.dot(q, tl.trans(k), input_precision=PREC)
+        else:
+            scores += tl.dot(q, tl.trans(k), input_precision=PREC)
+            product += tl.dot(k, s, input_precision=PREC)
+    return tl.where(_causal_mask(BT, False), scores, 0.0), product
+
+
+@triton.jit
+def _advance_state(
+    src_ptr, dst_ptr, a_ptr, x, b_ptr, y, bh, t0, iv, T, DK, DV, BT, BK, BV, SUBTRACT, ACC, PREC
+):
+    """``dst = src + Aᵀ x`` (``− Bᵀ y`` if ``SUBTRACT``) for column tile ``iv`` of ``[DK, DV]`` states,
+    one ``[BK, BV]`` tile at a time: ``A``, ``B`` are head ``bh``'s ``[T, DK]`` rows of the chunk at
+    ``t0`` (``[BT, BK]`` tiles), ``x``, ``y`` are ``[BT, BV]``."""
+    for ik in range(tl.cdiv(DK, BK)):
+        a = _load_chunk(a_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
+        s = _load_tile(src_ptr, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
+        s += tl.dot(tl.trans(a), x, input_precision=PREC)
+        if SUBTRACT:
+            b = _load_chunk(b_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
+            s -= tl.dot(tl.trans(b), y, input_precision=PREC)
+        _store_tile(dst_ptr, s, ik * BK, iv * BV, DK, DV, BK, BV)
+
+
+@triton.jit
+def _store_t_beta_rows(x_ptr, out_ptr, tmat, beta, bh, t0, T, D, BT, BD, ACC, PREC):
+    """``out = T diag(β) X`` for head ``bh``'s chunk at ``t0`` of ``[BH, T, D]`` tensors, one
+    ``[BT, BD]`` tile at a time (``tmat``: ``[BT, BT]``, ``beta``: ``[BT]``)."""
+    for i in range(tl.cdiv(D, BD)):
+        x = _load_chunk(x_ptr, bh, t0, i * BD, T, D, BT, BD, ACC)
+        out = tl.dot(tmat, x * beta[:, None], input_precision=PREC)
+        _store_chunk(out_ptr, out, bh, t0, i * BD, T, D, BT, BD)
+
+
+@triton.jit
+def _add_grad_times_beta_rows(dtmat, x_ptr, g_ptr, beta, bh, t0, T, D, BT, BD, ACC, PREC):
+    """``dtmat + G (diag(β) X)ᵀ`` (``[BT, BT]``) for head ``bh``'s chunk at ``t0`` of ``[BH, T, D]``
+    tensors ``X`` and its gradient ``G``, one ``[BT, BD]`` tile of each at a time."""
+    for i in range(tl.cdiv(D, BD)):
+        x = _load_chunk(x_ptr, bh, t0, i * BD, T, D, BT, BD, ACC)
+        g = _load_chunk(g_ptr, bh, t0, i * BD, T, D, BT, BD, ACC)
+        dtmat += tl.dot(g, tl.trans(x * beta[:, None]), input_precision=PREC)
+    return dtmat
 
 
 @triton.jit
@@ -90,17 +188,12 @@ def wy_forward_kernel(
     """
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    NT = tl.cdiv(T, BT)
     t0 = n * BT
-    k_ptr += bh * T * DK
-    w_ptr += bh * T * DK
-    v_ptr += bh * T * DV
-    u_ptr += bh * T * DV
-    beta = _load_beta(beta_ptr + bh * T, t0, T, BT, ACC)
+    beta = _load_beta(beta_ptr, bh, t0, T, BT, ACC)
 
     gram = tl.zeros([BT, BT], dtype=ACC)
     for ik in range(tl.cdiv(DK, BK)):
-        k = _load_tile(k_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
+        k = _load_chunk(k_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
         gram += tl.dot(k, tl.trans(k), input_precision=PREC)
     a = tl.where(_causal_mask(BT, True), gram * beta[:, None], 0.0)
 
@@ -109,16 +202,10 @@ def wy_forward_kernel(
     for i in range(1, BT):
         a_i = tl.sum(tl.where(rows[:, None] == i, a, 0.0), axis=0)
         tmat = tl.where(rows[:, None] == i, tmat - tl.sum(a_i[:, None] * tmat, axis=0)[None, :], tmat)
-    _store_tile(tmat_ptr + (bh * NT + n) * BT * BT, tmat, 0, 0, BT, BT, BT, BT)
+    _store_tile(_tmat_ptr(tmat_ptr, bh, n, tl.cdiv(T, BT), BT), tmat, 0, 0, BT, BT, BT, BT)
 
-    for ik in range(tl.cdiv(DK, BK)):
-        k = _load_tile(k_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-        w = tl.dot(tmat, k * beta[:, None], input_precision=PREC)
-        _store_tile(w_ptr, w, t0, ik * BK, T, DK, BT, BK)
-    for iv in range(tl.cdiv(DV, BV)):
-        v = _load_tile(v_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
-        u = tl.dot(tmat, v * beta[:, None], input_precision=PREC)
-        _store_tile(u_ptr, u, t0, iv * BV, T, DV, BT, BV)
+    _store_t_beta_rows(k_ptr, w_ptr, tmat, beta, bh, t0, T, DK, BT, BK, ACC, PREC)
+    _store_t_beta_rows(v_ptr, u_ptr, tmat, beta, bh, t0, T, DV, BT, BV, ACC, PREC)
 
 
 @triton.jit
@@ -146,26 +233,18 @@ def state_forward_kernel(
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     NT = tl.cdiv(T, BT)
-    k_ptr += bh * T * DK
-    w_ptr += bh * T * DK
-    v_ptr += bh * T * DV
-    U_ptr += bh * T * DV
-    h_ptr += bh * (NT + 1) * DK * DV
     for n in range(NT):
         t0 = n * BT
-        h_n = h_ptr + n * DK * DV
-        U = _load_tile(v_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
+        h_n = _state_ptr(h_ptr, bh, n, NT, DK, DV)
+        U = _load_chunk(v_ptr, bh, t0, iv * BV, T, DV, BT, BV, ACC)
         if IS_DELTA:
             for ik in range(tl.cdiv(DK, BK)):
-                w = _load_tile(w_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
+                w = _load_chunk(w_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
                 h = _load_tile(h_n, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
                 U -= tl.dot(w, h, input_precision=PREC)
-            _store_tile(U_ptr, U, t0, iv * BV, T, DV, BT, BV)
-        for ik in range(tl.cdiv(DK, BK)):
-            k = _load_tile(k_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-            h = _load_tile(h_n, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
-            h += tl.dot(tl.trans(k), U, input_precision=PREC)
-            _store_tile(h_n + DK * DV, h, ik * BK, iv * BV, DK, DV, BK, BV)
+            _store_chunk(U_ptr, U, bh, t0, iv * BV, T, DV, BT, BV)
+        h_next = h_n + DK * DV  # h[n + 1] = h[n] + Kᵀ U (no subtracted term: B, y are unused)
+        _advance_state(h_n, h_next, k_ptr, U, k_ptr, U, bh, t0, iv, T, DK, DV, BT, BK, BV, False, ACC, PREC)
         tl.debug_barrier()
 
 
@@ -189,23 +268,14 @@ def output_kernel(
     iv = tl.program_id(0)
     n = tl.program_id(1)
     bh = tl.program_id(2).to(tl.int64)
-    NT = tl.cdiv(T, BT)
     t0 = n * BT
-    q_ptr += bh * T * DK
-    k_ptr += bh * T * DK
-    h_n = h_ptr + (bh * (NT + 1) + n) * DK * DV
-    o = tl.zeros([BT, BV], dtype=ACC)
-    scores = tl.zeros([BT, BT], dtype=ACC)
-    for ik in range(tl.cdiv(DK, BK)):
-        q = _load_tile(q_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-        k = _load_tile(k_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-        h = _load_tile(h_n, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
-        o += tl.dot(q, h, input_precision=PREC)
-        scores += tl.dot(q, tl.trans(k), input_precision=PREC)
-    scores = tl.where(_causal_mask(BT, False), scores, 0.0)
-    U = _load_tile(U_ptr + bh * T * DV, t0, iv * BV, T, DV, BT, BV, ACC)
+    h_n = _state_ptr(h_ptr, bh, n, tl.cdiv(T, BT), DK, DV)
+    scores, o = _scores_and_state_product(
+        q_ptr, k_ptr, h_n, bh, t0, iv, T, DK, DV, BT, BK, BV, True, ACC, PREC
+    )
+    U = _load_chunk(U_ptr, bh, t0, iv * BV, T, DV, BT, BV, ACC)
     o += tl.dot(scores, U, input_precision=PREC)
-    _store_tile(o_ptr + bh * T * DV, o, t0, iv * BV, T, DV, BT, BV)
+    _store_chunk(o_ptr, o, bh, t0, iv * BV, T, DV, BT, BV)
 
 
 @triton.jit
@@ -233,36 +303,20 @@ def state_backward_kernel(
     iv = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     NT = tl.cdiv(T, BT)
-    q_ptr += bh * T * DK
-    k_ptr += bh * T * DK
-    w_ptr += bh * T * DK
-    do_ptr += bh * T * DV
-    dU_ptr += bh * T * DV
-    dh_ptr += bh * (NT + 1) * DK * DV
     for step in range(NT):
         n = NT - 1 - step
         t0 = n * BT
-        dh_next = dh_ptr + (n + 1) * DK * DV
-        do = _load_tile(do_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
-        scores = tl.zeros([BT, BT], dtype=ACC)
-        dU = tl.zeros([BT, BV], dtype=ACC)
-        for ik in range(tl.cdiv(DK, BK)):
-            q = _load_tile(q_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-            k = _load_tile(k_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-            dh = _load_tile(dh_next, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
-            scores += tl.dot(q, tl.trans(k), input_precision=PREC)
-            dU += tl.dot(k, dh, input_precision=PREC)
-        scores = tl.where(_causal_mask(BT, False), scores, 0.0)
+        dh_next = _state_ptr(dh_ptr, bh, n + 1, NT, DK, DV)
+        do = _load_chunk(do_ptr, bh, t0, iv * BV, T, DV, BT, BV, ACC)
+        scores, dU = _scores_and_state_product(
+            q_ptr, k_ptr, dh_next, bh, t0, iv, T, DK, DV, BT, BK, BV, False, ACC, PREC
+        )
         dU += tl.dot(tl.trans(scores), do, input_precision=PREC)
-        _store_tile(dU_ptr, dU, t0, iv * BV, T, DV, BT, BV)
-        for ik in range(tl.cdiv(DK, BK)):
-            q = _load_tile(q_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-            dh = _load_tile(dh_next, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
-            dh += tl.dot(tl.trans(q), do, input_precision=PREC)
-            if IS_DELTA:
-                w = _load_tile(w_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-                dh -= tl.dot(tl.trans(w), dU, input_precision=PREC)
-            _store_tile(dh_next - DK * DV, dh, ik * BK, iv * BV, DK, DV, BK, BV)
+        _store_chunk(dU_ptr, dU, bh, t0, iv * BV, T, DV, BT, BV)
+        dh_n = dh_next - DK * DV
+        _advance_state(
+            dh_next, dh_n, q_ptr, do, w_ptr, dU, bh, t0, iv, T, DK, DV, BT, BK, BV, IS_DELTA, ACC, PREC
+        )
         tl.debug_barrier()
 
 
@@ -295,35 +349,32 @@ def qk_backward_kernel(
     bh = tl.program_id(2).to(tl.int64)
     NT = tl.cdiv(T, BT)
     t0 = n * BT
-    U_ptr += bh * T * DV
-    do_ptr += bh * T * DV
-    dU_ptr += bh * T * DV
-    h_n = h_ptr + (bh * (NT + 1) + n) * DK * DV
-    dh_next = dh_ptr + (bh * (NT + 1) + n + 1) * DK * DV
+    h_n = _state_ptr(h_ptr, bh, n, NT, DK, DV)
+    dh_next = _state_ptr(dh_ptr, bh, n + 1, NT, DK, DV)
     dscores = tl.zeros([BT, BT], dtype=ACC)
     dq = tl.zeros([BT, BK], dtype=ACC)
     dk = tl.zeros([BT, BK], dtype=ACC)
     dw = tl.zeros([BT, BK], dtype=ACC)
     for iv in range(tl.cdiv(DV, BV)):
-        do = _load_tile(do_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
-        U = _load_tile(U_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
+        do = _load_chunk(do_ptr, bh, t0, iv * BV, T, DV, BT, BV, ACC)
+        U = _load_chunk(U_ptr, bh, t0, iv * BV, T, DV, BT, BV, ACC)
         h = _load_tile(h_n, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
         dh = _load_tile(dh_next, ik * BK, iv * BV, DK, DV, BK, BV, ACC)
         dscores += tl.dot(do, tl.trans(U), input_precision=PREC)
         dq += tl.dot(do, tl.trans(h), input_precision=PREC)
         dk += tl.dot(U, tl.trans(dh), input_precision=PREC)
         if IS_DELTA:
-            dU = _load_tile(dU_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
+            dU = _load_chunk(dU_ptr, bh, t0, iv * BV, T, DV, BT, BV, ACC)
             dw -= tl.dot(dU, tl.trans(h), input_precision=PREC)
     dscores = tl.where(_causal_mask(BT, False), dscores, 0.0)
-    q = _load_tile(q_ptr + bh * T * DK, t0, ik * BK, T, DK, BT, BK, ACC)
-    k = _load_tile(k_ptr + bh * T * DK, t0, ik * BK, T, DK, BT, BK, ACC)
+    q = _load_chunk(q_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
+    k = _load_chunk(k_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
     dq += tl.dot(dscores, k, input_precision=PREC)
     dk += tl.dot(tl.trans(dscores), q, input_precision=PREC)
-    _store_tile(dq_ptr + bh * T * DK, dq, t0, ik * BK, T, DK, BT, BK)
-    _store_tile(dk_ptr + bh * T * DK, dk, t0, ik * BK, T, DK, BT, BK)
+    _store_chunk(dq_ptr, dq, bh, t0, ik * BK, T, DK, BT, BK)
+    _store_chunk(dk_ptr, dk, bh, t0, ik * BK, T, DK, BT, BK)
     if IS_DELTA:
-        _store_tile(dw_ptr + bh * T * DK, dw, t0, ik * BK, T, DK, BT, BK)
+        _store_chunk(dw_ptr, dw, bh, t0, ik * BK, T, DK, BT, BK)
 
 
 @triton.jit
@@ -350,44 +401,30 @@ def wy_backward_kernel(
     WY part to ``dk`` in place and writes ``dv`` and ``dβ``."""
     n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    NT = tl.cdiv(T, BT)
     t0 = n * BT
-    k_ptr += bh * T * DK
-    dw_ptr += bh * T * DK
-    dk_ptr += bh * T * DK
-    v_ptr += bh * T * DV
-    du_ptr += bh * T * DV
-    dv_ptr += bh * T * DV
-    beta = _load_beta(beta_ptr + bh * T, t0, T, BT, ACC)
-    tmat = _load_tile(tmat_ptr + (bh * NT + n) * BT * BT, 0, 0, BT, BT, BT, BT, ACC)
+    beta = _load_beta(beta_ptr, bh, t0, T, BT, ACC)
+    tmat = _load_tile(_tmat_ptr(tmat_ptr, bh, n, tl.cdiv(T, BT), BT), 0, 0, BT, BT, BT, BT, ACC)
 
     dtmat = tl.zeros([BT, BT], dtype=ACC)
-    for ik in range(tl.cdiv(DK, BK)):
-        k = _load_tile(k_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-        dw = _load_tile(dw_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-        dtmat += tl.dot(dw, tl.trans(k * beta[:, None]), input_precision=PREC)
-    for iv in range(tl.cdiv(DV, BV)):
-        v = _load_tile(v_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
-        du = _load_tile(du_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
-        dtmat += tl.dot(du, tl.trans(v * beta[:, None]), input_precision=PREC)
+    dtmat = _add_grad_times_beta_rows(dtmat, k_ptr, dw_ptr, beta, bh, t0, T, DK, BT, BK, ACC, PREC)
+    dtmat = _add_grad_times_beta_rows(dtmat, v_ptr, du_ptr, beta, bh, t0, T, DV, BT, BV, ACC, PREC)
     tmat_t = tl.trans(tmat)
     da = -tl.dot(tl.dot(tmat_t, dtmat, input_precision=PREC), tmat_t, input_precision=PREC)
     da = tl.where(_causal_mask(BT, True), da, 0.0)
 
     dbeta = tl.zeros([BT], dtype=ACC)
     for ik in range(tl.cdiv(DK, BK)):
-        k = _load_tile(k_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
-        dw = _load_tile(dw_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
+        k = _load_chunk(k_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
+        dw = _load_chunk(dw_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
         dk_beta = tl.dot(tmat_t, dw, input_precision=PREC) + tl.dot(da, k, input_precision=PREC)
-        dk = _load_tile(dk_ptr, t0, ik * BK, T, DK, BT, BK, ACC)
+        dk = _load_chunk(dk_ptr, bh, t0, ik * BK, T, DK, BT, BK, ACC)
         dk += dk_beta * beta[:, None] + tl.dot(tl.trans(da), k * beta[:, None], input_precision=PREC)
-        _store_tile(dk_ptr, dk, t0, ik * BK, T, DK, BT, BK)
+        _store_chunk(dk_ptr, dk, bh, t0, ik * BK, T, DK, BT, BK)
         dbeta += tl.sum(dk_beta * k, axis=1)
     for iv in range(tl.cdiv(DV, BV)):
-        v = _load_tile(v_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
-        du = _load_tile(du_ptr, t0, iv * BV, T, DV, BT, BV, ACC)
+        v = _load_chunk(v_ptr, bh, t0, iv * BV, T, DV, BT, BV, ACC)
+        du = _load_chunk(du_ptr, bh, t0, iv * BV, T, DV, BT, BV, ACC)
         dv_beta = tl.dot(tmat_t, du, input_precision=PREC)
-        _store_tile(dv_ptr, dv_beta * beta[:, None], t0, iv * BV, T, DV, BT, BV)
+        _store_chunk(dv_ptr, dv_beta * beta[:, None], bh, t0, iv * BV, T, DV, BT, BV)
         dbeta += tl.sum(dv_beta * v, axis=1)
-    rows = t0 + tl.arange(0, BT)
-    tl.store(dbeta_ptr + bh * T + rows, dbeta.to(dbeta_ptr.dtype.element_ty), mask=rows < T)
+    _store_dbeta(dbeta_ptr, dbeta, bh, t0, T, BT)

@@ -89,14 +89,15 @@ def test_dpfp_sized_feature_dimension(interpreted) -> None:
 
 
 @pytest.mark.slow
-def test_kernels_compile_for_an_ampere_gpu(tmp_path: Path) -> None:
-    """Every kernel through Triton's full GPU pipeline (to sm_80 machine code; no GPU needed) with the
-    constants the float32 path launches it with: catches what the interpreter lets through."""
+@pytest.mark.parametrize("arch", ["80", "90"], ids=["ampere", "hopper"])
+def test_kernels_compile_for_ampere_and_hopper_gpus(arch: str, tmp_path: Path) -> None:
+    """Every kernel through Triton's full GPU pipeline (to sm_80 / sm_90a machine code; no GPU needed)
+    with the constants the float32 path launches it with: catches what the interpreter lets through."""
     script = Path(__file__).with_name("triton_compile_kernels.py")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     completed = subprocess.run(
-        [sys.executable, str(script), "80", "float32"], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(script), arch, "float32"], env=env, capture_output=True, text=True, timeout=600
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     compiled = [line.split()[0] for line in completed.stdout.splitlines()]
