@@ -4,6 +4,11 @@ Per head, ``φ`` maps keys and queries ``[B, H, T, d_head]`` to ``[B, H, T, d_do
 ``sum`` normalisation, ``φ ← φ / (Σ_j φ_j + ε)``); the fast weight ``W`` ``[B, H, d_dot, d_head]`` is
 written with the sum rule ``W += φ(k)^T v`` or the delta rule ``W += β φ(k)^T (v − φ(k) W)`` and read
 ``y = φ(q) W`` (÷ ``φ(q)·z + ε`` with the ``denominator`` normalisation, ``z = Σ φ(k)``).
+
+With ``denominator_write`` (delta rule + denominator) the delta rule's retrieval is normalised like the
+read, ``v̄ = φ(k) W / s`` with ``s_t = z_{t-1}·φ(k_t)``, and the write rescaled by ``s_t``:
+``W_t = W_{t-1} + β_t φ(k_t)^T (s_t v_t − φ(k_t) W_{t-1})``, i.e. the delta rule on the values ``s_t v_t``
+(``z_0 = 0``: the first key of a sequence writes nothing).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fwp.attention.base import AttentionCore
@@ -62,6 +68,9 @@ class FastWeightAttention(AttentionCore):
     - ``normalization``: ``sum`` (of φ(k) and φ(q)), ``denominator`` (Katharopoulos) or ``none``.
     - ``rule``: ``sum`` or ``delta`` (needs β; causal only).
     - ``eps``: the ε of whichever normalisation is on (sum: ``Σ_j φ_j + ε``; denominator: ``φ(q)·z + ε``).
+    - ``denominator_write``: with ``rule='delta'`` and ``normalization='denominator'`` only, rescale
+      each write by ``z_{t-1}·φ(k_t)`` (module docstring), the variant that keeps the denominator
+      alongside the delta rule.
     - ``backend``, ``chunk_size``: passed to ``fwp.ops.fast_weight_recurrence``.
 
     The output is in ``v``'s dtype; the state is a ``FastWeightState`` in the compute dtype.
@@ -81,6 +90,7 @@ class FastWeightAttention(AttentionCore):
         normalization: Normalization = "sum",
         rule: Rule = "delta",
         eps: float = 1e-6,
+        denominator_write: bool = False,
         backend: str = "auto",
         chunk_size: int = 64,
     ) -> None:
@@ -95,6 +105,11 @@ class FastWeightAttention(AttentionCore):
         _require_at_least("chunk_size", chunk_size, 1)
         _require_at_least("eps", eps, 0.0)
         _require_at_least("feature_eps", feature_eps, 0.0)
+        if denominator_write and (rule, normalization) != ("delta", "denominator"):
+            raise ValueError(
+                "denominator_write=True needs rule='delta' and normalization='denominator', got "
+                f"rule={rule!r}, normalization={normalization!r}"
+            )
         self.feature_map = feature_map
         self.nu = nu
         self.m = m
@@ -103,6 +118,7 @@ class FastWeightAttention(AttentionCore):
         self.normalization = normalization
         self.rule = rule
         self.eps = eps
+        self.denominator_write = denominator_write
         self.backend = backend
         self.chunk_size = chunk_size
         self.uses_beta = rule == "delta"
@@ -115,6 +131,7 @@ class FastWeightAttention(AttentionCore):
         return (
             f"d_head={self.d_head}, feature_map={self.feature_map!r}, {features.get(self.feature_map, '')}"
             f"normalization={self.normalization!r}, rule={self.rule!r}, eps={self.eps}, "
+            f"{'denominator_write=True, ' if self.denominator_write else ''}"
             f"backend={self.backend!r}"
         )
 
@@ -186,10 +203,11 @@ class FastWeightAttention(AttentionCore):
             keep = (~key_padding_mask)[:, None, :]
             phi_k = phi_k * keep.unsqueeze(-1).to(phi_k.dtype)
             beta = None if beta is None else beta * keep.to(beta.dtype)
-        return fast_weight_recurrence(
+        values = denominator_scaled_values(phi_k, v, state) if self.denominator_write else v
+        y, state = fast_weight_recurrence(
             phi_q,
             phi_k,
-            v,
+            values,
             beta,
             rule=self.rule,
             denominator=self.denominator,
@@ -198,8 +216,19 @@ class FastWeightAttention(AttentionCore):
             backend=self.backend,
             chunk_size=self.chunk_size,
         )
+        return y.to(v.dtype), state
 
     def read(self, q: Tensor, state: FastWeightState) -> Tensor:
         """``y = φ(q) W`` (÷ ``φ(q)·z + ε`` with a denominator) without writing: ``[B, H, T_q, d_head]``
         in ``q``'s dtype. Never redraws ``Ω``."""
         return read_memory(self.features(q), state, eps=self.eps).to(q.dtype)
+
+
+def denominator_scaled_values(phi_k: Tensor, v: Tensor, state: FastWeightState | None) -> Tensor:
+    """``s_t v_t`` with ``s_t = z_{t-1}·φ(k_t)``, ``z_{t-1} = z_0 + Σ_{j<t} φ(k_j)`` (``z_0`` from
+    ``state``, else 0): the values of ``denominator_write``. phi_k ``[B, H, T, d_dot]`` (compute dtype),
+    v ``[B, H, T, d_head]`` → ``[B, H, T, d_head]`` in the compute dtype."""
+    previous = F.pad(torch.cumsum(phi_k, dim=2)[:, :, :-1], (0, 0, 1, 0))
+    if state is not None and state.z is not None:
+        previous = previous + state.z.unsqueeze(2).to(phi_k.dtype)
+    return (previous * phi_k).sum(dim=-1, keepdim=True) * v.to(phi_k.dtype)

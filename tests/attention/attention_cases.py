@@ -29,6 +29,13 @@ FAST_WEIGHT_SPECS: dict[str, dict] = {
         "normalization": "denominator",
         "rule": "delta",
     },
+    "elu+denominator+delta+denominator_write": {
+        "name": "fast_weight",
+        "feature_map": "elu",
+        "normalization": "denominator",
+        "rule": "delta",
+        "denominator_write": True,
+    },
 }
 BACKENDS = ("reference", "auto")
 

@@ -24,6 +24,7 @@ ABLATIONS = (
     "dpfp_sumnorm",
     "delta_nonorm",
     "delta_denominator",
+    "delta_denominator_write",
 )
 CARRY = ("linear_carry", "delta_carry")
 # (feature map, update rule, normalisation) of each preset's attention; None = softmax
@@ -41,6 +42,7 @@ VARIANTS = {
     "delta": {"rule": "delta", "normalization": "sum"},
     "nonorm": {"normalization": "none"},
     "denominator": {"normalization": "denominator"},
+    "denominator_write": {"normalization": "denominator"},
     "carry": {},
 }
 PAPER = {
@@ -147,6 +149,7 @@ def test_wikitext_configs_hold_the_paper_settings(path: Path) -> None:
         assert not isinstance(core, FastWeightAttention)
     else:
         assert (core.feature_map, core.rule, core.normalization) == expected_core
+        assert core.denominator_write is name.endswith("denominator_write")
         assert (
             core.nu == 2
             if core.feature_map == "dpfp"
