@@ -81,11 +81,16 @@ class _Launch:
             "PREC": self.precision,
         }
 
+    def compile_options(self) -> dict[str, object]:
+        """Triton's compile options of every kernel. Two pipeline stages: the loops over ``d_dot``/``d_v``
+        tiles are short, and deeper prefetching pushes the shared memory of the backward kernels past
+        the ~100 KB of consumer GPUs. Fused multiply-adds on, explicitly: Triton 3.10 turns its default
+        off, which would change the kernels' rounding with the Triton version."""
+        return {"num_warps": self.tiles.num_warps, "num_stages": 2, "enable_fp_fusion": True}
+
     def launch(self, kernel, grid: tuple[int, ...], *args, **constants) -> None:
-        """Run ``kernel`` over ``grid`` with the shared compile-time constants. Two pipeline stages:
-        the loops over ``d_dot``/``d_v`` tiles are short, and deeper prefetching pushes the shared
-        memory of the backward kernels past the ~100 KB of consumer GPUs."""
-        kernel[grid](*args, **self.constants(), **constants, num_warps=self.tiles.num_warps, num_stages=2)
+        """Run ``kernel`` over ``grid`` with the shared compile-time constants and options."""
+        kernel[grid](*args, **self.constants(), **constants, **self.compile_options())
 
     def empty(self, *shape: int) -> Tensor:
         return torch.empty(*shape, dtype=self.acc, device=self.device)

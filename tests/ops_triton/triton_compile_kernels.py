@@ -59,7 +59,7 @@ def main() -> None:
         compiled = triton.compile(
             ASTSource(kernel, signature, constants),
             target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": tiles.num_warps, "num_stages": 2},
+            options=run.compile_options(),
         )
         print(name, flags, f"shared={compiled.metadata.shared}", flush=True)
 
