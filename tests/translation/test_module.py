@@ -88,6 +88,7 @@ def test_the_embedded_default_learns_the_synthetic_corpus(corpus: Path, tmp_path
         "--model.init_args.bleu_every_n_validations=2",
         f"--trainer.max_steps={LEARNING_STEPS}",
         f"--trainer.val_check_interval={LEARNING_STEPS // 2}",
+        f"--trainer.default_root_dir={tmp_path}",
         "--trainer.logger=false",
         "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=null",
