@@ -8,8 +8,10 @@ batches), so Lightning leaves it alone and no Trainer flag is needed. A dataset 
 (language modelling: each rank owns its own token columns) uses it with ``rank=0, world_size=1``.
 
 ``BatchLoader`` counts the batches it has handed out in the current epoch; Lightning saves that count
-with mid-epoch checkpoints (``state_dict``) and, on resume, the loader skips the batches already seen
-(``load_state_dict``), so training continues with the next batch of the same epoch order.
+and the epoch with mid-epoch checkpoints (``state_dict``) and, on resume, the loader skips the batches
+already seen (``load_state_dict``) if it iterates that same epoch again, so training continues with
+the next batch of the same epoch order. A checkpoint taken at the last batch of an epoch resumes in
+the next epoch (Lightning moves on), which then starts from its first batch.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ class BatchIndexSampler(DistributedSampler):
 class BatchLoader(DataLoader):
     """``DataLoader(dataset, batch_size=None, sampler=BatchIndexSampler(...))`` that can resume mid-epoch.
 
-    ``state_dict()`` is ``{"batches_seen": n}``, the batches handed out so far in the running epoch;
-    ``load_state_dict`` makes the next iteration skip that many. Its length stays the full epoch's.
+    ``state_dict()`` is ``{"batches_seen": n, "epoch": e}``, the batches handed out so far in the
+    running epoch ``e`` (the sampler's, set by Lightning); ``load_state_dict`` makes the next iteration
+    skip that many if it is epoch ``e`` again (a state without ``epoch``, from older checkpoints, skips
+    whatever the epoch). Its length stays the full epoch's.
     """
 
     def __init__(
@@ -79,17 +83,23 @@ class BatchLoader(DataLoader):
             persistent_workers=num_workers > 0,
         )
         self.batches_seen = 0
+        self.resume_epoch: int | None = None
 
     def __iter__(self) -> Iterator[Any]:
+        if self.resume_epoch is not None and self.resume_epoch != self.sampler.epoch:
+            self.sampler.start = 0  # the saved epoch is over: this one starts at its first batch
+        self.resume_epoch = None
         self.batches_seen = self.sampler.start
         for batch in super().__iter__():
             self.batches_seen += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        """Batches handed out so far in the running epoch."""
-        return {"batches_seen": self.batches_seen}
+        """Batches handed out so far in the running epoch, and that epoch."""
+        return {"batches_seen": self.batches_seen, "epoch": self.sampler.epoch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Make the next iteration start after ``state["batches_seen"]`` batches of the epoch's order."""
+        """Make the next iteration start after ``state["batches_seen"]`` batches of the epoch's order,
+        if it iterates epoch ``state["epoch"]``."""
         self.batches_seen = self.sampler.start = int(state["batches_seen"])
+        self.resume_epoch = int(state["epoch"]) if "epoch" in state else None

@@ -54,15 +54,35 @@ def test_loader_resumes_after_the_batches_seen(shuffle):
     iterator = iter(loader)
     seen = [next(iterator) for _ in range(4)]
     state = loader.state_dict()
-    assert state == {"batches_seen": 4} and seen == full[:4]
+    assert state == {"batches_seen": 4, "epoch": 4} and seen == full[:4]
 
     resumed = BatchLoader(Numbers(10), shuffle=shuffle, seed=3)
     resumed.load_state_dict(state)
     resumed.sampler.set_epoch(4)
     assert len(resumed) == 10
     assert list(resumed) == full[4:]
-    assert resumed.state_dict() == {"batches_seen": 10}
+    assert resumed.state_dict() == {"batches_seen": 10, "epoch": 4}
     assert list(resumed) == full  # the next pass starts from the beginning again
+
+
+def test_a_state_of_a_finished_epoch_does_not_skip_into_the_next():
+    """Lightning resumes a checkpoint taken at an epoch's last batch in the next epoch: that epoch
+    starts at its first batch (the saved count belongs to the finished one)."""
+    loader = BatchLoader(Numbers(6), shuffle=True, seed=3)
+    loader.sampler.set_epoch(1)
+    next_epoch = list(loader)
+    resumed = BatchLoader(Numbers(6), shuffle=True, seed=3)
+    resumed.load_state_dict({"batches_seen": 6, "epoch": 0})
+    resumed.sampler.set_epoch(1)
+    assert list(resumed) == next_epoch
+
+
+def test_a_state_without_epoch_skips_whatever_the_epoch():
+    """Checkpoints written before the epoch was saved resume as they did then."""
+    resumed = BatchLoader(Numbers(6))
+    resumed.load_state_dict({"batches_seen": 2})
+    resumed.sampler.set_epoch(3)
+    assert list(resumed) == [2, 3, 4, 5]
 
 
 def test_lightning_does_not_inject_a_distributed_sampler():

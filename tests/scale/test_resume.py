@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import lightning as L
 import pytest
 import torch
 from scale_runs import LossRecorder, build, checkpoints_every, fit, lm_args, retrieval_args
@@ -89,3 +90,36 @@ def test_resume_continues_exactly(uninterrupted, checkpoint):
         assert loss == losses[step], f"step {step}: resumed loss {loss} != uninterrupted {losses[step]}"
     for name, value in cli.model.state_dict().items():
         assert torch.equal(value, final[name]), name
+
+
+class BatchRecorder(L.Callback):
+    """``(epoch, first token)`` of every training batch, by global step."""
+
+    def __init__(self) -> None:
+        self.batches: dict[int, tuple[int, int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches[trainer.global_step] = (trainer.current_epoch, int(batch["input"][0, 0]))
+
+
+def test_resume_at_the_end_of_an_epoch_starts_the_next_one(tmp_path):
+    """A checkpoint taken at an epoch's last batch (3 an epoch here) resumes with the first batch of
+    the next epoch, counted as that epoch: the same batches, losses and epochs as without a break."""
+    corpus = write_synthetic_corpus(tmp_path / "corpus", train_lines=200, valid_lines=20, test_lines=1)
+
+    def run(name: str, ckpt_path=None, *callbacks):
+        options = ["--trainer.max_steps", "5", "--trainer.limit_train_batches", "3"]
+        options += ["--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "1.0"]
+        options += ["--trainer.check_val_every_n_epoch", "1"]
+        options += ["--trainer.logger.init_args.save_dir", str(tmp_path / name)]
+        losses, batches = LossRecorder(), BatchRecorder()
+        cli = build(lm_args("synthetic_softmax", corpus, *options), losses, batches, *callbacks)
+        trainer = fit(cli, ckpt_path)
+        return trainer, losses.losses, batches.batches
+
+    trainer, losses, batches = run("uninterrupted", None, checkpoints_every(tmp_path / "ckpt", steps=1))
+    resumed_trainer, resumed_losses, resumed_batches = run("resumed", tmp_path / "ckpt" / "step=3.ckpt")
+    assert batches[3][0] == 1 and batches[3][1] == batches[0][1]  # step 3 opens epoch 1 with batch 0
+    assert resumed_batches == {step: batches[step] for step in (3, 4)}
+    assert resumed_losses == {step: losses[step] for step in (4, 5)}
+    assert resumed_trainer.current_epoch == trainer.current_epoch
