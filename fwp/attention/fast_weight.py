@@ -34,6 +34,7 @@ from fwp.ops import (
     sum_rule_memory,
 )
 from fwp.ops.dispatch import compute_dtype
+from fwp.ops.validation import validate_state
 
 FeatureMap = Literal["identity", "elu", "dpfp", "favor"]
 Normalization = Literal["sum", "denominator", "none"]
@@ -192,6 +193,8 @@ class FastWeightAttention(AttentionCore):
         if state is None:
             self.start_sequence()
         phi_q, phi_k = self.features(q), self.features(k)
+        if state is not None:
+            self.check_state(phi_q, v.shape[-1], state)
         if not causal:
             memory = sum_rule_memory(
                 phi_k, v, denominator=self.denominator, key_padding_mask=key_padding_mask
@@ -221,7 +224,16 @@ class FastWeightAttention(AttentionCore):
     def read(self, q: Tensor, state: FastWeightState) -> Tensor:
         """``y = φ(q) W`` (÷ ``φ(q)·z + ε`` with a denominator) without writing: ``[B, H, T_q, d_head]``
         in ``q``'s dtype. Never redraws ``Ω``."""
-        return read_memory(self.features(q), state, eps=self.eps).to(q.dtype)
+        phi_q = self.features(q)
+        self.check_state(phi_q, state.W.shape[-1], state)
+        return read_memory(phi_q, state, eps=self.eps).to(q.dtype)
+
+    def check_state(self, phi_q: Tensor, d_v: int, state: FastWeightState) -> None:
+        """A ValueError naming the state's field unless ``state`` fits this layer: ``W`` ``[B, H, d_dot,
+        d_v]`` for features ``phi_q`` ``[B, H, T, d_dot]``, and ``z`` present if and only if the layer
+        uses the denominator."""
+        B, H, _, d_dot = phi_q.shape
+        validate_state(state, B, H, d_dot, d_v, denominator=self.denominator)
 
 
 def denominator_scaled_values(phi_k: Tensor, v: Tensor, state: FastWeightState | None) -> Tensor:

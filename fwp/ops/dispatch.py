@@ -52,9 +52,9 @@ def resolve_backend(name: str, q: Tensor) -> str:
     return "chunk" if q.shape[2] > 1 else "reference"
 
 
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The recurrence runs in float64 when given float64, else float32 (also under bf16/fp16)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def compute_dtype(*xs: Tensor | None) -> torch.dtype:
+    """The recurrence runs in float64 when any input is float64, else float32 (also under bf16/fp16)."""
+    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in xs) else torch.float32
 
 
 def fast_weight_recurrence(
@@ -90,7 +90,9 @@ def fast_weight_recurrence(
     )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got chunk_size={chunk_size}")
-    dtype = compute_dtype(q)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got eps={eps}")
+    dtype = compute_dtype(q, k, v, beta)
     B, H, _, d_dot = q.shape
     state = initial_state or FastWeightState.zeros(
         B, H, d_dot, v.shape[-1], denominator=denominator, dtype=dtype, device=q.device

@@ -51,9 +51,6 @@ def validate_recurrence_inputs(
         raise ValueError(f"q and k must have the same shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
         raise ValueError(f"v must share [B, H, T] with q, got v {tuple(v.shape)} and q {tuple(q.shape)}")
-    devices = {x.device for x in (q, k, v)}
-    if len(devices) > 1:
-        raise ValueError(f"q, k, v must be on one device, got {sorted(map(str, devices))}")
     B, H, T, d_dot = q.shape
     d_v = v.shape[-1]
     if T < 1:
@@ -67,20 +64,31 @@ def validate_recurrence_inputs(
     elif beta is not None:
         raise ValueError(f"beta is only used by rule='delta', got beta with rule={rule!r}")
     if state is not None:
-        if tuple(state.W.shape) != (B, H, d_dot, d_v):
-            raise ValueError(
-                f"state.W must be [B, H, d_dot, d_v] = {(B, H, d_dot, d_v)}, got {tuple(state.W.shape)}"
-            )
-        if denominator and (state.z is None or tuple(state.z.shape) != (B, H, d_dot)):
-            seen = None if state.z is None else tuple(state.z.shape)
-            raise ValueError(
-                f"state.z must be [B, H, d_dot] = {(B, H, d_dot)} with a denominator, got {seen}"
-            )
-        if not denominator and state.z is not None:
-            raise ValueError("state.z is given but denominator=False: the state belongs to another layer")
+        validate_state(state, B, H, d_dot, d_v, denominator=denominator)
+    named = {"q": q, "k": k, "v": v, "beta": beta}
+    if state is not None:
+        named |= {"state.W": state.W, "state.z": state.z}
+    named = {name: x for name, x in named.items() if x is not None}
+    devices = {str(x.device) for x in named.values()}
+    if len(devices) > 1:
+        seen = ", ".join(f"{name} on {x.device}" for name, x in named.items())
+        raise ValueError(f"q, k, v, beta and the state must be on one device, got {seen}")
     if check_finite:
-        for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta)):
-            if x is not None:
-                _require_finite(name, x)
-        if state is not None:
-            _require_finite("state.W", state.W)
+        for name, x in named.items():
+            _require_finite(name, x)
+
+
+def validate_state(
+    state: FastWeightState, B: int, H: int, d_dot: int, d_v: int, *, denominator: bool
+) -> None:
+    """``state.W: [B, H, d_dot, d_v]`` and ``state.z: [B, H, d_dot]`` if and only if the layer uses the
+    denominator normalisation (a state of another layer fails here, not deep inside a product)."""
+    if tuple(state.W.shape) != (B, H, d_dot, d_v):
+        raise ValueError(
+            f"state.W must be [B, H, d_dot, d_v] = {(B, H, d_dot, d_v)}, got {tuple(state.W.shape)}"
+        )
+    if denominator and (state.z is None or tuple(state.z.shape) != (B, H, d_dot)):
+        seen = None if state.z is None else tuple(state.z.shape)
+        raise ValueError(f"state.z must be [B, H, d_dot] = {(B, H, d_dot)} with a denominator, got {seen}")
+    if not denominator and state.z is not None:
+        raise ValueError("state.z is given but denominator=False: the state belongs to another layer")

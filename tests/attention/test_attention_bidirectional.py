@@ -10,7 +10,7 @@ from attention_cases import BIDIRECTIONAL_SPECS, build_mha, sequence
 from torch import Tensor
 
 from fwp.attention import FastWeightAttention, MultiHeadAttention, SoftmaxAttention, build_attention
-from fwp.ops import dpfp, elu_plus_one, favor
+from fwp.ops import FastWeightState, dpfp, elu_plus_one, favor
 
 B, H, T, S, D = 2, 2, 5, 6, 4
 
@@ -126,3 +126,30 @@ def test_cross_attention_input_errors() -> None:
         mha(sequence(), memory=sequence(length=3), key_padding_mask=torch.zeros(2, 7, dtype=torch.bool))
     with pytest.raises(ValueError, match="only used by cross-attention"):
         build_mha("linear")(sequence(), memory=sequence())
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_bidirectional_memory_and_read_stay_float32_under_autocast(autocast_dtype: torch.dtype) -> None:
+    """The order-free memory and every ``read`` are computed in float32 with autocast off, like the
+    recurrences: under autocast they agree with float64 to float32 rounding, not to bf16/fp16's."""
+    core = FastWeightAttention(8, feature_map="elu", normalization="denominator", rule="sum")
+    q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        y, memory = core(q, k, v, causal=False)
+        read = core.read(q, memory)
+    y64, memory64 = core.double()(q.double(), k.double(), v.double(), causal=False)
+    assert memory.W.dtype == torch.float32 and read.dtype == torch.float32
+    for actual, expected in ((y, y64), (memory.W, memory64.W), (read, y64)):
+        assert (actual.double() - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_a_state_of_another_layer_is_refused_by_read_and_bidirectional_calls() -> None:
+    core = FastWeightAttention(4, feature_map="elu", normalization="denominator", rule="sum")
+    q = torch.randn(1, 2, 3, 4)
+    without_z = FastWeightState(torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"state\.z must be \[B, H, d_dot\]"):
+        core.read(q, without_z)
+    with pytest.raises(ValueError, match=r"state\.z must be \[B, H, d_dot\]"):
+        core(q, q, q, causal=False, state=without_z)
+    with pytest.raises(ValueError, match=r"state\.W must be \[B, H, d_dot, d_v\]"):
+        core.read(q, FastWeightState(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5)))

@@ -62,6 +62,19 @@ BAD_ARGUMENTS = {
         _with(initial_state=FastWeightState(_nan_at_start((B, H, D, D_V))), check_finite=True),
         r"^state\.W has 1 non-finite",
     ),
+    "non-finite state.z": (
+        _with(
+            denominator=True,
+            initial_state=FastWeightState(torch.zeros(B, H, D, D_V), _nan_at_start((B, H, D))),
+            check_finite=True,
+        ),
+        r"^state\.z has 1 non-finite",
+    ),
+    "negative eps": (_with(eps=-1.0), r"^eps must be >= 0, got eps=-1.0"),
+    "beta on another device": (
+        _with(beta=torch.rand(B, H, T, device="meta")),
+        r"^q, k, v, beta and the state must be on one device, got .*beta on meta",
+    ),
 }
 
 
@@ -89,3 +102,10 @@ def test_empty_sequence_is_rejected():
     q = torch.zeros(1, 1, 0, 3)
     with pytest.raises(ValueError, match="T=0"):
         fast_weight_recurrence(q, q, q)
+
+
+def test_any_float64_input_makes_the_recurrence_float64() -> None:
+    """float32 keys with float64 values: the values are not rounded to float32."""
+    arguments = _with(v=torch.rand(B, H, T, D_V, dtype=torch.float64), rule="sum", beta=None)
+    y, state = fast_weight_recurrence(**arguments)
+    assert y.dtype == state.W.dtype == torch.float64
