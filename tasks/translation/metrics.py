@@ -121,44 +121,51 @@ def bleu_variants() -> tuple[BleuVariant, BleuVariant]:
     )
 
 
-class CorpusBleuStatistics(Metric):
-    """Sufficient BLEU statistics of a corpus of ``num_sentences`` sentences, keyed by sentence id.
+class SentenceSums(Metric):
+    """Per-sentence sums of ``width`` quantities over a corpus of ``num_sentences`` sentences, keyed by
+    sentence id.
 
-    ``update(ids [n], statistics [n, STATISTICS_SIZE])`` adds rows; states are sum-reduced across
-    processes; ``compute()`` returns the corpus statistics ``[STATISTICS_SIZE]``, counting each id
-    once (a sample seen several times, e.g. repeated by a distributed sampler to even out the ranks,
-    is averaged over its copies, identical under deterministic decoding), and the number of distinct
-    ids scored.
+    ``update(ids [n], values [n, width])`` adds rows; states are sum-reduced across processes;
+    ``compute()`` returns the corpus totals ``[width]``, counting each id once (a sample seen several
+    times, e.g. repeated by a distributed sampler to even out the ranks, is averaged over its copies,
+    identical under deterministic evaluation), and the number of distinct ids seen.
     """
 
     full_state_update = False
 
-    def __init__(self, num_sentences: int) -> None:
+    def __init__(self, num_sentences: int, width: int) -> None:
         super().__init__()
         if num_sentences < 1:
             raise ValueError(f"num_sentences must be >= 1, got num_sentences={num_sentences}")
         self.num_sentences = num_sentences
-        self.add_state(
-            "per_sentence", torch.zeros(num_sentences, STATISTICS_SIZE, dtype=torch.float64), "sum"
-        )
+        self.width = width
+        self.add_state("per_sentence", torch.zeros(num_sentences, width, dtype=torch.float64), "sum")
         self.add_state("copies", torch.zeros(num_sentences, dtype=torch.float64), "sum")
 
-    def update(self, ids: Tensor, statistics: Tensor) -> None:
-        if ids.dim() != 1 or statistics.shape != (ids.numel(), STATISTICS_SIZE):
+    def update(self, ids: Tensor, values: Tensor) -> None:
+        if ids.dim() != 1 or values.shape != (ids.numel(), self.width):
             raise ValueError(
-                f"ids must be [n] and statistics [n, {STATISTICS_SIZE}], got {tuple(ids.shape)} "
-                f"and {tuple(statistics.shape)}"
+                f"ids must be [n] and values [n, {self.width}], got {tuple(ids.shape)} "
+                f"and {tuple(values.shape)}"
             )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_sentences):
             raise ValueError(
                 f"ids must lie in [0, {self.num_sentences}), got min {int(ids.min())}, max {int(ids.max())}"
             )
         ids = ids.to(self.per_sentence.device)
-        self.per_sentence.index_add_(0, ids, statistics.to(self.per_sentence))
+        self.per_sentence.index_add_(0, ids, values.to(self.per_sentence))
         self.copies.index_add_(0, ids, torch.ones_like(ids, dtype=self.copies.dtype))
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        """The corpus statistics ``[STATISTICS_SIZE]`` and the number of distinct ids scored ``[]``."""
+        """The corpus totals ``[width]`` and the number of distinct ids seen ``[]``."""
         seen = self.copies > 0
         per_copy = self.per_sentence / self.copies.clamp(min=1.0)[:, None]
         return per_copy.sum(dim=0), seen.sum()
+
+
+class CorpusBleuStatistics(SentenceSums):
+    """Sufficient BLEU statistics ``[n, STATISTICS_SIZE]`` of a corpus, each sentence counted once
+    (``SentenceSums``): ``compute()`` gives the corpus statistics and the number of sentences scored."""
+
+    def __init__(self, num_sentences: int) -> None:
+        super().__init__(num_sentences, STATISTICS_SIZE)

@@ -36,7 +36,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from fwp.attention import AttentionSpec
 from fwp.data import PAD_ID
@@ -44,7 +43,7 @@ from fwp.model import EncoderDecoder
 from fwp.model.beam_search import beam_search, greedy_decode
 from fwp.model.block import Norm
 from fwp.model.positions import Positional
-from tasks.translation.metrics import BleuVariant, CorpusBleuStatistics, bleu_variants
+from tasks.translation.metrics import BleuVariant, CorpusBleuStatistics, SentenceSums, bleu_variants
 
 Batch = dict[str, Tensor]
 
@@ -60,25 +59,33 @@ class TranslationData(Protocol):
     def references(self, split: str) -> list[str]: ...
 
 
-def label_smoothed_nll_loss(
+def label_smoothed_token_losses(
     logits: Tensor, target: Tensor, *, epsilon: float, ignore_index: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """fairseq's label-smoothed cross-entropy, summed over non-ignored tokens.
+    """fairseq's label-smoothed cross-entropy per token.
 
-    logits ``[..., V]``, target ``[...]`` → ``(loss_sum, nll_sum, n_tokens)`` where per token
+    logits ``[..., V]``, target ``[...]`` → ``(loss, nll, keep)``, each ``[...]``, where per token
     ``loss = (1 − ε − ε/(V−1)) · nll + ε/(V−1) · Σ_v −log p_v`` (probability ``1 − ε`` on the target,
-    ``ε/(V−1)`` on every other class); log-probabilities in at least float32.
+    ``ε/(V−1)`` on every other class), zero at ignored tokens, and ``keep`` is 1 at the other tokens;
+    log-probabilities in at least float32.
     """
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"label smoothing must be in [0, 1), got epsilon={epsilon}")
     log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    keep = target != ignore_index
-    log_probs, target = log_probs[keep], target[keep]
-    nll = -log_probs.gather(-1, target[:, None]).squeeze(-1)
-    smooth = -log_probs.sum(dim=-1)
+    keep = (target != ignore_index).to(log_probs.dtype)
+    nll = -log_probs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+    smooth = -log_probs.sum(dim=-1) * keep
     other = epsilon / (log_probs.shape[-1] - 1)
-    loss = (1.0 - epsilon - other) * nll + other * smooth
-    return loss.sum(), nll.sum(), keep.sum()
+    return (1.0 - epsilon - other) * nll + other * smooth, nll, keep
+
+
+def label_smoothed_nll_loss(
+    logits: Tensor, target: Tensor, *, epsilon: float, ignore_index: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``label_smoothed_token_losses`` summed over the non-ignored tokens: ``(loss_sum, nll_sum,
+    n_tokens)``."""
+    loss, nll, keep = label_smoothed_token_losses(logits, target, epsilon=epsilon, ignore_index=ignore_index)
+    return loss.sum(), nll.sum(), keep.sum().long()
 
 
 def inverse_sqrt_factor(step: int, *, warmup_steps: int, warmup_init_factor: float) -> float:
@@ -183,8 +190,7 @@ class TranslationModel(L.LightningModule):
             pad_id=pad_id,
         )
         self.bleu_variants: tuple[BleuVariant, ...] = bleu_variants()
-        self.eval_nll = MeanMetric()
-        self.eval_loss = MeanMetric()
+        self._eval_sums: SentenceSums | None = None
         self._bleu_statistics: list[CorpusBleuStatistics] = []
         self._references: list[str] = []
         self._fit_validation_runs = 0
@@ -267,24 +273,27 @@ class TranslationModel(L.LightningModule):
         return self.hparams.val_beam_size
 
     def _start_evaluation(self, split: str) -> None:
-        self.eval_nll.reset()
-        self.eval_loss.reset()
+        self._references = self.data.references(split)
+        self._eval_sums = SentenceSums(len(self._references), 3).to(self.device)
         self._eval_beam_size = self._decoding_beam_size()
         if self._eval_beam_size is None:
             self._bleu_statistics = []
             return
-        self._references = self.data.references(split)
         self._bleu_statistics = [
             CorpusBleuStatistics(len(self._references)).to(self.device) for _ in self.bleu_variants
         ]
 
     def _evaluation_step(self, batch: Batch) -> None:
-        loss, nll, n_tokens = self._losses(batch)
-        self.eval_loss.update(loss, weight=n_tokens)
-        self.eval_nll.update(nll, weight=n_tokens)
+        """Per-sentence loss, nll and token counts (each sentence counted once across ranks, see
+        ``SentenceSums``) and, on BLEU runs, the BLEU statistics of the decoded batch."""
+        logits = self(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
+        losses = label_smoothed_token_losses(
+            logits, batch["tgt_out"], epsilon=self.hparams.label_smoothing, ignore_index=self.hparams.pad_id
+        )
+        ids = batch["ids"]
+        self._eval_sums.update(ids, torch.stack([x.sum(dim=-1) for x in losses], dim=-1))
         if self._eval_beam_size is None:
             return
-        ids = batch["ids"]
         hypotheses = [
             self.data.decode(tokens)
             for tokens in self.translate(
@@ -296,8 +305,9 @@ class TranslationModel(L.LightningModule):
             statistics.update(ids, variant.statistics(hypotheses, references).to(self.device))
 
     def _end_evaluation(self, split: str) -> None:
-        nll = self.eval_nll.compute()
-        self.log(f"{split}/loss", self.eval_loss.compute(), prog_bar=True)
+        (loss_sum, nll_sum, n_tokens), _ = self._eval_sums.compute()
+        nll = (nll_sum / n_tokens.clamp(min=1)).float()
+        self.log(f"{split}/loss", (loss_sum / n_tokens.clamp(min=1)).float(), prog_bar=True)
         self.log(f"{split}/nll", nll)
         self.log(f"{split}/ppl", torch.exp(nll))
         if self._eval_beam_size is None:

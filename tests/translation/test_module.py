@@ -146,3 +146,39 @@ def test_predict_writes_translations_in_input_order(corpus: Path, tmp_path: Path
         src = torch.tensor([line_tokens])
         alone = model.translate(src, torch.zeros_like(src, dtype=torch.bool), beam_size=2)[0]
         assert data.decode(alone) == translation
+
+
+class RepeatsTheFirstValidationBatch(TranslationDataModule):
+    """Validation batches as a distributed sampler deals them when it evens out the ranks: the first
+    batch comes once more at the end."""
+
+    def val_dataloader(self) -> RepeatedBatches:
+        return RepeatedBatches(list(super().val_dataloader()))
+
+
+class RepeatedBatches:
+    """``batches`` and then ``batches[0]`` again (one iterable, not a list of loaders)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = [*batches, batches[0]]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def test_a_repeated_batch_counts_once_in_the_validation_loss(corpus: Path, tmp_path: Path) -> None:
+    """Under DDP the sampler repeats batches to give every rank as many: loss, nll and BLEU count each
+    sentence once, so they equal a single process's."""
+    options = {"data_dir": str(corpus), "cache_dir": str(tmp_path / "cache"), "bpe_vocab_size": 300}
+    options |= {"max_positions": 64, "max_tokens": 160}
+    plain, repeating = TranslationDataModule(**options), RepeatsTheFirstValidationBatch(**options)
+    torch.manual_seed(0)
+    model = TranslationModel(plain.vocab_size, plain.pad_id, **TINY, dropout=0.0, beam_size=1, max_len_b=4)
+    expected = quiet_trainer().validate(model, plain, verbose=False)[0]
+    actual = quiet_trainer().validate(model, repeating, verbose=False)[0]
+    assert len(repeating.val_dataloader()) == len(plain.val_dataloader()) + 1 > 2
+    for name in ("valid/loss", "valid/nll", "valid/sacrebleu"):
+        assert actual[name] == pytest.approx(expected[name], rel=1e-6), name
