@@ -36,8 +36,13 @@ def test_compound_split_matches_the_perl_substitution() -> None:
     assert compound_split("a-b-c") == "a ##AT##-##AT## b-c"
     assert compound_split("a-b c-d") == "a ##AT##-##AT## b c ##AT##-##AT## d"
     assert compound_split("a - b, -x y-") == "a - b, -x y-"
+    # Moses' German rules (tokenizer.perl -l de): hyphens stay in the token, so numbers and
+    # compounds reach the split; abbreviations with a non-breaking prefix keep their dot.
     assert tokenize_and_split_compounds("Hals-Nasen-Arzt, 3-4 Jahre.") == (
-        "Hals ##AT##-##AT## Nasen ##AT##-##AT## Arzt , 3 - 4 Jahre ."
+        "Hals ##AT##-##AT## Nasen ##AT##-##AT## Arzt , 3 ##AT##-##AT## 4 Jahre ."
+    )
+    assert tokenize_and_split_compounds("Die 2013-2014 Saison, z.B. mit Dr. Müller-Lüdenscheidt.") == (
+        "Die 2013 ##AT##-##AT## 2014 Saison , z.B. mit Dr. Müller ##AT##-##AT## Lüdenscheidt ."
     )
 
 
