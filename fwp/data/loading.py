@@ -9,9 +9,11 @@ batches), so Lightning leaves it alone and no Trainer flag is needed. A dataset 
 
 ``BatchLoader`` counts the batches it has handed out in the current epoch; Lightning saves that count
 and the epoch with mid-epoch checkpoints (``state_dict``) and, on resume, the loader skips the batches
-already seen (``load_state_dict``) if it iterates that same epoch again, so training continues with
-the next batch of the same epoch order. A checkpoint taken at the last batch of an epoch resumes in
-the next epoch (Lightning moves on), which then starts from its first batch.
+already seen (``load_state_dict``), so training continues with the next batch of the same epoch order,
+as Lightning's own batch counter does. The exception: a checkpoint taken after the last batch of an
+epoch, which Lightning resumes at the first batch of the next epoch; the loader then skips nothing.
+(Lightning also resumes a checkpoint written when ``max_steps`` ended the fit mid-epoch in the next
+epoch, but with its batch counter kept: there the loader skips, as Lightning counts.)
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class BatchLoader(DataLoader):
 
     ``state_dict()`` is ``{"batches_seen": n, "epoch": e}``, the batches handed out so far in the
     running epoch ``e`` (the sampler's, set by Lightning); ``load_state_dict`` makes the next iteration
-    skip that many if it is epoch ``e`` again (a state without ``epoch``, from older checkpoints, skips
-    whatever the epoch). Its length stays the full epoch's.
+    skip that many, unless epoch ``e`` was complete (``n`` ≥ the epoch's length) and the next iteration
+    is of another epoch (module docstring). Its length stays the full epoch's.
     """
 
     def __init__(
@@ -86,7 +88,8 @@ class BatchLoader(DataLoader):
         self.resume_epoch: int | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        if self.resume_epoch is not None and self.resume_epoch != self.sampler.epoch:
+        finished = self.resume_epoch is not None and self.sampler.start >= len(self)
+        if finished and self.resume_epoch != self.sampler.epoch:
             self.sampler.start = 0  # the saved epoch is over: this one starts at its first batch
         self.resume_epoch = None
         self.batches_seen = self.sampler.start
@@ -99,7 +102,7 @@ class BatchLoader(DataLoader):
         return {"batches_seen": self.batches_seen, "epoch": self.sampler.epoch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Make the next iteration start after ``state["batches_seen"]`` batches of the epoch's order,
-        if it iterates epoch ``state["epoch"]``."""
+        """Make the next iteration start after ``state["batches_seen"]`` batches of the epoch's order
+        (nothing is skipped in a new epoch after a complete one)."""
         self.batches_seen = self.sampler.start = int(state["batches_seen"])
         self.resume_epoch = int(state["epoch"]) if "epoch" in state else None

@@ -77,11 +77,15 @@ def test_a_state_of_a_finished_epoch_does_not_skip_into_the_next():
     assert list(resumed) == next_epoch
 
 
-def test_a_state_without_epoch_skips_whatever_the_epoch():
-    """Checkpoints written before the epoch was saved resume as they did then."""
+@pytest.mark.parametrize(
+    "state", [{"batches_seen": 2, "epoch": 0}, {"batches_seen": 2}], ids=["unfinished epoch", "no epoch"]
+)
+def test_a_state_of_an_unfinished_epoch_skips_as_lightning_counts(state: dict):
+    """Lightning resumes a checkpoint written when ``max_steps`` ended the fit mid-epoch in the next
+    epoch with its batch counter kept; older checkpoints have no epoch: both skip the batches seen."""
     resumed = BatchLoader(Numbers(6))
-    resumed.load_state_dict({"batches_seen": 2})
-    resumed.sampler.set_epoch(3)
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(1)
     assert list(resumed) == [2, 3, 4, 5]
 
 

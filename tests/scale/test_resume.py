@@ -103,14 +103,13 @@ class BatchRecorder(L.Callback):
 
 
 def test_resume_at_the_end_of_an_epoch_starts_the_next_one(tmp_path):
-    """A checkpoint taken at an epoch's last batch (3 an epoch here) resumes with the first batch of
+    """A checkpoint taken at an epoch's last batch (6 an epoch here) resumes with the first batch of
     the next epoch, counted as that epoch: the same batches, losses and epochs as without a break."""
-    corpus = write_synthetic_corpus(tmp_path / "corpus", train_lines=200, valid_lines=20, test_lines=1)
+    corpus = write_synthetic_corpus(tmp_path / "corpus", train_lines=4, valid_lines=20, test_lines=1)
 
     def run(name: str, ckpt_path=None, *callbacks):
-        options = ["--trainer.max_steps", "5", "--trainer.limit_train_batches", "3"]
-        options += ["--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "1.0"]
-        options += ["--trainer.check_val_every_n_epoch", "1"]
+        options = ["--trainer.max_steps", "8", "--trainer.limit_val_batches", "1"]
+        options += ["--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1"]
         options += ["--trainer.logger.init_args.save_dir", str(tmp_path / name)]
         losses, batches = LossRecorder(), BatchRecorder()
         cli = build(lm_args("synthetic_softmax", corpus, *options), losses, batches, *callbacks)
@@ -118,8 +117,8 @@ def test_resume_at_the_end_of_an_epoch_starts_the_next_one(tmp_path):
         return trainer, losses.losses, batches.batches
 
     trainer, losses, batches = run("uninterrupted", None, checkpoints_every(tmp_path / "ckpt", steps=1))
-    resumed_trainer, resumed_losses, resumed_batches = run("resumed", tmp_path / "ckpt" / "step=3.ckpt")
-    assert batches[3][0] == 1 and batches[3][1] == batches[0][1]  # step 3 opens epoch 1 with batch 0
-    assert resumed_batches == {step: batches[step] for step in (3, 4)}
-    assert resumed_losses == {step: losses[step] for step in (4, 5)}
+    resumed_trainer, resumed_losses, resumed_batches = run("resumed", tmp_path / "ckpt" / "step=6.ckpt")
+    assert batches[6] == (1, batches[0][1]) and batches[5][0] == 0  # step 6 opens epoch 1 with batch 0
+    assert resumed_batches == {step: batches[step] for step in (6, 7)}
+    assert resumed_losses == {step: losses[step] for step in (7, 8)}
     assert resumed_trainer.current_epoch == trainer.current_epoch
