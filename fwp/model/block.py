@@ -3,7 +3,9 @@
 Each sub-layer ``f`` (its output already dropped out) is wrapped as
 - post-norm (Vaswani et al.; the paper's ICML runs): ``x ← LayerNorm(x + f(x))``;
 - pre-norm: ``x ← x + f(LayerNorm(x))`` (the stack then ends with one more LayerNorm).
-Feed-forward: ``Dropout(W_2 Dropout(act(W_1 x + b_1)) + b_2)``, ``d_model → d_ff → d_model``.
+Feed-forward: ``Dropout(W_2 Dropout_a(act(W_1 x + b_1)) + b_2)``, ``d_model → d_ff → d_model``, with
+the activation dropout ``Dropout_a`` at the residual rate unless ``activation_dropout`` is given
+(Transformer-XL drops both; fairseq's WMT Transformers use ``activation_dropout = 0``).
 """
 
 from __future__ import annotations
@@ -31,18 +33,31 @@ def check_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
 class FeedForward(nn.Module):
     """Position-wise ``[B, T, d_model] → [B, T, d_model]`` through ``d_ff`` hidden units."""
 
-    def __init__(self, d_model: int, d_ff: int, *, dropout: float, activation: Activation) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        *,
+        dropout: float,
+        activation: Activation,
+        activation_dropout: float | None = None,
+    ) -> None:
         super().__init__()
         check_choice("activation", activation, tuple(ACTIVATIONS))
         if d_ff < 1:
             raise ValueError(f"d_ff must be >= 1, got d_ff={d_ff}")
+        if activation_dropout is not None and not 0.0 <= activation_dropout < 1.0:
+            raise ValueError(
+                f"activation_dropout must be in [0, 1), got activation_dropout={activation_dropout}"
+            )
         self.expand = nn.Linear(d_model, d_ff)
         self.contract = nn.Linear(d_ff, d_model)
         self.activation = ACTIVATIONS[activation]
+        self.activation_dropout = nn.Dropout(dropout if activation_dropout is None else activation_dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.contract(self.dropout(self.activation(self.expand(x)))))
+        return self.dropout(self.contract(self.activation_dropout(self.activation(self.expand(x)))))
 
 
 class TransformerBlock(nn.Module):
@@ -64,6 +79,7 @@ class TransformerBlock(nn.Module):
         *,
         d_head: int | None = None,
         dropout: float = 0.1,
+        activation_dropout: float | None = None,
         activation: Activation = "relu",
         norm: Norm = "post",
         causal: bool = True,
@@ -82,7 +98,9 @@ class TransformerBlock(nn.Module):
                 d_model, n_heads, cross_attention, d_head=d_head, dropout=dropout, cross=True
             )
             self.cross_attention_norm = nn.LayerNorm(d_model)
-        self.feed_forward = FeedForward(d_model, d_ff, dropout=dropout, activation=activation)
+        self.feed_forward = FeedForward(
+            d_model, d_ff, dropout=dropout, activation=activation, activation_dropout=activation_dropout
+        )
         self.feed_forward_norm = nn.LayerNorm(d_model)
 
     def sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:

@@ -38,6 +38,7 @@ class EncoderDecoder(nn.Module):
         decoder_attention: AttentionSpec = "softmax",
         cross_attention: AttentionSpec = "softmax",
         dropout: float = 0.1,
+        activation_dropout: float | None = None,
         positional: Positional = "sinusoidal",
         norm: Norm = "post",
         share_embeddings: bool = True,
@@ -58,8 +59,16 @@ class EncoderDecoder(nn.Module):
         self.encoder_input = InputEncoding(d_model, **encoding)
         self.decoder_input = InputEncoding(d_model, **encoding)
         layers = {"d_head": d_head, "dropout": dropout, "activation": activation, "norm": norm}
+        layers["activation_dropout"] = activation_dropout
         self.encoder = TransformerStack(
-            n_encoder_layers, d_model, n_heads, d_ff, encoder_attention, causal=False, **layers
+            n_encoder_layers,
+            d_model,
+            n_heads,
+            d_ff,
+            encoder_attention,
+            causal=False,
+            layers_option="n_encoder_layers",
+            **layers,
         )
         self.decoder = TransformerStack(
             n_decoder_layers,
@@ -69,6 +78,7 @@ class EncoderDecoder(nn.Module):
             decoder_attention,
             causal=True,
             cross_attention=cross_attention,
+            layers_option="n_decoder_layers",
             **layers,
         )
 

@@ -61,10 +61,12 @@ class TransformerStack(nn.Module):
         norm: Norm,
         causal: bool,
         cross_attention: AttentionSpec | None = None,
+        activation_dropout: float | None = None,
+        layers_option: str = "n_layers",
     ) -> None:
         super().__init__()
         if n_layers < 1:
-            raise ValueError(f"the number of layers must be >= 1, got {n_layers}")
+            raise ValueError(f"{layers_option} must be >= 1, got {layers_option}={n_layers}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
         self.blocks = nn.ModuleList(
@@ -75,6 +77,7 @@ class TransformerStack(nn.Module):
                 attention,
                 d_head=d_head,
                 dropout=dropout,
+                activation_dropout=activation_dropout,
                 activation=activation,
                 norm=norm,
                 causal=causal,

@@ -104,6 +104,8 @@ class TranslationModel(L.LightningModule):
             of the data (``fwp.data.PAD_ID`` for every data module of this project).
         d_model, n_encoder_layers, n_decoder_layers, n_heads, d_head, d_ff, dropout, positional, norm,
             share_embeddings: ``fwp.model.EncoderDecoder`` sizes and options.
+        activation_dropout: dropout of the feed-forward hidden units (None: ``dropout``; fairseq's WMT
+            Transformers, and the WMT14 configs, use 0).
         position_limit: positions of the learned table with ``positional="learned"`` (the backbone's
             ``max_positions``; named apart from the data module's ``max_positions``, the longest kept
             pair); decoding then stops before it.
@@ -135,6 +137,7 @@ class TranslationModel(L.LightningModule):
         decoder_attention: AttentionSpec = "softmax",
         cross_attention: AttentionSpec = "softmax",
         dropout: float = 0.1,
+        activation_dropout: float | None = None,
         positional: Positional = "sinusoidal",
         norm: Norm = "post",
         share_embeddings: bool = True,
@@ -170,6 +173,13 @@ class TranslationModel(L.LightningModule):
             )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"TranslationModel: label_smoothing must be in [0, 1), got {label_smoothing}")
+        for name, value in (("max_len_a", max_len_a), ("max_len_b", max_len_b)):
+            if not value >= 0:
+                raise ValueError(f"TranslationModel: {name} must be >= 0, got {name}={value}")
+        if not math.isfinite(length_penalty):
+            raise ValueError(
+                f"TranslationModel: length_penalty must be finite, got length_penalty={length_penalty}"
+            )
         self.save_hyperparameters()
         self.model = EncoderDecoder(
             vocab_size,
@@ -183,6 +193,7 @@ class TranslationModel(L.LightningModule):
             decoder_attention=decoder_attention,
             cross_attention=cross_attention,
             dropout=dropout,
+            activation_dropout=activation_dropout,
             positional=positional,
             norm=norm,
             share_embeddings=share_embeddings,

@@ -45,6 +45,7 @@ def test_config_parses(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         d_model, n_heads, d_ff = SIZES[path.stem.split("_")[1]]
         assert (model["d_model"], model["n_heads"], model["d_ff"]) == (d_model, n_heads, d_ff)
         assert (model["n_encoder_layers"], model["n_decoder_layers"]) == (6, 6)
+        assert model["activation_dropout"] == 0.0  # fairseq's transformer_wmt_en_de(_big)
         assert config["data"]["init_args"]["data_dir"] == "data/wmt14_en_de"
         assert (config["data"]["init_args"]["src_lang"], config["data"]["init_args"]["tgt_lang"]) == (
             "en",

@@ -75,6 +75,14 @@ def test_bad_arguments_are_rejected() -> None:
         TranslationModel(vocab_size=12, lr=1e-4, warmup_init_lr=1e-3)
     with pytest.raises(ValueError, match="unknown attention"):
         TranslationModel(vocab_size=12, decoder_attention="nope")
+    with pytest.raises(ValueError, match=r"max_len_a must be >= 0, got max_len_a=-1.0"):
+        TranslationModel(vocab_size=12, max_len_a=-1.0)
+    with pytest.raises(ValueError, match=r"max_len_b must be >= 0, got max_len_b=-5"):
+        TranslationModel(vocab_size=12, max_len_b=-5)
+    with pytest.raises(ValueError, match=r"length_penalty must be finite, got length_penalty=nan"):
+        TranslationModel(vocab_size=12, length_penalty=float("nan"))
+    with pytest.raises(ValueError, match=r"n_decoder_layers must be >= 1, got n_decoder_layers=0"):
+        TranslationModel(vocab_size=12, n_decoder_layers=0)
 
 
 def test_the_embedded_default_learns_the_synthetic_corpus(corpus: Path, tmp_path: Path) -> None:
