@@ -73,7 +73,6 @@ def make_batch(
     if all_queries:
         queries = torch.arange(num_keys).expand(batch_size, num_keys).clone()
         return RetrievalBatch(keys, values, queries, table, present)
-    pick = torch.randint(keys.shape[1], (batch_size, 1), generator=generator)
-    queries = keys.gather(1, pick)
+    queries = torch.multinomial(present.to(torch.float32), 1, generator=generator)
     targets = table.gather(1, queries)
     return RetrievalBatch(keys, values, queries, targets, torch.ones_like(queries, dtype=torch.bool))

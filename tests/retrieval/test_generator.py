@@ -77,3 +77,17 @@ def test_training_batches_are_reproducible_and_distinct_across_ranks_and_steps()
 def test_data_module_rejects_non_positive_sizes(field):
     with pytest.raises(ValueError, match=rf"{field}=0"):
         RetrievalDataModule(**{field: 0})
+
+
+def test_setting2_training_queries_are_uniform_over_the_keys_that_occur():
+    """One query per sequence, drawn uniformly from the distinct keys present (not from positions,
+    which would favour keys that occur often): its mean number of occurrences is that of a uniformly
+    chosen present key."""
+    generator = torch.Generator().manual_seed(0)
+    batch = make_batch(4, 2, 4000, generator, all_queries=False)
+    occurrences = (batch.keys == batch.queries).sum(dim=1).double()
+    _, present = last_values(batch.keys, batch.values, 4)
+    counts = torch.stack([(batch.keys == key).sum(dim=1) for key in range(4)], dim=1).double()
+    uniform_over_present = (counts.sum(dim=1) / present.sum(dim=1)).mean()
+    assert bool(present.gather(1, batch.queries).all())
+    assert abs(occurrences.mean() - uniform_over_present) < 0.05
