@@ -1,14 +1,16 @@
 """Translation data: a parallel corpus ``{train,valid,test}.{src,tgt}``, joint BPE, length-bucketed batches.
 
-Pairs longer than ``max_positions`` (source tokens, or target tokens + 1) are dropped from the training
-split; in validation and test they are truncated instead, so that every reference sentence gets a
-hypothesis and BLEU stays comparable (the counts are logged). Pairs are sorted by (source length, target
-length) and cut greedily into batches whose padded size ``B·S + B·T`` stays within ``max_tokens`` (``S``
-the longest source, ``T`` the longest target + 1, the width of ``tgt_in``/``tgt_out``), like fairseq's
-``--max-tokens``. Training visits the batches in a new order each epoch (``torch`` generator seeded with
-``seed + epoch``); under DDP, rank ``r`` of ``W`` takes batches ``r, r + W, ...`` of that order, padded
-by repetition so every rank gets as many batches (evaluation too: a repeated batch is evaluated twice;
-``ids`` tell the duplicates apart).
+Pairs longer than ``max_positions`` (source tokens, or target tokens + 1), and pairs with an empty side,
+are dropped from the training split (as the WMT preparation's ``clean-corpus-n.perl`` would); in
+validation and test an empty line is an error and long pairs are truncated instead, so that every
+reference sentence gets a hypothesis and BLEU stays comparable (the counts are logged). Pairs are sorted
+by (source length, target length) and cut greedily into batches whose padded size ``B·S + B·T`` stays
+within ``max_tokens`` (``S`` the longest source, ``T`` the longest target + 1, the width of
+``tgt_in``/``tgt_out``), like fairseq's ``--max-tokens``. Training visits the batches in a new order
+each epoch (``torch`` generator seeded with ``seed + epoch``); under DDP, rank ``r`` of ``W`` takes
+batches ``r, r + W, ...`` of that order, padded by repetition so every rank gets as many batches
+(evaluation too: a repeated batch is evaluated twice; ``ids`` tell the duplicates apart, and the metrics
+count each sentence once).
 
 A batch, with ``B`` pairs::
 
@@ -237,7 +239,8 @@ class TranslationDataModule(CorpusDataModule):
             return [line.strip() for line in stream]
 
     def line_tokens(self, split: str) -> tuple[LineTokens, LineTokens]:
-        """Source and target token ids of ``split``, checked to be aligned and free of empty lines."""
+        """Source and target token ids of ``split``, checked to be aligned and, but for ``train`` (whose
+        empty pairs ``batches`` drops), free of empty lines."""
         paths = [self.split_file(split, lang) for lang in (self.src_lang, self.tgt_lang)]
         sides = [cached_line_tokens(path, self.tokenizer, cache_dir=self.cache_path) for path in paths]
         if len(sides[0]) != len(sides[1]):
@@ -245,8 +248,9 @@ class TranslationDataModule(CorpusDataModule):
                 f"misaligned parallel corpus: {paths[0]} has {len(sides[0])} lines, "
                 f"{paths[1]} has {len(sides[1])} lines"
             )
-        for path, side in zip(paths, sides, strict=True):
-            _require_no_empty_line(path, side)
+        if split != "train":
+            for path, side in zip(paths, sides, strict=True):
+                _require_no_empty_line(path, side)
         return sides[0], sides[1]
 
     def prepare_data(self) -> None:
@@ -256,17 +260,21 @@ class TranslationDataModule(CorpusDataModule):
 
     def batches(self, split: str) -> PairBatches:
         """``split``'s pairs packed into batches; ``long_pairs[split]`` counts those longer than
-        ``max_positions``, dropped from ``train``, truncated elsewhere."""
+        ``max_positions``, dropped from ``train`` (with the pairs that have an empty side), truncated
+        elsewhere."""
         source, target = self.line_tokens(split)
         too_long = (source.lengths > self.max_positions) | (target.lengths + 1 > self.max_positions)
         self.long_pairs[split] = int(np.count_nonzero(too_long))
         training = split == "train"
-        kept = np.flatnonzero(~too_long) if training else np.arange(len(too_long))
+        empty = (source.lengths == 0) | (target.lengths == 0)
+        kept = np.flatnonzero(~(too_long | empty)) if training else np.arange(len(too_long))
         if self.long_pairs[split]:
             rank_zero_info(
                 f"{split}: {'dropped' if training else 'truncated'} {self.long_pairs[split]} of "
                 f"{len(too_long)} pairs longer than max_positions={self.max_positions}"
             )
+        if training and empty.any():
+            rank_zero_info(f"{split}: dropped {int(np.count_nonzero(empty))} pairs with an empty side")
         src_widths = np.minimum(source.lengths[kept], self.max_positions)
         tgt_widths = np.minimum(target.lengths[kept] + 1, self.max_positions)
         budget = self.max_tokens if training else self.eval_max_tokens

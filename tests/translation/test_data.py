@@ -154,11 +154,21 @@ def test_misaligned_files_name_both_counts(tmp_path):
         data.line_tokens("valid")
 
 
-def test_empty_line_is_named(tmp_path):
-    corpus = write_parallel(tmp_path / "corpus", {"train": (["A b.", "C d.", "E."], ["E f.", "  ", "F."])})
+def test_empty_evaluation_line_is_named(tmp_path):
+    pairs = (["A b.", "C d.", "E."], ["E f.", "  ", "F."])
+    corpus = write_parallel(tmp_path / "corpus", {"train": (["A b."], ["E f."]), "valid": pairs})
     data = data_module(corpus, tmp_path, bpe_vocab_size=300)
-    with pytest.raises(ValueError, match=re.escape(str(corpus / "train.tgt")) + ": line 2 is empty"):
-        data.line_tokens("train")
+    with pytest.raises(ValueError, match=re.escape(str(corpus / "valid.tgt")) + ": line 2 is empty"):
+        data.line_tokens("valid")
+
+
+def test_training_pairs_with_an_empty_side_are_dropped(tmp_path):
+    """As the WMT preparation's ``clean-corpus-n.perl`` does (raw text stopped before it may have some)."""
+    pairs = (["A b.", "C d.", "", "E."], ["E f.", "  ", "G.", "F."])
+    corpus = write_parallel(tmp_path / "corpus", {"train": pairs, "valid": (["A b."], ["E f."])})
+    data = data_module(corpus, tmp_path, bpe_vocab_size=300)
+    kept = sorted(int(i) for batch in data.batches("train").batches for i in batch)
+    assert kept == [0, 3]
 
 
 def test_missing_split_is_named(tmp_path):
