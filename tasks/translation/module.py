@@ -29,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import lightning as L
 import torch
@@ -57,6 +57,10 @@ class TranslationData(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def references(self, split: str) -> list[str]: ...
+
+
+LossNormalization = Literal["tokens", "batch"]
+LOSS_NORMALIZATIONS = ("tokens", "batch")
 
 
 def label_smoothed_token_losses(
@@ -113,6 +117,10 @@ class TranslationModel(L.LightningModule):
             ..., options}``) of the encoder self-attention (bidirectional: softmax or a sum-rule core),
             the decoder causal self-attention (any core) and the encoder-decoder attention.
         label_smoothing: ε of the loss.
+        loss_normalization: ``tokens`` (fairseq): an optimizer step follows the gradient of the loss
+            summed over all its micro-batches (gradient accumulation) and ranks, divided by their total
+            number of target tokens; ``batch``: of each micro-batch's per-token mean, the micro-batches
+            and ranks weighted alike (Lightning's plain averaging).
         lr, betas, adam_eps, weight_decay, warmup_steps, warmup_init_lr: Adam + inverse-sqrt schedule.
         beam_size, length_penalty, max_len_a, max_len_b: decoding for test, standalone validate and
             predict (``length_penalty``: fairseq's ``score / len^lenpen``; at most ``a · src_len + b``
@@ -143,6 +151,7 @@ class TranslationModel(L.LightningModule):
         share_embeddings: bool = True,
         position_limit: int = 1024,
         label_smoothing: float = 0.1,
+        loss_normalization: LossNormalization = "tokens",
         lr: float = 5e-4,
         betas: tuple[float, float] = (0.9, 0.98),
         adam_eps: float = 1e-9,
@@ -170,6 +179,11 @@ class TranslationModel(L.LightningModule):
         if not 0.0 < warmup_init_lr <= lr:
             raise ValueError(
                 f"TranslationModel: need 0 < warmup_init_lr <= lr, got {warmup_init_lr} and {lr}"
+            )
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"TranslationModel: loss_normalization must be one of {list(LOSS_NORMALIZATIONS)}, "
+                f"got loss_normalization={loss_normalization!r}"
             )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"TranslationModel: label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -207,6 +221,7 @@ class TranslationModel(L.LightningModule):
         self._fit_validation_runs = 0
         self._eval_beam_size: int | None = None
         self._predictions: dict[int, str] = {}
+        self._step_tokens = 0
 
     # ----------------------------------------------------------------------------------- data access
     @property
@@ -244,21 +259,36 @@ class TranslationModel(L.LightningModule):
             **options,
         )
 
-    def _losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        """``(label-smoothed loss, nll)`` means over the batch's target tokens, and their number."""
+    # ----------------------------------------------------------------------------------- training
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Logs the batch's per-token means; returns that mean (``loss_normalization="batch"``) or the
+        summed loss, which ``on_before_optimizer_step`` turns into the per-token mean of the step."""
         logits = self(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
         loss_sum, nll_sum, n_tokens = label_smoothed_nll_loss(
             logits, batch["tgt_out"], epsilon=self.hparams.label_smoothing, ignore_index=self.hparams.pad_id
         )
         denominator = n_tokens.clamp(min=1)
-        return loss_sum / denominator, nll_sum / denominator, n_tokens
+        self.log("train/loss", loss_sum / denominator, prog_bar=True)
+        self.log("train/nll", nll_sum / denominator)
+        if self.hparams.loss_normalization == "batch":
+            return loss_sum / denominator
+        self._step_tokens += int(n_tokens)
+        return loss_sum
 
-    # ----------------------------------------------------------------------------------- training
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, nll, _ = self._losses(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/nll", nll)
-        return loss
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``loss_normalization="tokens"``: Lightning divided every summed micro-batch loss by
+        ``accumulate_grad_batches`` (A) and DDP averaged the W ranks, so the gradients are rescaled by
+        ``A · W / N``, ``N`` the target tokens of the step on all ranks: the gradient of ``Σ loss / N``.
+        Runs before gradient clipping (and, with fp16, after unscaling)."""
+        if self.hparams.loss_normalization != "tokens":
+            return
+        tokens = torch.tensor(float(self._step_tokens), dtype=torch.float64, device=self.device)
+        tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")
+        self._step_tokens = 0
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / max(float(tokens), 1.0)
+        for parameter in self.parameters():
+            if parameter.grad is not None:
+                parameter.grad.mul_(scale)
 
     def configure_optimizers(self) -> dict:
         h = self.hparams

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning_runs import quiet_trainer
+from torch.utils.data import DataLoader
 
 from fwp.cli import main
+from fwp.data import PAD_ID
 from tasks.translation.data import TranslationDataModule
 from tasks.translation.module import TranslationModel, inverse_sqrt_factor, label_smoothed_nll_loss
 from tasks.translation.synthetic import write_synthetic_parallel_corpus
@@ -190,3 +193,55 @@ def test_a_repeated_batch_counts_once_in_the_validation_loss(corpus: Path, tmp_p
     assert len(repeating.val_dataloader()) == len(plain.val_dataloader()) + 1 > 2
     for name in ("valid/loss", "valid/nll", "valid/sacrebleu"):
         assert actual[name] == pytest.approx(expected[name], rel=1e-6), name
+
+
+class GradientsAfterTheStep(L.Callback):
+    """The parameters' gradients as the optimizer used them (read after the first step's last batch)."""
+
+    def __init__(self) -> None:
+        self.gradients: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 1 and not self.gradients:
+            self.gradients = [p.grad.clone() for p in pl_module.parameters()]
+
+
+def two_batches_of_different_lengths() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for rows, length in ((2, 3), (3, 7)):
+        src = torch.randint(3, 12, (rows, 5), generator=g)
+        tgt = torch.randint(3, 12, (rows, length + 1), generator=g)
+        tgt[0, -2:] = PAD_ID  # some padding
+        batch = {"src": src, "src_padding_mask": torch.zeros_like(src, dtype=torch.bool)}
+        batches.append(batch | {"tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]})
+    return batches
+
+
+@pytest.mark.parametrize("normalization", ["tokens", "batch"])
+def test_loss_normalization_of_an_accumulated_step(normalization: str) -> None:
+    """``tokens`` (fairseq): the step's gradient is that of the loss summed over both accumulated
+    batches divided by their tokens; ``batch``: the mean of the two batches' per-token means."""
+    torch.manual_seed(0)
+    model = TranslationModel(12, PAD_ID, **TINY, dropout=0.0, loss_normalization=normalization)
+    batches = two_batches_of_different_lengths()
+    expected_model = copy.deepcopy(model)
+    sums = [
+        label_smoothed_nll_loss(
+            expected_model(b["src"], b["src_padding_mask"], b["tgt_in"]),
+            b["tgt_out"],
+            epsilon=0.1,
+            ignore_index=PAD_ID,
+        )
+        for b in batches
+    ]
+    if normalization == "tokens":
+        objective = sum(loss for loss, _, _ in sums) / sum(n for _, _, n in sums)
+    else:
+        objective = sum(loss / n for loss, _, n in sums) / 2
+    objective.backward()
+    recorder = GradientsAfterTheStep()
+    trainer = quiet_trainer(max_steps=1, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[recorder])
+    trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
+    for actual, parameter in zip(recorder.gradients, expected_model.parameters(), strict=True):
+        torch.testing.assert_close(actual, parameter.grad, rtol=1e-5, atol=1e-7)
