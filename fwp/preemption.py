@@ -1,8 +1,10 @@
 """Preemption: a termination signal during training ends the run cleanly with a resumable checkpoint.
 
-A signal handler only records the signal; the work happens at the end of the running training batch,
-the one point where model, optimizer, loop progress and data position agree, so the checkpoint
-resumes exactly (a checkpoint written from inside a signal handler can be taken mid-step).
+A signal handler only records the signal; the work happens at the end of the running training batch
+that completes an optimizer step (the last micro-batch of a gradient-accumulation window, or of the
+epoch), the one point where model, optimizer, loop progress and data position agree, so the checkpoint
+resumes exactly (one written from inside a signal handler, or between the micro-batches of a window,
+whose summed gradients are in no checkpoint, would not).
 
 - Under SLURM with Lightning's auto-requeue (``SLURMEnvironment(auto_requeue=True)``, the default when
   SLURM is detected) the requeue signal (``#SBATCH --signal=SIGUSR1@90``) is handed to Lightning's own
@@ -12,6 +14,8 @@ resumes exactly (a checkpoint written from inside a signal handler can be taken 
   ``<checkpoint dir>/<filename>`` and training stops; resume with ``--ckpt_path`` pointing to it.
 
 Under DDP the ranks decide together: a signal seen by any rank stops all of them at the same batch.
+When both arrive before that batch ends (SLURM sends SIGTERM at the time limit, possibly while a long
+evaluation runs after the SIGUSR1 warning), the requeue signal wins, so the job is still requeued.
 """
 
 from __future__ import annotations
@@ -46,6 +50,21 @@ def checkpoint_directory(trainer: L.Trainer) -> str:
     return trainer.default_root_dir
 
 
+def slurm_requeue_signal(trainer: L.Trainer) -> signal.Signals | None:
+    """The signal Lightning's SLURM auto-requeue acts on (SIGUSR1 by default), or None outside it."""
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+        return signal.Signals(environment.requeue_signal)
+    return None
+
+
+def completes_an_optimizer_step(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether training batch ``batch_idx`` (ending now) was the last of its gradient-accumulation
+    window, or of the epoch: the optimizer has just stepped and no gradient is pending."""
+    window_end = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+    return window_end or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
 class PreemptionCheckpoint(L.Callback):
     """On one of ``signals`` during training: at the end of the running batch, save a checkpoint and
     stop training (exit status 0), or let Lightning's SLURM auto-requeue save and requeue.
@@ -60,38 +79,41 @@ class PreemptionCheckpoint(L.Callback):
         self.signals = tuple(signal_number(name) for name in signals)
         self.filename = filename
         self.received: signal.Signals | None = None
+        self._requeue_signal: signal.Signals | None = None
         self._replaced: dict[signal.Signals, Any] = {}
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signal.Signals(signum)
+        """The signal handler: remember the signal, unless a requeue signal is already pending."""
+        if self.received is None or self.received != self._requeue_signal:
+            self.received = signal.Signals(signum)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = None
+        self._requeue_signal = slurm_requeue_signal(trainer)
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.signals:
             self._replaced[signum] = signal.signal(signum, self._record)
 
     def agreed_signal(self, trainer: L.Trainer) -> signal.Signals | None:
-        """The signal received by any rank (the highest number if several), the same on every rank
-        (one all-reduce per batch under a distributed strategy, nothing otherwise)."""
+        """The signal received by any rank, the same on every rank: the requeue signal if any rank has
+        it, else the highest number (one all-reduce per batch under a distributed strategy)."""
         if trainer.world_size == 1:
             return self.received
-        received = torch.tensor(float(self.received or 0), device=trainer.strategy.root_device)
-        number = int(trainer.strategy.reduce(received, reduce_op="max").item())
-        return signal.Signals(number) if number else None
+        # One number per rank: the signal, plus 256 for the requeue signal, so that the max prefers it.
+        code = 0 if self.received is None else int(self.received)
+        if self.received is not None and self.received == self._requeue_signal:
+            code += 256
+        local = torch.tensor(float(code), device=trainer.strategy.root_device)
+        number = int(trainer.strategy.reduce(local, reduce_op="max").item())
+        return signal.Signals(number % 256) if number else None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         signum = self.agreed_signal(trainer)
-        if signum is None:
+        if signum is None or not completes_an_optimizer_step(trainer, batch_idx):
             return
         self.restore_handlers()
-        environment = trainer._accelerator_connector.cluster_environment
-        if (
-            isinstance(environment, SLURMEnvironment)
-            and environment.auto_requeue
-            and signum == environment.requeue_signal
-        ):
+        if signum == self._requeue_signal:
             rank_zero_info(
                 f"fwp: {signum.name} at global step {trainer.global_step}: SLURM checkpoint, requeue"
             )

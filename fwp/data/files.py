@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -76,12 +77,18 @@ def text_sha256(text: str) -> str:
 
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path`` (atomic on one file
-    system), on failure delete it. Concurrent writers of the same content (DDP ranks) are safe: the last
-    rename wins."""
+    """Yield a fresh temporary path beside ``path``; on success rename it onto ``path`` (atomic on one
+    file system), on failure delete it. Concurrent writers of the same content (DDP ranks, also on other
+    nodes of a shared file system, where process ids can coincide) are safe: each has its own file
+    (``mkstemp``) and the last rename wins."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 would make the cache private to its writer
+    temporary = Path(name)
     try:
         yield temporary
         os.replace(temporary, path)

@@ -6,10 +6,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from scale_runs import LossRecorder, build, cli_command, fit, retrieval_args
+
+from fwp.preemption import PreemptionCheckpoint
 
 
 def wait_for(predicate, process: subprocess.Popen, timeout: float) -> None:
@@ -92,3 +96,51 @@ def test_slurm_requeue_signal_writes_an_hpc_checkpoint_the_next_job_resumes_from
     resume = ["--trainer.max_steps", str(saved_step + 2), "--trainer.default_root_dir", str(root)]
     fit(build(retrieval_args("setting1_delta", *resume, "--trainer.logger", "false"), recorder))
     assert sorted(recorder.losses) == [saved_step + 1, saved_step + 2]
+
+
+class SignalAt(L.Callback):
+    """Delivers ``signum`` to the run's ``PreemptionCheckpoint`` handler when training batch
+    ``batch_index`` starts, as the operating system would (in-process, no timing)."""
+
+    def __init__(self, signum: signal.Signals, batch_index: int) -> None:
+        self.signum, self.batch_index = signum, batch_index
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.batch_index:
+            preemption = next(c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint))
+            preemption._record(self.signum, None)
+
+
+def test_a_signal_inside_an_accumulation_window_saves_after_the_window_and_resumes_exactly(tmp_path):
+    """With 4 batches per optimizer step, a signal during batch 5 is acted on after batch 7, when the
+    second step is taken: the checkpoint holds no half-summed gradients and resumes bit for bit."""
+    options = ["--trainer.accumulate_grad_batches", "4", "--trainer.val_check_interval", "100"]
+
+    def args(name: str, steps: int) -> list[str]:
+        save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path / name)]
+        return retrieval_args("setting1_delta", *options, "--trainer.max_steps", str(steps), *save_dir)
+
+    uninterrupted = build(args("uninterrupted", 4))
+    fit(uninterrupted)
+    preempted = build(args("preempted", 4), SignalAt(signal.SIGTERM, 5))
+    fit(preempted)
+    checkpoint = Path(preempted.trainer.checkpoint_callback.dirpath) / "preempted.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
+    resumed = build(args("resumed", 4))
+    fit(resumed, ckpt_path=checkpoint)
+    final = uninterrupted.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, final[name]), name
+
+
+def test_the_requeue_signal_is_kept_when_sigterm_follows_it():
+    """SLURM warns with SIGUSR1 and sends SIGTERM at the time limit: the job must still be requeued."""
+    preemption = PreemptionCheckpoint()
+    preemption._requeue_signal = signal.SIGUSR1
+    preemption._record(signal.SIGUSR1, None)
+    preemption._record(signal.SIGTERM, None)
+    assert preemption.received == signal.SIGUSR1
+    preemption.received = None
+    preemption._record(signal.SIGTERM, None)
+    preemption._record(signal.SIGUSR1, None)
+    assert preemption.received == signal.SIGUSR1
