@@ -23,7 +23,9 @@ NON_FINITE_POLICIES = ("stop", "skip")
 
 
 class NonFiniteLossGuard(L.Callback):
-    """What happens when a training loss is NaN or infinite (checked before its backward pass).
+    """What happens when a training loss is NaN or infinite (checked before its backward pass), or a
+    finite loss gives a NaN or infinite gradient (checked before the optimizer step; not with fp16's
+    gradient scaler, which skips such steps itself and lowers its scale).
 
     - ``policy="stop"``: raise ``FloatingPointError`` naming the global step, the batch and the last
       good checkpoint; the weights are never updated with the bad loss.
@@ -66,16 +68,39 @@ class NonFiniteLossGuard(L.Callback):
             return
         value = float(loss.detach())
         where = f"{value}" if trainer.world_size == 1 else f"{value} on rank {trainer.global_rank}"
+        self.fail(trainer, f"non-finite training loss ({where})")
+
+    def fail(self, trainer: L.Trainer, what: str) -> None:
+        """Raise the ``FloatingPointError`` naming ``what``, the step, the batch and the last good
+        checkpoint."""
         repeated = f" ({self.consecutive_skips + 1} batches in a row)" if self.policy == "skip" else ""
         raise FloatingPointError(
-            f"non-finite training loss ({where}){repeated} at global step {trainer.global_step} (batch "
+            f"{what}{repeated} at global step {trainer.global_step} (batch "
             f"{trainer.fit_loop.epoch_loop.batch_idx} of epoch {trainer.current_epoch}); "
             f"last good checkpoint: {last_good_checkpoint(trainer)}"
         )
 
+    def check_gradients(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
+        """A non-finite gradient after a finite loss: skipped like a bad loss, or the run stops."""
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        gradients = [p.grad for p in parameters if p.grad is not None]
+        if not gradients:
+            return
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in gradients]).all())
+        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            return
+        if self.policy == "skip" and self.consecutive_skips + 1 < self.max_consecutive_skips:
+            self._discard_gradients = True
+            return
+        self.fail(trainer, "non-finite gradient after a finite loss")
+
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if not self._discard_gradients:
+            self.check_gradients(trainer, optimizer)
         if self._discard_gradients:
             for group in optimizer.param_groups:
                 for parameter in group["params"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 from scale_runs import ParameterRecorder, PoisonLoss, build, fit, retrieval_args
@@ -49,3 +50,33 @@ def test_bad_policy_is_named(capsys):
     with pytest.raises(SystemExit):
         build(retrieval_args("setting1_delta", "--non_finite_loss.policy", "ignore"))
     assert "ignore" in capsys.readouterr().err
+
+
+class PoisonGradient(L.Callback):
+    """Makes one gradient entry infinite after the backward pass at the given global steps (the loss
+    stays finite)."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps = steps
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step in self.steps:
+            next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+
+
+def test_a_non_finite_gradient_after_a_finite_loss_stops_or_is_skipped(tmp_path):
+    args = ["--trainer.max_steps", "4", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    cli = build(retrieval_args("setting1_delta", *args), PoisonGradient({2}))
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient after a finite loss at global step 2"):
+        fit(cli)
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+    recorder = ParameterRecorder()
+    skip = ["--non_finite_loss.policy", "skip", "--trainer.logger.init_args.save_dir", str(tmp_path / "s")]
+    cli = build(retrieval_args("setting1_delta", *args[:2], *skip), PoisonGradient({2}), recorder)
+    trainer = fit(cli)
+    assert trainer.global_step == 4
+    for name, value in recorder.after[2].items():
+        assert torch.equal(recorder.after[3][name], value), f"{name} changed at the skipped step"
+    (guard,) = [c for c in trainer.callbacks if isinstance(c, NonFiniteLossGuard)]
+    assert guard.skipped_batches == 1
