@@ -55,6 +55,23 @@ def trainer_defaults() -> dict[str, Any]:
     }
 
 
+def resumed_version(logger: Any, ckpt_path: str) -> str | None:
+    """The version directory ``<save_dir>/<name>/<version>/checkpoints/`` that ``ckpt_path`` lies in,
+    if ``logger`` is a TensorBoard logger with that ``save_dir`` and ``name`` and no version of its own:
+    resuming there keeps the logs and the ModelCheckpoint directory (its best/top-k tracking) of the
+    interrupted run instead of starting ``version_<n+1>``."""
+    class_path = getattr(logger, "class_path", "") if logger is not None else ""
+    if not class_path.endswith("TensorBoardLogger") or logger.init_args.get("version") is not None:
+        return None
+    checkpoint_dir = Path(ckpt_path).resolve().parent
+    version_dir = checkpoint_dir.parent
+    name = logger.init_args.get("name") or "lightning_logs"
+    run_dir = Path(logger.init_args.save_dir).resolve() / str(name)
+    if checkpoint_dir.name != "checkpoints" or version_dir.parent != run_dir:
+        return None
+    return version_dir.name
+
+
 def exit_with_user_error(error: BaseException) -> None:
     """End with the error's message on stderr and status 2 (``FWP_DEBUG=1``: re-raise, full trace)."""
     if os.environ.get("FWP_DEBUG") == "1":
@@ -74,12 +91,18 @@ class FwpCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse as usual; a ``--ckpt_path`` file must be a complete, uncorrupted checkpoint (checked
-        before LightningCLI reads hyperparameters from it)."""
+        before LightningCLI reads hyperparameters from it). ``fit`` from a checkpoint inside a version
+        directory of the run's TensorBoard logger continues in that version (``resumed_version``)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
             verify_checkpoint_file(ckpt_path)
+            if subcommand == "fit":
+                logger = self.config.fit.trainer.get("logger")
+                version = resumed_version(logger, ckpt_path)
+                if version is not None:
+                    logger.init_args.version = version
 
     def instantiate_classes(self) -> None:
         """Instantiate as usual; a configuration mistake that surfaces only when a class is built

@@ -10,12 +10,14 @@ must hold the carried state too."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from scale_runs import LossRecorder, build, checkpoints_every, fit, lm_args, retrieval_args
 
+from fwp.cli import main
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 STEPS = 6
@@ -122,3 +124,24 @@ def test_resume_at_the_end_of_an_epoch_starts_the_next_one(tmp_path):
     assert resumed_batches == {step: batches[step] for step in (6, 7)}
     assert resumed_losses == {step: losses[step] for step in (7, 8)}
     assert resumed_trainer.current_epoch == trainer.current_epoch
+
+
+def test_fit_from_a_checkpoint_of_a_version_continues_in_that_version(tmp_path):
+    """``--ckpt_path runs/<name>/version_0/checkpoints/...``: the resumed run logs and checkpoints into
+    ``version_0`` again (ModelCheckpoint keeps its best/top-k tracking), not into a new ``version_1``."""
+    runs = tmp_path / "runs"
+    options = ["--trainer.logger.init_args.save_dir", str(runs), "--trainer.val_check_interval", "2"]
+    first = main(["fit", *retrieval_args("setting1_delta", *options, "--trainer.max_steps", "2")])
+    version_dir = Path(first.trainer.logger.log_dir)
+    checkpoint = next((version_dir / "checkpoints").glob("*.ckpt"))
+    resumed = main(
+        [
+            "fit",
+            *retrieval_args("setting1_delta", *options, "--trainer.max_steps", "4"),
+            "--ckpt_path",
+            str(checkpoint),
+        ]
+    )
+    assert resumed.trainer.global_step == 4
+    assert Path(resumed.trainer.logger.log_dir) == version_dir
+    assert sorted(p.name for p in version_dir.parent.iterdir()) == [version_dir.name]
