@@ -61,18 +61,18 @@ class NonFiniteLossGuard(L.Callback):
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         finite = bool(torch.isfinite(loss.detach()).all())
-        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            return
+        if trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            value = float(loss.detach())
+            where = f"{value}" if trainer.world_size == 1 else f"{value} on rank {trainer.global_rank}"
+            self.skip_or_stop(trainer, f"non-finite training loss ({where})")
+
+    def skip_or_stop(self, trainer: L.Trainer, what: str) -> None:
+        """``what`` went non-finite (on some rank): mark the step's gradients for discarding under
+        ``skip`` (while consecutive skips are tolerated), else raise the ``FloatingPointError`` naming it,
+        the step, the batch and the last good checkpoint."""
         if self.policy == "skip" and self.consecutive_skips + 1 < self.max_consecutive_skips:
             self._discard_gradients = True
             return
-        value = float(loss.detach())
-        where = f"{value}" if trainer.world_size == 1 else f"{value} on rank {trainer.global_rank}"
-        self.fail(trainer, f"non-finite training loss ({where})")
-
-    def fail(self, trainer: L.Trainer, what: str) -> None:
-        """Raise the ``FloatingPointError`` naming ``what``, the step, the batch and the last good
-        checkpoint."""
         repeated = f" ({self.consecutive_skips + 1} batches in a row)" if self.policy == "skip" else ""
         raise FloatingPointError(
             f"{what}{repeated} at global step {trainer.global_step} (batch "
@@ -80,31 +80,26 @@ class NonFiniteLossGuard(L.Callback):
             f"last good checkpoint: {last_good_checkpoint(trainer)}"
         )
 
-    def check_gradients(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
-        """A non-finite gradient after a finite loss: skipped like a bad loss, or the run stops."""
+    def check_gradients(self, trainer: L.Trainer, parameters: list[Tensor]) -> None:
+        """A non-finite gradient after a finite loss (not under fp16's scaler): ``skip_or_stop``."""
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
         gradients = [p.grad for p in parameters if p.grad is not None]
         if not gradients:
             return
         finite = bool(torch.stack([torch.isfinite(g).all() for g in gradients]).all())
-        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            return
-        if self.policy == "skip" and self.consecutive_skips + 1 < self.max_consecutive_skips:
-            self._discard_gradients = True
-            return
-        self.fail(trainer, "non-finite gradient after a finite loss")
+        if trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            self.skip_or_stop(trainer, "non-finite gradient after a finite loss")
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
         if not self._discard_gradients:
-            self.check_gradients(trainer, optimizer)
+            self.check_gradients(trainer, parameters)
         if self._discard_gradients:
-            for group in optimizer.param_groups:
-                for parameter in group["params"]:
-                    parameter.grad = None
+            for parameter in parameters:
+                parameter.grad = None
             self._discard_gradients = False
             self.skipped_batches += 1
             self.consecutive_skips += 1

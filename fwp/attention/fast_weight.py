@@ -193,9 +193,9 @@ class FastWeightAttention(AttentionCore):
         if state is None:
             self.start_sequence()
         phi_q, phi_k = self.features(q), self.features(k)
-        if state is not None:
-            self.check_state(phi_q, v.shape[-1], state)
         if not causal:
+            if state is not None:  # the causal path's recurrence validates its state itself
+                self.check_state(phi_q, v.shape[-1], state)
             memory = sum_rule_memory(
                 phi_k, v, denominator=self.denominator, key_padding_mask=key_padding_mask
             )

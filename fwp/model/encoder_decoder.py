@@ -58,8 +58,13 @@ class EncoderDecoder(nn.Module):
         encoding = {"positional": positional, "max_positions": max_positions, "dropout": dropout}
         self.encoder_input = InputEncoding(d_model, **encoding)
         self.decoder_input = InputEncoding(d_model, **encoding)
-        layers = {"d_head": d_head, "dropout": dropout, "activation": activation, "norm": norm}
-        layers["activation_dropout"] = activation_dropout
+        layers = {
+            "d_head": d_head,
+            "dropout": dropout,
+            "activation_dropout": activation_dropout,
+            "activation": activation,
+            "norm": norm,
+        }
         self.encoder = TransformerStack(
             n_encoder_layers,
             d_model,

@@ -26,7 +26,7 @@ from fwp.ops.chunk_math import (
     add_product_,
     causal_scores,
     chunk_read,
-    delta_pseudo_values,
+    delta_chunk_values,
     delta_rule_scan,
     merge_chunks,
     split_beta_chunks,
@@ -112,7 +112,7 @@ class DeltaRuleChunks(torch.autograd.Function):
         for n in reversed(range(q.shape[1])):
             chunk = (x[:, n] for x in (q, k, v, beta, inverse, starts, d_out))
             *chunk_grads, d_state = delta_chunk_backward(*chunk, d_state)
-            for grad in grads:
+            for grad in grads:  # popped: each chunk gradient is freed as soon as it is copied
                 grad[:, n] = chunk_grads.pop(0)
         return *grads, d_state
 
@@ -138,9 +138,8 @@ def delta_chunk_backward(
     ``dK = dPᵀ Q + U dS'ᵀ − β E Sᵀ − β (L K) − Lᵀ diag(β) K``; ``dV = β E``;
     ``dβ = rowsum(X ⊙ E) − rowsum(K ⊙ L K)``; ``dS = dS' + Qᵀ dO − Kᵀ diag(β) E``.
     """
+    residuals, pseudo_values = delta_chunk_values(k, v, beta, inverse, start)
     beta = beta.unsqueeze(-1)
-    residuals = torch.baddbmm(v, k, start, alpha=-1)
-    pseudo_values = delta_pseudo_values(inverse, beta.squeeze(-1), residuals)
     d_pseudo = torch.bmm(k, d_next).baddbmm_(transpose(causal_scores(q, k)), d_out)
     d_residuals = transpose(inverse) @ d_pseudo
     del d_pseudo  # temporaries are released as soon as possible: they set the peak memory

@@ -74,10 +74,13 @@ def wy_inverse(scaled_keys: Tensor, k: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(strictly_lower, identity, upper=False, unitriangular=True)
 
 
-def delta_pseudo_values(inverse: Tensor, beta: Tensor, residuals: Tensor) -> Tensor:
-    """``U = T diag(β) (V − K S)`` from the residuals ``V − K S``; inverse ``[…, C, C]``, beta ``[…, C]``,
-    residuals ``[…, C, d_v]`` (one chunk or all of them)."""
-    return inverse @ (beta.unsqueeze(-1) * residuals)
+def delta_chunk_values(
+    k: Tensor, v: Tensor, beta: Tensor, inverse: Tensor, start: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One chunk's residuals ``X = V − K S`` and pseudo-values ``U = T diag(β) X``: k ``[G, C, d]``,
+    v ``[G, C, d_v]``, beta ``[G, C]``, inverse ``T`` ``[G, C, C]``, start ``S`` ``[G, d, d_v]``."""
+    residuals = torch.baddbmm(v, k, start, alpha=-1)
+    return residuals, inverse @ (beta.unsqueeze(-1) * residuals)
 
 
 def delta_rule_scan(
@@ -94,8 +97,7 @@ def delta_rule_scan(
     chunks = zip(k.unbind(1), v.unbind(1), beta.unbind(1), inverse.unbind(1), strict=True)
     for keys, values, betas, inverse_n in chunks:
         starts.append(state)
-        residuals = torch.baddbmm(values, keys, state, alpha=-1)
-        pseudo_values.append(delta_pseudo_values(inverse_n, betas, residuals))
+        pseudo_values.append(delta_chunk_values(keys, values, betas, inverse_n, state)[1])
         state = torch.baddbmm(state, transpose(keys), pseudo_values[-1])
     return torch.stack(pseudo_values, dim=1), torch.stack(starts, dim=1), state
 

@@ -83,15 +83,6 @@ def label_smoothed_token_losses(
     return (1.0 - epsilon - other) * nll + other * smooth, nll, keep
 
 
-def label_smoothed_nll_loss(
-    logits: Tensor, target: Tensor, *, epsilon: float, ignore_index: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``label_smoothed_token_losses`` summed over the non-ignored tokens: ``(loss_sum, nll_sum,
-    n_tokens)``."""
-    loss, nll, keep = label_smoothed_token_losses(logits, target, epsilon=epsilon, ignore_index=ignore_index)
-    return loss.sum(), nll.sum(), keep.sum().long()
-
-
 def inverse_sqrt_factor(step: int, *, warmup_steps: int, warmup_init_factor: float) -> float:
     """Learning-rate multiplier at optimiser step ``step`` (0-based): linear from ``warmup_init_factor``
     to 1 over ``warmup_steps`` steps, then ``sqrt(warmup_steps / step)``."""
@@ -259,20 +250,25 @@ class TranslationModel(L.LightningModule):
             **options,
         )
 
+    def token_losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Teacher-forced ``label_smoothed_token_losses`` of ``batch``: loss, nll and the target-token
+        mask, each ``[B, T]``."""
+        logits = self(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
+        return label_smoothed_token_losses(
+            logits, batch["tgt_out"], epsilon=self.hparams.label_smoothing, ignore_index=self.hparams.pad_id
+        )
+
     # ----------------------------------------------------------------------------------- training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Logs the batch's per-token means; returns that mean (``loss_normalization="batch"``) or the
         summed loss, which ``on_before_optimizer_step`` turns into the per-token mean of the step."""
-        logits = self(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
-        loss_sum, nll_sum, n_tokens = label_smoothed_nll_loss(
-            logits, batch["tgt_out"], epsilon=self.hparams.label_smoothing, ignore_index=self.hparams.pad_id
-        )
+        loss_sum, nll_sum, n_tokens = (x.sum() for x in self.token_losses(batch))
         denominator = n_tokens.clamp(min=1)
         self.log("train/loss", loss_sum / denominator, prog_bar=True)
         self.log("train/nll", nll_sum / denominator)
         if self.hparams.loss_normalization == "batch":
             return loss_sum / denominator
-        self._step_tokens += int(n_tokens)
+        self._step_tokens = self._step_tokens + n_tokens.detach()  # a tensor: no device sync per batch
         return loss_sum
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -282,10 +278,10 @@ class TranslationModel(L.LightningModule):
         Runs before gradient clipping (and, with fp16, after unscaling)."""
         if self.hparams.loss_normalization != "tokens":
             return
-        tokens = torch.tensor(float(self._step_tokens), dtype=torch.float64, device=self.device)
+        tokens = torch.as_tensor(self._step_tokens, dtype=torch.float64, device=self.device)
         tokens = self.trainer.strategy.reduce(tokens, reduce_op="sum")
         self._step_tokens = 0
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / max(float(tokens), 1.0)
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens.clamp(min=1.0)
         for parameter in self.parameters():
             if parameter.grad is not None:
                 parameter.grad.mul_(scale)
@@ -327,12 +323,8 @@ class TranslationModel(L.LightningModule):
     def _evaluation_step(self, batch: Batch) -> None:
         """Per-sentence loss, nll and token counts (each sentence counted once across ranks, see
         ``SentenceSums``) and, on BLEU runs, the BLEU statistics of the decoded batch."""
-        logits = self(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
-        losses = label_smoothed_token_losses(
-            logits, batch["tgt_out"], epsilon=self.hparams.label_smoothing, ignore_index=self.hparams.pad_id
-        )
         ids = batch["ids"]
-        self._eval_sums.update(ids, torch.stack([x.sum(dim=-1) for x in losses], dim=-1))
+        self._eval_sums.update(ids, torch.stack([x.sum(dim=-1) for x in self.token_losses(batch)], dim=-1))
         if self._eval_beam_size is None:
             return
         hypotheses = [

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from fwp.cli import main
 from fwp.data import PAD_ID
 from tasks.translation.data import TranslationDataModule
-from tasks.translation.module import TranslationModel, inverse_sqrt_factor, label_smoothed_nll_loss
+from tasks.translation.module import TranslationModel, inverse_sqrt_factor, label_smoothed_token_losses
 from tasks.translation.synthetic import write_synthetic_parallel_corpus
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "mt"
@@ -39,7 +39,8 @@ def test_label_smoothed_loss_is_cross_entropy_against_the_smoothed_distribution(
     target = torch.randint(1, 7, (2, 5))
     target[1, 3:] = 0  # padding
     epsilon = 0.1
-    loss, nll, n_tokens = label_smoothed_nll_loss(logits, target, epsilon=epsilon, ignore_index=0)
+    losses = label_smoothed_token_losses(logits, target, epsilon=epsilon, ignore_index=0)
+    loss, nll, n_tokens = (x.sum() for x in losses)
     keep = target != 0
     smoothed = torch.full((int(keep.sum()), 7), epsilon / 6, dtype=torch.float64)
     smoothed.scatter_(1, target[keep][:, None], 1.0 - epsilon)
@@ -48,7 +49,7 @@ def test_label_smoothed_loss_is_cross_entropy_against_the_smoothed_distribution(
     torch.testing.assert_close(nll, F.cross_entropy(logits[keep], target[keep], reduction="sum"))
     assert int(n_tokens) == 8
     with pytest.raises(ValueError, match="label smoothing"):
-        label_smoothed_nll_loss(logits, target, epsilon=1.0, ignore_index=0)
+        label_smoothed_token_losses(logits, target, epsilon=1.0, ignore_index=0)
 
 
 def test_inverse_sqrt_schedule_and_adam_settings() -> None:
@@ -227,11 +228,14 @@ def test_loss_normalization_of_an_accumulated_step(normalization: str) -> None:
     batches = two_batches_of_different_lengths()
     expected_model = copy.deepcopy(model)
     sums = [
-        label_smoothed_nll_loss(
-            expected_model(b["src"], b["src_padding_mask"], b["tgt_in"]),
-            b["tgt_out"],
-            epsilon=0.1,
-            ignore_index=PAD_ID,
+        tuple(
+            x.sum()
+            for x in label_smoothed_token_losses(
+                expected_model(b["src"], b["src_padding_mask"], b["tgt_in"]),
+                b["tgt_out"],
+                epsilon=0.1,
+                ignore_index=PAD_ID,
+            )
         )
         for b in batches
     ]
