@@ -39,7 +39,7 @@ def concatenate(batches: list[RetrievalBatch]) -> RetrievalBatch:
     """The batches' sequences one after the other (along the batch dimension)."""
     if len(batches) == 1:
         return batches[0]
-    fields = ("keys", "values", "queries", "targets", "query_mask")
+    fields = ("keys", "values", "queries", "targets", "query_mask", "query_weight")
     return RetrievalBatch(**{name: torch.cat([getattr(b, name) for b in batches]) for name in fields})
 
 
@@ -85,8 +85,9 @@ class TrainingBatches(Dataset):
 
 
 class EvaluationBatch(IterableDataset):
-    """One batch of ``num_sequences`` fresh sequences with every key queried, seeded by ``round_of()``
-    (the trainer's global step), so each evaluation sees new sequences."""
+    """One batch of ``num_sequences`` fresh sequences of length S with every present key queried (at
+    most ``max_queries``; the loss averaged over chunks of ``chunk`` queries, as the official code
+    does), seeded by ``round_of()`` (the trainer's global step), so each evaluation sees new sequences."""
 
     def __init__(
         self,
@@ -96,13 +97,24 @@ class EvaluationBatch(IterableDataset):
         seed: int,
         stream: int,
         round_of: Callable[[], int],
+        max_queries: int,
+        chunk: int,
     ):
         self.num_keys, self.setting, self.num_sequences = num_keys, setting, num_sequences
         self.seed, self.stream, self.round_of = seed, stream, round_of
+        self.max_queries, self.chunk = max_queries, chunk
 
     def __iter__(self) -> Iterator[RetrievalBatch]:
         generator = batch_generator(self.seed, 0, self.round_of(), self.stream)
-        yield make_batch(self.num_keys, self.setting, self.num_sequences, generator, all_queries=True)
+        yield make_batch(
+            self.num_keys,
+            self.setting,
+            self.num_sequences,
+            generator,
+            all_queries=True,
+            max_queries=self.max_queries,
+            chunk=self.chunk,
+        )
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -110,9 +122,12 @@ class RetrievalDataModule(L.LightningDataModule):
 
     Args:
         num_keys: S, the number of distinct keys (and of values).
-        setting: 1 (capacity: L = S unique keys) or 2 (update: L = 2S keys drawn with replacement).
-        batch_size: training sequences per batch and rank (the paper: 32).
+        setting: 1 (capacity: L = S, keys and values permutations) or 2 (update: keys and values drawn
+            with replacement, L = 2S in training and S in evaluation, as in the official code).
+        batch_size: training sequences per batch and rank (the paper: 32). The evaluation loss is the
+            mean over chunks of ``batch_size`` queries of each sequence (the official average).
         eval_sequences: fresh sequences per evaluation, each with every present key queried (paper: 20).
+        eval_max_queries: at most this many keys queried per evaluation sequence (official: 200).
         train_batches: length of the training stream; set it to at least trainer.max_steps.
         seed: the data seed; every shard of a batch is a function of (seed, shard, batch index).
         shards_per_rank: shards making up a rank's batch (each ``batch_size / shards_per_rank``
@@ -125,6 +140,7 @@ class RetrievalDataModule(L.LightningDataModule):
         setting: Literal[1, 2] = 1,
         batch_size: int = 32,
         eval_sequences: int = 20,
+        eval_max_queries: int = 200,
         train_batches: int = 100_000,
         seed: int = 0,
         shards_per_rank: int = 1,
@@ -134,6 +150,7 @@ class RetrievalDataModule(L.LightningDataModule):
             ("num_keys", num_keys),
             ("batch_size", batch_size),
             ("eval_sequences", eval_sequences),
+            ("eval_max_queries", eval_max_queries),
             ("train_batches", train_batches),
             ("shards_per_rank", shards_per_rank),
         ):
@@ -164,7 +181,14 @@ class RetrievalDataModule(L.LightningDataModule):
     def _evaluation_loader(self, stream: int) -> DataLoader:
         hp = self.hparams
         batch = EvaluationBatch(
-            hp.num_keys, hp.setting, hp.eval_sequences, hp.seed, stream, self._global_step
+            hp.num_keys,
+            hp.setting,
+            hp.eval_sequences,
+            hp.seed,
+            stream,
+            self._global_step,
+            max_queries=hp.eval_max_queries,
+            chunk=hp.batch_size,
         )
         return DataLoader(batch, batch_size=None)
 

@@ -6,7 +6,11 @@ Shapes: keys, values ``[B, L]``; queries ``[B, Q]``; S = ``num_keys``; E = ⌊1.
 - the slow net reads ``x_t = [o(v_t), e(key_t)]`` and writes key ``k_t = W_k x_t`` (and
   ``β_t = σ(w_β · x_t)`` for the delta rule) with the value ``o(v_t)`` itself;
 - a query key is projected ``q = W_q e(query)`` and reads the memory: ``y = attention-read(q) ∈ R^S``;
-- loss ``0.5 · ‖o(target) − y‖²`` summed over the S dimensions, mean over the queries.
+- loss ``0.5 · ‖o(target) − y‖²`` summed over the S dimensions, averaged over the queries with the
+  batch's query weights (a plain mean in training; the official chunked mean in evaluation).
+
+Initialisation as in the official code: ``e`` ~ N(0, 1); ``W_k``, ``W_q`` ~ U(±1/√d_k) (Xavier-uniform for
+the softmax model); the biases and the β row keep PyTorch's default U(±1/√fan_in).
 """
 
 from __future__ import annotations
@@ -25,17 +29,19 @@ from tasks.retrieval.generator import RetrievalBatch
 
 
 def key_embedding_size(num_keys: int) -> int:
-    """E = ⌊1.1 · 2S⌋, the paper's key embedding size."""
-    return math.floor(1.1 * 2 * num_keys)
+    """E = ⌊1.1 · 2S⌋, the paper's key embedding size (computed as the official ``int(2S · 1.1)``)."""
+    return int((num_keys + num_keys) * 1.1)
 
 
-def squared_error(output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """``0.5 · ‖one_hot(target) − output‖²`` summed over dims, mean over the valid queries.
+def squared_error(output: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """``0.5 · ‖one_hot(target) − output‖²`` summed over dims, then ``Σ w · loss / Σ w`` over queries.
 
-    output: ``[B, Q, S]``; target, mask: ``[B, Q]``."""
+    output: ``[B, Q, S]``; target: ``[B, Q]``; weight: ``[B, Q]`` (a boolean mask gives the mean over the
+    valid queries)."""
     one_hot = F.one_hot(target, output.shape[-1]).to(output.dtype)
     per_query = 0.5 * (one_hot - output).pow(2).sum(dim=-1)
-    return (per_query * mask).sum() / mask.sum().clamp(min=1)
+    weight = weight.to(per_query.dtype)
+    return (per_query * weight).sum() / weight.sum().clamp(min=torch.finfo(weight.dtype).tiny)
 
 
 class RetrievalModel(L.LightningModule):
@@ -66,7 +72,20 @@ class RetrievalModel(L.LightningModule):
         self.attention = build_attention(attention, d_key)
         self.write_projection = nn.Linear(num_keys + embedding_size, d_key + 1)
         self.query_projection = nn.Linear(embedding_size, d_key)
+        self.reset_projections()
         self._last_step_time: float | None = None
+
+    def reset_projections(self) -> None:
+        """The official initialisation of ``W_k`` (the first ``d_key`` rows of ``write_projection``) and
+        ``W_q``: U(±1/√d_key), or Xavier-uniform for softmax attention (module docstring)."""
+        w_k = self.write_projection.weight[: self.hparams.d_key]
+        with torch.no_grad():
+            for weight in (w_k, self.query_projection.weight):
+                if self.attention.is_fast_weight:
+                    bound = 1.0 / math.sqrt(self.hparams.d_key)
+                    nn.init.uniform_(weight, -bound, bound)
+                else:
+                    nn.init.xavier_uniform_(weight)
 
     def forward(self, keys: Tensor, values: Tensor, queries: Tensor) -> tuple[Tensor, object]:
         """Write the ``L`` pairs, then read every query: returns ``[B, Q, S]`` and the memory state."""
@@ -83,7 +102,7 @@ class RetrievalModel(L.LightningModule):
 
     def _loss(self, batch: RetrievalBatch) -> tuple[Tensor, Tensor, object]:
         output, state = self(batch.keys, batch.values, batch.queries)
-        loss = squared_error(output, batch.targets, batch.query_mask)
+        loss = squared_error(output, batch.targets, batch.query_weight)
         return loss, output, state
 
     def training_step(self, batch: RetrievalBatch, batch_idx: int) -> Tensor:

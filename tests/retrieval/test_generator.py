@@ -29,7 +29,7 @@ def test_setting1_keys_are_a_permutation(seed):
 @pytest.mark.parametrize("all_queries", [True, False])
 def test_setting2_target_is_the_latest_value_of_the_query_key(seed, all_queries):
     batch = make_batch(6, 2, 4, torch.Generator().manual_seed(seed), all_queries=all_queries)
-    assert batch.keys.shape == (4, 12)
+    assert batch.keys.shape == (4, 6 if all_queries else 12)
     for row in range(4):
         keys, values = batch.keys[row].tolist(), batch.values[row].tolist()
         for query, target, valid in zip(
@@ -46,7 +46,7 @@ def test_setting2_target_is_the_latest_value_of_the_query_key(seed, all_queries)
 
 def test_setting2_overwrites_happen():
     """With L = 2S drawn with replacement, keys repeat, so the update setting is really tested."""
-    batch = make_batch(10, 2, 64, torch.Generator().manual_seed(0), all_queries=True)
+    batch = make_batch(10, 2, 64, torch.Generator().manual_seed(0), all_queries=False)
     repeats = sum(len(set(row)) < len(row) for row in batch.keys.tolist())
     assert repeats == 64
 
@@ -73,21 +73,68 @@ def test_training_batches_are_reproducible_and_distinct_across_ranks_and_steps()
     assert not torch.equal(rank0[5].keys, rank0[6].keys)
 
 
-@pytest.mark.parametrize("field", ["num_keys", "batch_size", "eval_sequences", "train_batches"])
+@pytest.mark.parametrize(
+    "field", ["num_keys", "batch_size", "eval_sequences", "eval_max_queries", "train_batches"]
+)
 def test_data_module_rejects_non_positive_sizes(field):
     with pytest.raises(ValueError, match=rf"{field}=0"):
         RetrievalDataModule(**{field: 0})
 
 
-def test_setting2_training_queries_are_uniform_over_the_keys_that_occur():
-    """One query per sequence, drawn uniformly from the distinct keys present (not from positions,
-    which would favour keys that occur often): its mean number of occurrences is that of a uniformly
-    chosen present key."""
+def test_setting2_training_queries_are_drawn_by_position():
+    """As the official ``get_batch``: a uniform position's key is queried, so the queried key's mean
+    number of occurrences is the mean over positions of their key's count (E[c²]/E[c]), larger than
+    that of a key drawn uniformly from the distinct keys present (the previous behaviour)."""
     generator = torch.Generator().manual_seed(0)
-    batch = make_batch(4, 2, 4000, generator, all_queries=False)
+    batch = make_batch(4, 2, 8000, generator, all_queries=False)
     occurrences = (batch.keys == batch.queries).sum(dim=1).double()
-    _, present = last_values(batch.keys, batch.values, 4)
     counts = torch.stack([(batch.keys == key).sum(dim=1) for key in range(4)], dim=1).double()
-    uniform_over_present = (counts.sum(dim=1) / present.sum(dim=1)).mean()
-    assert bool(present.gather(1, batch.queries).all())
-    assert abs(occurrences.mean() - uniform_over_present) < 0.05
+    by_position = (counts.pow(2).sum(dim=1) / counts.sum(dim=1)).mean()
+    uniform_over_present = (counts.sum(dim=1) / (counts > 0).sum(dim=1)).mean()
+    assert by_position - uniform_over_present > 0.3
+    assert abs(occurrences.mean() - by_position) < 0.05
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_setting1_values_are_a_permutation_too(seed):
+    """The official data draws values without replacement in setting 1 (they were drawn with
+    replacement)."""
+    for all_queries in (True, False):
+        batch = make_batch(9, 1, 5, torch.Generator().manual_seed(seed), all_queries=all_queries)
+        assert torch.equal(batch.values.sort(dim=1).values, torch.arange(9).expand(5, 9))
+
+
+def test_evaluation_sequences_have_length_s_in_both_settings():
+    """The official ``get_all_queries`` draws S pairs even in setting 2, whose training uses 2S."""
+    for setting in (1, 2):
+        batch = make_batch(10, setting, 3, torch.Generator().manual_seed(0), all_queries=True)
+        assert batch.keys.shape == batch.values.shape == (3, 10)
+    assert make_batch(10, 2, 3, torch.Generator().manual_seed(0), all_queries=False).keys.shape == (3, 20)
+
+
+def test_evaluation_scores_at_most_max_queries_keys_in_key_order():
+    batch = make_batch(300, 1, 2, torch.Generator().manual_seed(0), all_queries=True, max_queries=200)
+    assert batch.query_mask.sum(dim=1).tolist() == [200, 200]
+    assert batch.query_mask[:, :200].all() and not batch.query_mask[:, 200:].any()
+
+
+def official_chunked_mean(per_query: list[list[float]], chunk: int) -> float:
+    """The official evaluation average: each sequence's queries split into chunks of ``chunk``, the
+    mean of each chunk, then the mean over all chunks."""
+    chunk_means = []
+    for losses in per_query:
+        for start in range(0, len(losses), chunk):
+            part = losses[start : start + chunk]
+            chunk_means.append(sum(part) / len(part))
+    return sum(chunk_means) / len(chunk_means)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_evaluation_weights_give_the_official_mean_of_chunk_means(seed):
+    generator = torch.Generator().manual_seed(seed)
+    batch = make_batch(23, 2, 4, generator, all_queries=True, chunk=5)
+    losses = torch.rand(batch.queries.shape, generator=generator, dtype=torch.float64)
+    per_query = [row[mask].tolist() for row, mask in zip(losses, batch.query_mask, strict=True)]
+    weighted = (losses * batch.query_weight.double()).sum() / batch.query_weight.double().sum()
+    assert weighted.item() == pytest.approx(official_chunked_mean(per_query, 5), rel=1e-6)
+    assert len({len(row) for row in per_query}) > 1  # sequences differ in their number of queries

@@ -1,13 +1,20 @@
 """The retrieval model: loss definition, every attention preset, and learning on a small S."""
 
+import math
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping
 
 from fwp.attention import available_attentions
 from tasks.retrieval.data import RetrievalDataModule
 from tasks.retrieval.generator import make_batch
 from tasks.retrieval.module import RetrievalModel, key_embedding_size, squared_error
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "retrieval"
 
 
 def test_key_embedding_size_follows_the_paper():
@@ -45,3 +52,48 @@ def test_delta_rule_learns_setting1_at_small_s():
     trainer.fit(model, datamodule=data)
     final = trainer.validate(model, datamodule=data, verbose=False)[0]["eval/loss"]
     assert final < initial / 5, (initial, final)
+
+
+@pytest.mark.parametrize(
+    ("attention", "bound_of"),
+    [
+        ("linear", lambda fan_in, d: 1 / math.sqrt(d)),
+        ("delta", lambda fan_in, d: 1 / math.sqrt(d)),
+        ("softmax", lambda fan_in, d: math.sqrt(6 / (fan_in + d))),
+    ],
+)
+def test_key_and_query_projections_start_as_in_the_official_code(attention, bound_of):
+    """W_k, W_q ~ U(±1/√d_k) (softmax: Xavier-uniform); with S = 40 PyTorch's default U(±1/√fan_in)
+    has a smaller bound, which the previous code used."""
+    torch.manual_seed(0)
+    S, d = 40, 64
+    model = RetrievalModel(num_keys=S, attention=attention, d_key=d)
+    E = key_embedding_size(S)
+    w_k = model.write_projection.weight[:d]
+    for weight, fan_in in ((w_k, S + E), (model.query_projection.weight, E)):
+        bound = bound_of(fan_in, d)
+        assert weight.abs().max() <= bound
+        assert weight.abs().max() > 0.98 * bound
+        assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+
+
+def test_query_weights_average_the_loss():
+    output = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]]])
+    target = torch.tensor([[0, 1, 1]])
+    weight = torch.tensor([[0.0, 0.25, 0.75]])
+    expected = (0.25 * 0.25 + 0.75 * 0.5) / 1.0
+    assert squared_error(output, target, weight).item() == pytest.approx(expected)
+
+
+def test_trainer_stops_after_eleven_evaluations_without_improvement():
+    """The official loop stops when its strike counter exceeds 10 (the YAML had patience 10)."""
+    config = yaml.safe_load((CONF / "trainer.yaml").read_text())
+    (stopping,) = [c for c in config["callbacks"] if c["class_path"].endswith("EarlyStopping")]
+    callback = EarlyStopping(**stopping["init_args"])
+    evaluations = 0
+    for loss in [0.5] + [0.5] * 30:
+        evaluations += 1
+        should_stop, _ = callback._evaluate_stopping_criteria(torch.tensor(loss))
+        if should_stop:
+            break
+    assert evaluations - 1 == 11
