@@ -5,7 +5,17 @@ Special tokens ``<pad>, <unk>, <bos>, <eos>`` have ids 0, 1, 2, 3 in every vocab
 """
 
 from fwp.data.datamodule import CorpusDataModule
-from fwp.data.files import corpus_directories, default_cache_root, file_sha256, require_nonempty_file
+from fwp.data.files import (
+    DataError,
+    DataFileNotFoundError,
+    StaleCacheWarning,
+    cache_writes,
+    corpus_directories,
+    default_cache_root,
+    file_sha256,
+    require_nonempty_file,
+    text_lines,
+)
 from fwp.data.loading import BatchIndexSampler, BatchLoader, check_rank, rank_and_world_size
 from fwp.data.token_cache import LineTokens, cached_line_tokens, cached_token_stream
 from fwp.data.tokenizer import (
@@ -27,7 +37,11 @@ __all__ = [
     "BatchIndexSampler",
     "BatchLoader",
     "CorpusDataModule",
+    "DataError",
+    "DataFileNotFoundError",
     "LineTokens",
+    "StaleCacheWarning",
+    "cache_writes",
     "cached_line_tokens",
     "cached_token_stream",
     "check_rank",
@@ -37,5 +51,6 @@ __all__ = [
     "load_or_train_tokenizer",
     "rank_and_world_size",
     "require_nonempty_file",
+    "text_lines",
     "tokenizer_fingerprint",
 ]

@@ -1,4 +1,5 @@
-"""File helpers of the data pipeline: input checks, streamed content hashes, atomic writes, cache root."""
+"""File helpers of the data pipeline: input checks, text lines, streamed content hashes, atomic writes,
+cache root, and the errors a user's data can cause."""
 
 from __future__ import annotations
 
@@ -13,6 +14,19 @@ from pathlib import Path
 from typing import Any
 
 HASH_BLOCK_BYTES = 1 << 22
+
+
+class DataError(ValueError):
+    """A fault of the user's data or data options (a file, a line, an option to fix), also when it is
+    found during a run (``setup``, a dataloader): the command line reports it as one line."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data file the options name does not exist."""
+
+
+class StaleCacheWarning(UserWarning):
+    """A derived file (tokenizer, token cache) did not match its fingerprint and is being rebuilt."""
 
 
 def default_cache_root() -> Path:
@@ -45,13 +59,41 @@ def corpus_directories(
 
 
 def require_nonempty_file(path: Path) -> Path:
-    """``path`` itself; ``FileNotFoundError`` if it is missing, ``ValueError`` if it has no bytes."""
+    """``path`` itself; ``DataFileNotFoundError`` if it is missing, ``DataError`` if it has no bytes."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise DataFileNotFoundError(f"no such file: {path}")
     if path.stat().st_size == 0:
-        raise ValueError(f"file is empty: {path}")
+        raise DataError(f"file is empty: {path}")
     return path
+
+
+def undecodable_line(path: Path) -> DataError | None:
+    """The error naming the first line of ``path`` that is not valid UTF-8 (1-based, lines ending at
+    ``\\n`` as ``wc -l`` counts them), or None if every line is."""
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return DataError(
+                    f"{path}: line {number} is not valid UTF-8 (byte {raw[error.start]:#04x} at byte "
+                    f"{error.start + 1} of the line); data files must be UTF-8 text"
+                )
+    return None
+
+
+def text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file without their ``\\n``. Only ``\\n`` ends a line (a ``\\r`` inside a
+    line stays in it, a ``\\r\\n`` ending leaves a ``\\r`` that stripping removes), so line ``i`` is the
+    ``i``-th line of ``wc -l`` and of the other side of a parallel corpus; a last line without ``\\n``
+    counts too. Invalid UTF-8 raises ``DataError`` naming the file and the line."""
+    try:
+        with open(path, encoding="utf-8", newline="\n") as stream:
+            for line in stream:
+                yield line.removesuffix("\n")
+    except UnicodeDecodeError as error:
+        raise undecodable_line(path) or error from error
 
 
 @lru_cache(maxsize=64)
@@ -73,6 +115,19 @@ def file_sha256(path: Path) -> str:
 def text_sha256(text: str) -> str:
     """SHA-256 hex digest of a string's UTF-8 bytes."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def cache_writes(directory: Path) -> Iterator[None]:
+    """Turn a failure to create files in ``directory`` (read-only, not a directory, no space) into a
+    ``DataError`` naming it and the ``cache_dir`` option."""
+    try:
+        yield
+    except OSError as error:
+        raise DataError(
+            f"cannot write derived files (tokenizer, token caches) in {directory}: "
+            f"{error.strerror or error}; set the data option cache_dir to a writable directory"
+        ) from error
 
 
 @contextlib.contextmanager

@@ -2,10 +2,12 @@
 
 A cache lives in ``cache_dir`` under a name keyed by the SHA-256 of the raw file's bytes and the
 tokenizer's fingerprint, so another vocabulary or edited text gets its own cache. A metadata JSON beside
-it records both in full and is checked on every load: a cache whose metadata disagrees with its name
-(copied or edited by hand, or a collision of the 16-hex-digit key) is refused with the way to fix it.
-Each line is stripped of surrounding whitespace before encoding. Lines are encoded in blocks with
-``encode_batch`` and streamed to disk, so memory stays bounded for corpora of any size.
+it is the cache's fingerprint (``fwp.data.fingerprint``): it records both in full, the numbers of lines
+and tokens, and the size and SHA-256 of both arrays, and is checked on every load; a cache that
+disagrees (truncated, overwritten, copied or edited by hand) is rebuilt with a ``StaleCacheWarning``.
+Lines end at ``\\n`` only (``fwp.data.files.text_lines``: line ``i`` is ``wc -l``'s line ``i``) and are
+stripped of surrounding whitespace before encoding. Lines are encoded in blocks with ``encode_batch``
+and streamed to disk, so memory stays bounded for corpora of any size.
 
 Both layouts store ``tokens: int32 [N]`` and ``offsets: int64 [n_lines + 1]``, line ``i`` being
 ``tokens[offsets[i]:offsets[i + 1]]``:
@@ -28,10 +30,11 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from fwp.data.files import atomic_output, file_sha256, require_nonempty_file, text_sha256, write_json_atomic
+from fwp.data.files import atomic_output, file_sha256, require_nonempty_file, text_lines, text_sha256
+from fwp.data.fingerprint import ensure_built
 from fwp.data.tokenizer import EOS_ID, tokenizer_fingerprint
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 LINES_PER_BLOCK = 8192
 COPY_BLOCK_ITEMS = 1 << 24
 
@@ -67,9 +70,9 @@ def _open_line_tokens(tokens_path: str, offsets_path: str) -> LineTokens:
 
 
 def _line_blocks(text_file: Path) -> Iterator[list[str]]:
-    with open(text_file, encoding="utf-8") as stream:
-        while block := [line.strip() for line in islice(stream, LINES_PER_BLOCK)]:
-            yield block
+    lines = text_lines(text_file)
+    while block := [line.strip() for line in islice(lines, LINES_PER_BLOCK)]:
+        yield block
 
 
 def _encode_to_raw(
@@ -121,35 +124,18 @@ def _cache_stem(text_file: Path, cache_dir: Path, expected: dict[str, Any]) -> P
     return Path(cache_dir) / f"{text_file.name}.{key}"
 
 
-def _check_metadata(metadata_path: Path, expected: dict[str, Any]) -> None:
-    recorded = json.loads(metadata_path.read_text(encoding="utf-8"))
-    fix = f"delete the cache files {metadata_path.with_suffix('')}.* to rebuild it"
-    if recorded.get("tokenizer_fingerprint") != expected["tokenizer_fingerprint"]:
-        raise ValueError(
-            f"token cache {metadata_path} was built with tokenizer fingerprint "
-            f"{recorded.get('tokenizer_fingerprint')}, but the tokenizer given has fingerprint "
-            f"{expected['tokenizer_fingerprint']}: another vocabulary; {fix}"
-        )
-    for field in ("format", "append_eos", "source_sha256"):
-        if recorded.get(field) != expected[field]:
-            raise ValueError(
-                f"token cache {metadata_path} records {field}={recorded.get(field)!r}, "
-                f"expected {expected[field]!r}; {fix}"
-            )
-
-
 def _build_or_open(
     text_file: Path, tokenizer: Tokenizer, cache_dir: Path, *, append_eos: bool
 ) -> tuple[Path, Path]:
-    """Paths of the cached tokens and line offsets, built first if missing."""
+    """Paths of the cached tokens and line offsets, built first if missing, stale or corrupt."""
     text_file = require_nonempty_file(Path(text_file))
     expected = _expected_metadata(text_file, tokenizer, append_eos=append_eos)
     stem = _cache_stem(text_file, cache_dir, expected)
     tokens_path, offsets_path, metadata_path = (
         stem.with_name(stem.name + suffix) for suffix in (".tokens.npy", ".offsets.npy", ".json")
     )
-    if not all(path.is_file() for path in (tokens_path, offsets_path, metadata_path)):
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+
+    def build() -> dict[str, Any]:
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".fwp-build-") as scratch:
             tokens_raw, offsets_raw = Path(scratch) / "tokens.raw", Path(scratch) / "offsets.raw"
             num_tokens, num_lines = _encode_to_raw(
@@ -157,11 +143,9 @@ def _build_or_open(
             )
             _raw_to_npy(tokens_raw, tokens_path, np.int32, num_tokens)
             _raw_to_npy(offsets_raw, offsets_path, np.int64, num_lines + 1)
-        write_json_atomic(
-            metadata_path,
-            {**expected, "source": str(text_file), "num_tokens": num_tokens, "num_lines": num_lines},
-        )
-    _check_metadata(metadata_path, expected)
+        return {"source": str(text_file), "num_tokens": num_tokens, "num_lines": num_lines}
+
+    ensure_built(metadata_path, expected, (tokens_path, offsets_path), build, what="token cache")
     return tokens_path, offsets_path
 
 

@@ -11,7 +11,10 @@ Every vocabulary starts with ``SPECIAL_TOKENS`` at ids 0, 1, 2, 3. Two kinds:
 
 The file name ``tokenizer-{kind}-{vocab_size|full}-{key}.json`` carries a hash ``key`` of the kind, the
 settings and the SHA-256 of each training file, so a second call with the same inputs loads the file
-instead of training again, and any change of data or settings gets a new file.
+instead of training again, and any change of data or settings gets a new file. Beside it,
+``<same name>.fingerprint`` (JSON) records those inputs and the tokenizer file's size and SHA-256
+(``fwp.data.fingerprint``); a tokenizer file that no longer matches (truncated, overwritten) is trained
+again with a ``StaleCacheWarning``.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from fwp.data.files import atomic_output, file_sha256, text_sha256
+from fwp.data.files import DataError, atomic_output, file_sha256, text_lines, text_sha256, undecodable_line
+from fwp.data.fingerprint import ensure_built
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIAL_TOKENS))
 TOKENIZER_KINDS = ("word", "bpe")
 BYTE_ALPHABET_SIZE = 256
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
@@ -56,31 +60,35 @@ def _validate_request(kind: str, vocab_size: int | None, min_frequency: int) -> 
         raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
 
 
+def _training_inputs(
+    files: Sequence[Path], *, kind: str, vocab_size: int | None, min_frequency: int
+) -> dict[str, object]:
+    """What a tokenizer is a function of: format, kind, settings, the training files' SHA-256."""
+    return {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "vocab_size": vocab_size,
+        "min_frequency": min_frequency,
+        "files_sha256": [file_sha256(Path(f)) for f in files],
+    }
+
+
 def tokenizer_path(
     files: Sequence[Path], *, kind: str, save_dir: Path, vocab_size: int | None, min_frequency: int
 ) -> Path:
     """Where ``load_or_train_tokenizer`` saves the tokenizer of these files and settings."""
-    key_source = json.dumps(
-        {
-            "format": FORMAT_VERSION,
-            "kind": kind,
-            "vocab_size": vocab_size,
-            "min_frequency": min_frequency,
-            "files_sha256": [file_sha256(Path(f)) for f in files],
-        },
-        sort_keys=True,
-    )
+    inputs = _training_inputs(files, kind=kind, vocab_size=vocab_size, min_frequency=min_frequency)
+    key = text_sha256(json.dumps(inputs, sort_keys=True))[:16]
     size = "full" if vocab_size is None else str(vocab_size)
-    return Path(save_dir) / f"tokenizer-{kind}-{size}-{text_sha256(key_source)[:16]}.json"
+    return Path(save_dir) / f"tokenizer-{kind}-{size}-{key}.json"
 
 
 def count_words(files: Sequence[Path]) -> Counter[str]:
     """Occurrences of every whitespace-separated word in ``files``, read line by line."""
     counts: Counter[str] = Counter()
     for path in files:
-        with open(path, encoding="utf-8") as stream:
-            for line in stream:
-                counts.update(line.split())
+        for line in text_lines(path):
+            counts.update(line.split())
     return counts
 
 
@@ -112,7 +120,10 @@ def train_bpe_tokenizer(files: Sequence[Path], *, vocab_size: int, min_frequency
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train([str(f) for f in files], trainer)
+    try:
+        tokenizer.train([str(f) for f in files], trainer)
+    except Exception as error:  # the Rust trainer raises a bare Exception, e.g. on invalid UTF-8
+        raise next(filter(None, map(undecodable_line, files)), error) from error
     return tokenizer
 
 
@@ -120,7 +131,7 @@ def check_special_ids(tokenizer: Tokenizer, source: Path) -> None:
     """``ValueError`` unless ``SPECIAL_TOKENS`` have ids 0..3 in ``tokenizer`` (read from ``source``)."""
     ids = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
     if ids != list(range(len(SPECIAL_TOKENS))):
-        raise ValueError(f"{source}: special tokens {SPECIAL_TOKENS} must have ids 0..3, found ids {ids}")
+        raise DataError(f"{source}: special tokens {SPECIAL_TOKENS} must have ids 0..3, found ids {ids}")
 
 
 def load_or_train_tokenizer(
@@ -142,13 +153,18 @@ def load_or_train_tokenizer(
     path = tokenizer_path(
         files, kind=kind, save_dir=save_dir, vocab_size=vocab_size, min_frequency=min_frequency
     )
-    if not path.is_file():
+
+    def train() -> dict[str, object]:
         if kind == "word":
             tokenizer = train_word_tokenizer(files, vocab_size=vocab_size, min_frequency=min_frequency)
         else:
             tokenizer = train_bpe_tokenizer(files, vocab_size=vocab_size, min_frequency=min_frequency)
         with atomic_output(path) as temporary:
             tokenizer.save(str(temporary))
+        return {"training_files": [str(f) for f in files]}
+
+    inputs = _training_inputs(files, kind=kind, vocab_size=vocab_size, min_frequency=min_frequency)
+    ensure_built(path.with_name(path.name + ".fingerprint"), inputs, (path,), train, what="tokenizer")
     # Everyone (e.g. every DDP rank that trained concurrently) uses the one file that won the rename.
     tokenizer = Tokenizer.from_file(str(path))
     check_special_ids(tokenizer, path)

@@ -32,15 +32,24 @@ windows are exactly the segments of one column.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from fwp.data import CorpusDataModule, cached_token_stream, check_rank, rank_and_world_size
+from fwp.data import (
+    CorpusDataModule,
+    DataError,
+    DataFileNotFoundError,
+    cached_token_stream,
+    check_rank,
+    rank_and_world_size,
+)
 from tasks.language_modeling.synthetic import SPLIT_FILES, write_synthetic_corpus
 
 EvalMode = Literal["segments", "sliding"]
@@ -78,7 +87,7 @@ class SegmentDataset(StreamDataset):
         num_columns = world_size * batch_size
         self.column_length = len(stream) // num_columns
         if self.column_length < 2:
-            raise ValueError(
+            raise DataError(
                 f"a stream of {len(stream)} tokens is too short for {num_columns} columns "
                 f"(world_size={world_size} × batch_size={batch_size}): need at least 2 tokens per column"
             )
@@ -128,7 +137,7 @@ class SlidingWindowDataset(StreamDataset):
         check_stride(stride, window_length, "window_length")
         check_rank(rank, world_size)
         if len(stream) < 2:
-            raise ValueError(f"a stream of {len(stream)} tokens has no target to score: need at least 2")
+            raise DataError(f"a stream of {len(stream)} tokens has no target to score: need at least 2")
         self.stream = stream
         self.batch_size = batch_size
         self.window_length = min(window_length, len(stream) - 1)
@@ -168,6 +177,15 @@ def check_stride(stride: int, window_length: int, length_name: str) -> None:
             f"eval_stride must be in [1, {length_name}={window_length}] (the window length), "
             f"got eval_stride={stride}"
         )
+
+
+@contextlib.contextmanager
+def _naming(path: Path, option: str) -> Iterator[None]:
+    """Prefix a ``DataError`` about a split's length with the split's file and the option to change."""
+    try:
+        yield
+    except DataError as error:
+        raise DataError(f"{path}: {error}; use a longer split or a smaller {option}") from error
 
 
 class LanguageModelingDataModule(CorpusDataModule):
@@ -258,10 +276,10 @@ class LanguageModelingDataModule(CorpusDataModule):
         directory = self.data_path
         expected = ", ".join(SPLIT_FILES.values())
         if not directory.is_dir():
-            raise FileNotFoundError(f"data_dir {directory} is not a directory; it should hold {expected}")
+            raise DataFileNotFoundError(f"data_dir {directory} is not a directory; it should hold {expected}")
         path = directory / SPLIT_FILES[split]
         if not path.is_file():
-            raise FileNotFoundError(
+            raise DataFileNotFoundError(
                 f"missing {split} split: no file {path} (data_dir should hold {expected})"
             )
         return path
@@ -280,27 +298,31 @@ class LanguageModelingDataModule(CorpusDataModule):
             self.token_stream(split)
 
     def segments(self, split: str, *, rank: int = 0, world_size: int = 1) -> SegmentDataset:
-        """``split``'s segments for ``rank`` of ``world_size``, with that split's batch size and length."""
+        """``split``'s segments for ``rank`` of ``world_size``, with that split's batch size and length;
+        a split too short for them is a ``DataError`` naming its file and the batch size option."""
         training = split == "train"
-        return SegmentDataset(
-            self.token_stream(split),
-            batch_size=self.batch_size if training else self.eval_batch_size,
-            segment_length=self.segment_length if training else self.eval_segment_length,
-            rank=rank,
-            world_size=world_size,
-        )
+        option = "batch_size" if training else "eval_batch_size"
+        with _naming(self.split_file(split), option):
+            return SegmentDataset(
+                self.token_stream(split),
+                batch_size=self.batch_size if training else self.eval_batch_size,
+                segment_length=self.segment_length if training else self.eval_segment_length,
+                rank=rank,
+                world_size=world_size,
+            )
 
     def windows(self, split: str, *, rank: int = 0, world_size: int = 1) -> SlidingWindowDataset:
         """``split``'s sliding windows for ``rank`` of ``world_size`` (``eval_segment_length`` tokens,
         ``eval_stride``, ``eval_batch_size`` windows per batch)."""
-        return SlidingWindowDataset(
-            self.token_stream(split),
-            batch_size=self.eval_batch_size,
-            window_length=self.eval_segment_length,
-            stride=self.eval_stride,
-            rank=rank,
-            world_size=world_size,
-        )
+        with _naming(self.split_file(split), "eval_segment_length"):
+            return SlidingWindowDataset(
+                self.token_stream(split),
+                batch_size=self.eval_batch_size,
+                window_length=self.eval_segment_length,
+                stride=self.eval_stride,
+                rank=rank,
+                world_size=world_size,
+            )
 
     def setup(self, stage: str) -> None:
         """Open the splits the stage needs, this rank's share only: segments, or sliding windows for
@@ -319,8 +341,9 @@ class LanguageModelingDataModule(CorpusDataModule):
         return {"num_workers": self.num_workers}
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split's segments: each row's first tokens are the prompts of ``predict``. A plain
-        ``DataLoader``: Lightning rebuilds predict loaders with its own index-tracking sampler."""
+        """The test split's first segment, one batch: the model continues its first row's first tokens
+        when it is given no prompt, and draws as many samples as it is told. A plain ``DataLoader``:
+        Lightning rebuilds predict loaders with its own index-tracking sampler."""
         if "test" not in self.datasets:
             raise RuntimeError("the test split is not set up: call setup('predict') first")
-        return DataLoader(self.datasets["test"], batch_size=None)
+        return DataLoader(Subset(self.datasets["test"], [0]), batch_size=None)

@@ -1,12 +1,15 @@
 """Translation data: a parallel corpus ``{train,valid,test}.{src,tgt}``, joint BPE, length-bucketed batches.
 
-Pairs longer than ``max_positions`` (source tokens, or target tokens + 1), and pairs with an empty side,
-are dropped from the training split (as the WMT preparation's ``clean-corpus-n.perl`` would); in
+Lines end at ``\\n`` only, as ``wc -l`` counts them (``fwp.data.text_lines``); both sides of a split
+must have as many lines. Pairs longer than ``max_positions`` (source tokens, or target tokens + 1), and
+pairs with an empty side, are dropped from the training split (as the WMT preparation's
+``clean-corpus-n.perl`` would; a split with no pair left is an error); in
 validation and test an empty line is an error and long pairs are truncated instead, so that every
 reference sentence gets a hypothesis and BLEU stays comparable (the counts are logged). Pairs are sorted
-by (source length, target length) and cut greedily into batches whose padded size ``B·S + B·T`` stays
-within ``max_tokens`` (``S`` the longest source, ``T`` the longest target + 1, the width of
-``tgt_in``/``tgt_out``), like fairseq's ``--max-tokens``. Training visits the batches in a new order
+by (source length, target length) and cut greedily into batches whose padded size ``B·max(S, T)``
+stays within ``max_tokens`` (``S`` the longest source, ``T`` the longest target + 1, the width of
+``tgt_in``/``tgt_out``), as fairseq's ``--max-tokens`` counts a batch (``B`` times the largest
+``max(source, target)`` length of its pairs, padding included). Training visits the batches in a new order
 each epoch (``torch`` generator seeded with ``seed + epoch``); under DDP, rank ``r`` of ``W`` takes
 batches ``r, r + W, ...`` of that order, padded by repetition so every rank gets as many batches
 (evaluation too: a repeated batch is evaluated twice; ``ids`` tell the duplicates apart, and the metrics
@@ -41,30 +44,34 @@ from fwp.data import (
     EOS_ID,
     PAD_ID,
     CorpusDataModule,
+    DataError,
+    DataFileNotFoundError,
     LineTokens,
+    cache_writes,
     cached_line_tokens,
     rank_and_world_size,
+    text_lines,
 )
 from tasks.translation.synthetic import SPLITS, write_synthetic_parallel_corpus
 
 
 def pack_batches(src_widths: np.ndarray, tgt_widths: np.ndarray, *, max_tokens: int) -> list[np.ndarray]:
     """Pair indices sorted by (source width, target width), cut greedily into batches with
-    ``B · (max src_width + max tgt_width) <= max_tokens``, a width being a row's padded length (a pair's
-    target width is its target length + 1, for <bos>/<eos>); ``ValueError`` if one pair alone exceeds it."""
+    ``B · max(max src_width, max tgt_width) <= max_tokens`` (fairseq's ``batch_by_size`` with
+    ``num_tokens = max(source, target)``), a width being a row's padded length (a pair's target width is
+    its target length + 1, for <bos>/<eos>); ``ValueError`` if one pair alone exceeds it."""
     order = np.lexsort((tgt_widths, src_widths))
+    widths = np.maximum(src_widths, tgt_widths)
     batches: list[np.ndarray] = []
-    start = widest_src = widest_tgt = 0
+    start = widest = 0
     for position, index in enumerate(order):
-        src, tgt = int(src_widths[index]), int(tgt_widths[index])
-        if src + tgt > max_tokens:
-            raise ValueError(
-                f"pair {index} alone is {src} + {tgt} tokens wide, more than max_tokens={max_tokens}"
-            )
-        widest_src, widest_tgt = max(widest_src, src), max(widest_tgt, tgt)
-        if (position - start + 1) * (widest_src + widest_tgt) > max_tokens:
+        width = int(widths[index])
+        if width > max_tokens:
+            raise ValueError(f"pair {index} alone is {width} tokens wide, more than max_tokens={max_tokens}")
+        widest = max(widest, width)
+        if (position - start + 1) * widest > max_tokens:
             batches.append(order[start:position])
-            start, widest_src, widest_tgt = position, src, tgt
+            start, widest = position, width
     if len(order):
         batches.append(order[start:])
     return batches
@@ -116,19 +123,35 @@ class PairBatches(Dataset):
         return batch
 
 
-def _require_no_empty_line(path: Path, lines: LineTokens) -> None:
+def _require_no_empty_line(name: str | Path, lines: LineTokens) -> None:
+    """``DataError`` naming ``name`` (a file, or standard input) and the first empty or blank line."""
     empty = np.flatnonzero(lines.lengths == 0)
     if len(empty):
-        raise ValueError(f"{path}: line {empty[0] + 1} is empty ({len(empty)} empty lines in all)")
+        raise DataError(
+            f"{name}: line {empty[0] + 1} is empty or blank ({len(empty)} such lines in all); "
+            "every line must hold a sentence"
+        )
+
+
+STANDARD_INPUT = "standard input (predict_file: '-')"
 
 
 def save_standard_input(directory: Path) -> Path:
     """Read standard input once into ``directory/stdin-<sha256>.txt`` (``predict_file: "-"``), so that
-    it can be tokenised and cached like any file."""
-    text = sys.stdin.read()
-    directory.mkdir(parents=True, exist_ok=True)
+    it can be tokenised and cached like any file; ``DataError`` if it holds no text."""
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    raw = stream.read()
+    try:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{STANDARD_INPUT}: line {line} is not valid UTF-8") from error
+    if not text.strip():
+        raise DataError(f"{STANDARD_INPUT} is empty: pipe the sentences to translate, one per line")
     path = directory / f"stdin-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
-    path.write_text(text)
+    with cache_writes(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -144,10 +167,12 @@ class TranslationDataModule(CorpusDataModule):
             aligned by line. ``None`` generates the synthetic corpus of ``tasks.translation.synthetic``
             (once) under ``<cache root>/synthetic``.
         src_lang: File suffix of the source side.
-        tgt_lang: File suffix of the target side.
+        tgt_lang: File suffix of the target side; a Moses language code (``de``, ``fr``, ...) picks the
+            tokenisation of the tokenised BLEU (``tasks.translation.metrics``).
         bpe_vocab_size: Size of the joint byte-level BPE vocabulary (at most; fewer if the data has no
             more merges).
-        max_tokens: Budget of one training batch: padded source + padded target tokens.
+        max_tokens: Budget of one training batch, counted as fairseq's ``--max-tokens``: ``B × max(S,
+            T)``, the number of pairs times the longer of the padded source and target widths.
         max_positions: Longest sequence: training pairs with more source tokens, or more target
             tokens + 1, are dropped; validation/test pairs are truncated (the counts are logged).
         eval_max_tokens: Budget of one validation/test/predict batch; ``None`` means ``max_tokens``.
@@ -188,10 +213,10 @@ class TranslationDataModule(CorpusDataModule):
         if max_positions < 2:
             raise ValueError(f"max_positions must be >= 2, got max_positions={max_positions}")
         for name, value in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens)):
-            if value is not None and value < 2 * max_positions:
+            if value is not None and value < max_positions:
                 raise ValueError(
-                    f"{name} must be >= 2 * max_positions = {2 * max_positions} so that every kept pair "
-                    f"fits in a batch, got {name}={value}"
+                    f"{name} must be >= max_positions = {max_positions} so that every kept pair fits in a "
+                    f"batch, got {name}={value}"
                 )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
@@ -211,7 +236,7 @@ class TranslationDataModule(CorpusDataModule):
             raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
         path = self.data_path / f"{split}.{lang}"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise DataFileNotFoundError(
                 f"missing {split} split: no file {path} (data_dir should hold "
                 f"{{train,valid,test}}.{{{self.src_lang},{self.tgt_lang}}})"
             )
@@ -235,8 +260,7 @@ class TranslationDataModule(CorpusDataModule):
 
     def references(self, split: str) -> list[str]:
         """The raw target lines of ``split`` (surrounding whitespace stripped), for BLEU."""
-        with open(self.split_file(split, self.tgt_lang), encoding="utf-8") as stream:
-            return [line.strip() for line in stream]
+        return [line.strip() for line in text_lines(self.split_file(split, self.tgt_lang))]
 
     def line_tokens(self, split: str) -> tuple[LineTokens, LineTokens]:
         """Source and target token ids of ``split``, checked to be aligned and, but for ``train`` (whose
@@ -244,7 +268,7 @@ class TranslationDataModule(CorpusDataModule):
         paths = [self.split_file(split, lang) for lang in (self.src_lang, self.tgt_lang)]
         sides = [cached_line_tokens(path, self.tokenizer, cache_dir=self.cache_path) for path in paths]
         if len(sides[0]) != len(sides[1]):
-            raise ValueError(
+            raise DataError(
                 f"misaligned parallel corpus: {paths[0]} has {len(sides[0])} lines, "
                 f"{paths[1]} has {len(sides[1])} lines"
             )
@@ -278,6 +302,12 @@ class TranslationDataModule(CorpusDataModule):
         src_widths = np.minimum(source.lengths[kept], self.max_positions)
         tgt_widths = np.minimum(target.lengths[kept] + 1, self.max_positions)
         budget = self.max_tokens if training else self.eval_max_tokens
+        if not len(kept):
+            raise DataError(
+                f"no training pair left in {self.split_file(split, self.src_lang)} and "
+                f"{self.split_file(split, self.tgt_lang)}: all {len(too_long)} are longer than "
+                f"max_positions={self.max_positions} or have an empty side"
+            )
         packed = pack_batches(src_widths, tgt_widths, max_tokens=budget)
         return PairBatches(
             source, target, [kept[batch] for batch in packed], max_positions=self.max_positions
@@ -287,15 +317,21 @@ class TranslationDataModule(CorpusDataModule):
         """The sources of ``predict_file`` (or of the test split) packed into batches without targets,
         sorted by length (the output is budgeted as wide as the source)."""
         if self.predict_file == "-":
-            path = save_standard_input(self.cache_path)
+            path, name = save_standard_input(self.cache_path), STANDARD_INPUT
+        elif self.predict_file:
+            path = name = Path(self.predict_file).expanduser()
+            if not path.is_file():
+                raise DataFileNotFoundError(f"predict_file {path} does not exist (or is not a file)")
+            if path.stat().st_size == 0:
+                raise DataError(f"predict_file {path} is empty: give one sentence to translate per line")
         else:
-            path = Path(self.predict_file) if self.predict_file else self.split_file("test", self.src_lang)
+            path = name = self.split_file("test", self.src_lang)
         source = cached_line_tokens(path, self.tokenizer, cache_dir=self.cache_path)
-        _require_no_empty_line(path, source)
+        _require_no_empty_line(name, source)
         lengths = np.minimum(source.lengths, self.max_positions)
         truncated = int(np.count_nonzero(source.lengths > self.max_positions))
         if truncated:
-            rank_zero_info(f"{path}: truncated {truncated} sources to max_positions={self.max_positions}")
+            rank_zero_info(f"{name}: truncated {truncated} sources to max_positions={self.max_positions}")
         packed = pack_batches(lengths, lengths, max_tokens=self.eval_max_tokens)
         return PairBatches(source, None, packed, max_positions=self.max_positions)
 

@@ -1,15 +1,25 @@
-"""Token caches: round trip against direct encoding, streaming in blocks, reuse, vocabulary checks."""
+"""Token caches: round trip against direct encoding, streaming in blocks, reuse, fingerprints (a stale or
+damaged cache is rebuilt with a warning), lines as ``wc -l`` counts them, errors naming file and line."""
 
 from __future__ import annotations
 
 import json
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pytest
 
-from fwp.data import EOS_ID, cached_line_tokens, cached_token_stream, load_or_train_tokenizer, token_cache
+from fwp.data import (
+    EOS_ID,
+    DataError,
+    StaleCacheWarning,
+    cached_line_tokens,
+    cached_token_stream,
+    load_or_train_tokenizer,
+    token_cache,
+)
 
 LINES = [
     " = Heading = ",
@@ -91,17 +101,70 @@ def test_changed_text_or_tokenizer_gets_its_own_cache(corpus, tmp_path):
     assert len(changed) == 4 and len(first) > 4
 
 
-def test_cache_of_another_vocabulary_is_refused(corpus, tmp_path):
+def only_cache(cache, pattern):
+    (path,) = cache.glob(pattern)
+    return path
+
+
+def test_cache_recording_another_vocabulary_is_rebuilt_with_a_warning(corpus, tmp_path):
+    """Before: a metadata mismatch stopped the run with 'delete the cache files'; now it is rebuilt."""
     word = load_or_train_tokenizer([corpus], kind="word", save_dir=tmp_path)
     cache = tmp_path / "cache"
     cached_token_stream(corpus, word, cache_dir=cache)
-    (metadata_path,) = cache.glob("*.json")
+    metadata_path = only_cache(cache, "*.json")
     metadata = json.loads(metadata_path.read_text())
-    ours = metadata["tokenizer_fingerprint"]
     metadata["tokenizer_fingerprint"] = "f" * 64
     metadata_path.write_text(json.dumps(metadata))
-    with pytest.raises(ValueError, match=f"(?s){'f' * 64}.*{ours}.*delete"):
-        cached_token_stream(corpus, word, cache_dir=cache)
+    with pytest.warns(
+        StaleCacheWarning, match=f"(?s){re.escape(str(metadata_path))}.*{'f' * 64}.*rebuilding"
+    ):
+        stream = cached_token_stream(corpus, word, cache_dir=cache)
+    np.testing.assert_array_equal(
+        stream, [t for ids in direct_encoding(corpus, word) for t in [*ids, EOS_ID]]
+    )
+
+
+@pytest.mark.parametrize("damage", ["overwritten at the same size", "truncated", "deleted"])
+def test_damaged_token_array_is_rebuilt_with_a_warning(corpus, tokenizer, tmp_path, damage):
+    """Before: an array overwritten at the same size was used as it was (training on garbage), a
+    truncated one failed with 'mmap length is greater than file size'."""
+    cache = tmp_path / "cache"
+    expected = np.array(cached_line_tokens(corpus, tokenizer, cache_dir=cache).tokens)
+    tokens_path = only_cache(cache, "*.tokens.npy")
+    if damage == "deleted":
+        tokens_path.unlink()
+    else:
+        array = np.load(tokens_path)
+        array = np.roll(array, 1) if damage.startswith("overwritten") else array[: len(array) // 2]
+        np.save(tokens_path, array)
+    with pytest.warns(StaleCacheWarning, match=re.escape(str(only_cache(cache, "*.json")))):
+        lines = cached_line_tokens(corpus, tokenizer, cache_dir=cache)
+    np.testing.assert_array_equal(lines.tokens, expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rebuilt once: the next load trusts it again
+        cached_line_tokens(corpus, tokenizer, cache_dir=cache)
+
+
+def test_a_line_is_what_wc_counts_and_bad_utf8_names_the_line(tmp_path):
+    """A stray carriage return used to start a new line (more lines than ``wc -l`` and than the other
+    side of a parallel corpus); invalid UTF-8 used to name a byte position of the file, not the line."""
+    corpus = tmp_path / "text.txt"
+    corpus.write_bytes(b"one two\nthree\rfour\r\nfive\n")
+    word = load_or_train_tokenizer([corpus], kind="word", save_dir=tmp_path)
+    lines = cached_line_tokens(corpus, word, cache_dir=tmp_path)
+    assert len(lines) == 3
+    assert word.decode(lines[1].tolist()) == "three four"
+    corpus.write_bytes(b"fine\nstill fine\nbroken \xff here\n")
+    with pytest.raises(DataError, match=re.escape(f"{corpus}: line 3 is not valid UTF-8")):
+        cached_line_tokens(corpus, word, cache_dir=tmp_path)
+
+
+def test_unwritable_cache_directory_names_cache_dir(corpus, tmp_path):
+    word = load_or_train_tokenizer([corpus], kind="word", save_dir=tmp_path)
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    with pytest.raises(DataError, match=f"{re.escape(str(not_a_directory))}.*cache_dir"):
+        cached_line_tokens(corpus, word, cache_dir=not_a_directory / "cache")
 
 
 def test_line_tokens_pickle_as_file_names(corpus, tmp_path):

@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from fwp.data import SPECIAL_TOKENS, UNK_ID, load_or_train_tokenizer, tokenizer_fingerprint
+from fwp.data import (
+    SPECIAL_TOKENS,
+    UNK_ID,
+    DataError,
+    StaleCacheWarning,
+    load_or_train_tokenizer,
+    tokenizer_fingerprint,
+)
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -102,3 +109,28 @@ def test_missing_and_empty_training_files_are_named(tmp_path):
     empty = write(tmp_path / "empty.txt", "")
     with pytest.raises(ValueError, match="empty.*" + re.escape(str(empty))):
         load_or_train_tokenizer([empty], kind="word", save_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "replaced by another vocabulary"])
+def test_damaged_tokenizer_file_is_trained_again_with_a_warning(tmp_path, damage):
+    """Before: a truncated tokenizer JSON failed with 'EOF while parsing'; a replaced one was used."""
+    train = write(tmp_path / "train.txt", "\n".join(SENTENCES) + "\n")
+    first = load_or_train_tokenizer([train], kind="bpe", save_dir=tmp_path, vocab_size=300)
+    (saved,) = tmp_path.glob("tokenizer-bpe-300-*.json")
+    if damage == "truncated":
+        saved.write_text(saved.read_text()[:100])
+    else:
+        other = load_or_train_tokenizer([train], kind="word", save_dir=tmp_path / "other")
+        saved.write_text(other.to_str())
+    with pytest.warns(StaleCacheWarning, match=f"tokenizer {re.escape(str(saved))}.fingerprint"):
+        again = load_or_train_tokenizer([train], kind="bpe", save_dir=tmp_path, vocab_size=300)
+    assert tokenizer_fingerprint(again) == tokenizer_fingerprint(first)
+
+
+def test_invalid_utf8_training_text_names_file_and_line(tmp_path):
+    """Before: the BPE trainer said only 'stream did not contain valid UTF-8'."""
+    train = tmp_path / "train.txt"
+    train.write_bytes("\n".join(SENTENCES).encode() + b"\nbad \xc3\x28 sequence\n")
+    for kind, vocab_size in (("bpe", 300), ("word", None)):
+        with pytest.raises(DataError, match=re.escape(f"{train}: line {len(SENTENCES) + 1} is not valid")):
+            load_or_train_tokenizer([train], kind=kind, save_dir=tmp_path, vocab_size=vocab_size)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fwp.data import BOS_ID, EOS_ID, PAD_ID
+from fwp.data import BOS_ID, EOS_ID, PAD_ID, DataError
 from tasks.translation.data import TranslationDataModule, pack_batches
 from tasks.translation.synthetic import write_synthetic_parallel_corpus
 
@@ -54,7 +54,7 @@ def test_batches_respect_the_budget_and_hold_the_pairs(corpus, tmp_path):
     for batch in data.datasets["train"]:
         B, S = batch["src"].shape
         T = batch["tgt_in"].shape[1]
-        assert data.max_tokens >= B * (S + T)
+        assert data.max_tokens >= B * max(S, T)
         assert batch["tgt_out"].shape == batch["tgt_padding_mask"].shape == (B, T)
         assert torch.equal(batch["src_padding_mask"], batch["src"] == PAD_ID)
         assert torch.equal(batch["tgt_padding_mask"], batch["tgt_out"] == PAD_ID)
@@ -82,11 +82,22 @@ def test_pack_batches_sorts_by_length_and_fills_the_budget():
     keys = list(zip(src[order], tgt[order], strict=True))
     assert keys == sorted(keys)
     for batch, following in itertools.pairwise(batches):
-        assert len(batch) * (src[batch].max() + tgt[batch].max()) <= 200
+        assert len(batch) * max(src[batch].max(), tgt[batch].max()) <= 200
         grown = np.append(batch, following[0])  # greedy: the next pair would not have fitted
-        assert len(grown) * (src[grown].max() + tgt[grown].max()) > 200
+        assert len(grown) * max(src[grown].max(), tgt[grown].max()) > 200
     with pytest.raises(ValueError, match="max_tokens=50"):
-        pack_batches(np.array([30]), np.array([21]), max_tokens=50)
+        pack_batches(np.array([30]), np.array([51]), max_tokens=50)
+
+
+def test_a_batch_counts_as_fairseq_max_tokens_by_hand():
+    """fairseq counts a batch as B × max(S, T) (padding included); this one used to count B × (S + T),
+    which gave a fairseq user's budget about half the sentences.
+
+    By hand, budget 12: sorted by (source, target) the pairs are 2 (2, 6), 0 (3, 4), 3 (4, 3), 1 (5, 2).
+    [2, 0] costs 2 × max(3, 6) = 12; adding 3 would cost 3 × 6 = 18. [3, 1] costs 2 × max(5, 3) = 10.
+    (Counting B × (S + T) would give [2], [0], [3], [1]: 8, 7, 7, 7.)"""
+    batches = pack_batches(np.array([3, 5, 2, 4]), np.array([4, 2, 6, 3]), max_tokens=12)
+    assert [batch.tolist() for batch in batches] == [[2, 0], [3, 1]]
 
 
 def test_long_pairs_are_dropped_from_train_and_truncated_in_evaluation(corpus, tmp_path):
@@ -150,15 +161,63 @@ def test_misaligned_files_name_both_counts(tmp_path):
     message = (
         f"{re.escape(str(corpus / 'valid.src'))} has 3 lines, {re.escape(str(corpus / 'valid.tgt'))} has 2"
     )
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):
         data.line_tokens("valid")
+
+
+def test_a_stray_carriage_return_does_not_split_a_line(tmp_path):
+    """Before: Python's universal newlines made ``a\\rb`` two lines, so a source with a stray ``\\r``
+    was reported as misaligned against its target (``wc -l`` counts one line)."""
+    corpus = write_parallel(tmp_path / "corpus", {"train": (["A b.", "C\rd."], ["E f.", "G h."])})
+    data = data_module(corpus, tmp_path, bpe_vocab_size=300)
+    source, target = data.line_tokens("train")
+    assert len(source) == len(target) == 2
+    assert data.tokenizer.decode(source[1].tolist()) == "C\rd."
+
+
+def test_a_training_split_without_any_kept_pair_is_an_error(tmp_path):
+    """Before: every pair dropped (too long or with an empty side) gave no batch and a run that exited 0
+    having trained nothing."""
+    pairs = (["A b c d e f g h i j k l.", ""], ["E f g h i j k l m n o p.", "G h."])
+    corpus = write_parallel(tmp_path / "corpus", {"train": pairs, "valid": (["A b."], ["E f."])})
+    data = data_module(corpus, tmp_path, bpe_vocab_size=300, max_positions=4, max_tokens=64)
+    with pytest.raises(
+        DataError, match=f"(?s){re.escape(str(corpus / 'train.src'))}.*all 2.*max_positions=4"
+    ):
+        data.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "does not exist"), ("", "is empty"), ("A b.\n   \nC d.\n", "line 2 is empty or blank")],
+)
+def test_bad_predict_file_is_named(corpus, tmp_path, content, message):
+    predict_file = tmp_path / "input.txt"
+    if content is not None:
+        predict_file.write_text(content)
+    data = data_module(corpus, tmp_path, predict_file=str(predict_file))
+    with pytest.raises(DataError, match=f"{re.escape(str(predict_file))}.*{message}"):
+        data.setup("predict")
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"), [("", "is empty"), ("\n \n", "is empty"), ("a\n\nb\n", "line 2")]
+)
+def test_bad_standard_input_is_named_as_such(corpus, tmp_path, monkeypatch, stdin, message):
+    """Before: empty standard input was reported as an empty internal cache file ``stdin-….txt``."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    data = data_module(corpus, tmp_path, predict_file="-")
+    with pytest.raises(DataError, match=f"standard input .*{message}"):
+        data.setup("predict")
 
 
 def test_empty_evaluation_line_is_named(tmp_path):
     pairs = (["A b.", "C d.", "E."], ["E f.", "  ", "F."])
     corpus = write_parallel(tmp_path / "corpus", {"train": (["A b."], ["E f."]), "valid": pairs})
     data = data_module(corpus, tmp_path, bpe_vocab_size=300)
-    with pytest.raises(ValueError, match=re.escape(str(corpus / "valid.tgt")) + ": line 2 is empty"):
+    with pytest.raises(DataError, match=re.escape(str(corpus / "valid.tgt")) + ": line 2 is empty"):
         data.line_tokens("valid")
 
 
@@ -181,7 +240,7 @@ def test_missing_split_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_tokens": 100, "max_positions": 64}, "max_tokens must be >= 2 \\* max_positions = 128"),
+        ({"max_tokens": 50, "max_positions": 64}, "max_tokens must be >= max_positions = 64"),
         ({"eval_max_tokens": 10}, "eval_max_tokens"),
         ({"src_lang": "de", "tgt_lang": "de"}, "must differ"),
     ],
