@@ -1,31 +1,136 @@
-"""The capacity sweep writes a CSV row per (config, S) and a plot."""
+"""The capacity sweep: incremental results, seeds, stop reasons, overrides, labels and plots."""
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from tasks.retrieval.sweep import CSV_FIELDS, run_sweep
+from fwp import cli
+from tasks.retrieval import sweep
+from tasks.retrieval.data import EVAL_STREAM, EvaluationBatch
+from tasks.retrieval.module import RetrievalModel, squared_error
+from tasks.retrieval.sweep import CSV_FIELDS, run_sweep, stop_reason, system_label
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "retrieval"
+TINY = ["--trainer.max_steps", "2", "--model.init_args.d_key", "8"]
 
 
-def test_sweep_writes_csv_plot_and_tensorboard_image(tmp_path):
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_writes_rows_summary_plots_and_tensorboard_image(tmp_path):
     configs = [str(CONF / "setting1_linear.yaml"), str(CONF / "setting1_delta.yaml")]
-    run_sweep(configs, [3, 5], tmp_path, max_steps=2, workers=1)
-    with (tmp_path / "results.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    run_sweep(configs, [3, 5], tmp_path, seeds=2, overrides=TINY)
+    rows = read_rows(tmp_path / "results.csv")
     assert tuple(rows[0]) == CSV_FIELDS
-    assert {(Path(r["config"]).stem, int(r["num_keys"])) for r in rows} == {
-        (name, s) for name in ("setting1_linear", "setting1_delta") for s in (3, 5)
+    assert {(Path(r["config"]).stem, int(r["num_keys"]), int(r["seed"])) for r in rows} == {
+        (name, s, seed) for name in ("setting1_linear", "setting1_delta") for s in (3, 5) for seed in (1, 2)
     }
-    assert all(float(r["final_eval_loss"]) >= 0 and int(r["steps"]) == 2 for r in rows)
-    assert (tmp_path / "final_eval_loss.png").stat().st_size > 1000
+    assert all(int(r["steps"]) == 2 and r["stop_reason"] == "max_steps" for r in rows)
+    assert {r["overrides"] for r in rows} == {" ".join(TINY)}
+    summary = read_rows(tmp_path / "summary.csv")
+    for point in summary:
+        losses = [float(r["final_eval_loss"]) for r in rows if (r["config"], r["num_keys"]) == (
+            point["config"], point["num_keys"])]  # fmt: skip
+        assert int(point["runs"]) == 2
+        assert float(point["mean_final_eval_loss"]) == pytest.approx(sum(losses) / 2)
+        assert float(point["std_final_eval_loss"]) == pytest.approx(abs(losses[0] - losses[1]) / 2**0.5)
+    assert {r["system"] for r in rows} == {"Linear (elu+1), sum rule", "DPFP ν=2, delta rule"}
+    for suffix in (".png", ".pdf"):
+        assert (tmp_path / f"final_eval_loss{suffix}").stat().st_size > 1000
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_final_loss_is_the_trained_model_on_that_steps_evaluation_sequences(tmp_path, monkeypatch):
+    """The row's loss is the model's loss on the evaluation drawn at its last step (the previous test
+    only checked ``loss >= 0``, which a squared error always satisfies)."""
+    models = []
+    original = cli.main
+
+    def keep_model(args):
+        result = original(args)
+        models.append(result.model)
+        return result
+
+    monkeypatch.setattr(cli, "main", keep_model)
+    (result,) = run_sweep([str(CONF / "setting1_linear.yaml")], [4], tmp_path, overrides=TINY)
+    model: RetrievalModel = models[0].eval()
+    seed, step = 1, 2
+    evaluation = EvaluationBatch(4, 1, 20, seed, EVAL_STREAM, lambda: step, max_queries=200, chunk=32)
+    batch = next(iter(evaluation))
+    with torch.no_grad():
+        output, _ = model(batch.keys, batch.values, batch.queries)
+    expected = squared_error(output, batch.targets, batch.query_weight).item()
+    assert result.final_eval_loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_rerun_skips_finished_runs_and_a_crash_keeps_earlier_rows(tmp_path, monkeypatch):
+    config = str(CONF / "setting1_linear.yaml")
+    real_run_job = sweep.run_job
+    calls = []
+
+    def crash_at_s5(job):
+        calls.append(job.num_keys)
+        if job.num_keys == 5:
+            raise RuntimeError("crash")
+        return real_run_job(job)
+
+    monkeypatch.setattr(sweep, "run_job", crash_at_s5)
+    with pytest.raises(RuntimeError):
+        run_sweep([config], [3, 5], tmp_path, overrides=TINY)
+    assert [int(r["num_keys"]) for r in read_rows(tmp_path / "results.csv")] == [3]
+    monkeypatch.setattr(sweep, "run_job", lambda job: calls.append(job.num_keys) or real_run_job(job))
+    results = run_sweep([config], [3, 5], tmp_path, overrides=TINY)
+    assert calls == [3, 5, 5]
+    assert [r.num_keys for r in results] == [3, 5]
+    assert [int(r["num_keys"]) for r in read_rows(tmp_path / "results.csv")] == [3, 5]
+
+
+def test_overrides_reach_every_run(tmp_path):
+    results = run_sweep(
+        [str(CONF / "setting2_dpfp_sum.yaml")], [3], tmp_path, overrides=["--trainer.max_steps", "3"]
+    )
+    assert results[0].steps == 3
+
+
+@pytest.mark.parametrize(
+    ("reason", "max_steps", "step", "expected"),
+    [
+        (EarlyStoppingReason.STOPPING_THRESHOLD, 100, 40, "threshold"),
+        (EarlyStoppingReason.PATIENCE_EXHAUSTED, 100, 40, "patience"),
+        (EarlyStoppingReason.NOT_STOPPED, 100, 100, "max_steps"),
+        (EarlyStoppingReason.NOT_STOPPED, 100, 40, "end_of_data"),
+    ],
+)
+def test_stop_reason(reason, max_steps, step, expected):
+    trainer = SimpleNamespace(
+        early_stopping_callback=SimpleNamespace(stopping_reason=reason), max_steps=max_steps, global_step=step
+    )
+    assert stop_reason(trainer) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "label"),
+    [
+        ("setting1_softmax.yaml", "Softmax"),
+        ("setting1_favor128.yaml", "FAVOR+ m=128, sum rule"),
+        ("setting1_dpfp3.yaml", "DPFP ν=3, sum rule"),
+        ("setting2_dpfp_delta.yaml", "DPFP ν=1, delta rule"),
+    ],
+)
+def test_plot_labels_name_the_system(config, label):
+    assert system_label(str(CONF / config)) == label
 
 
 def test_sweep_rejects_missing_config_and_bad_sizes(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
-        run_sweep([str(tmp_path / "nope.yaml")], [4], tmp_path, max_steps=1, workers=1)
+        run_sweep([str(tmp_path / "nope.yaml")], [4], tmp_path)
     with pytest.raises(ValueError, match="num_keys"):
-        run_sweep([str(CONF / "setting1_linear.yaml")], [0], tmp_path, max_steps=1, workers=1)
+        run_sweep([str(CONF / "setting1_linear.yaml")], [0], tmp_path)
+    with pytest.raises(ValueError, match="seeds"):
+        run_sweep([str(CONF / "setting1_linear.yaml")], [4], tmp_path, seeds=0)
