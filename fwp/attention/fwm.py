@@ -1,0 +1,101 @@
+"""Fast Weight Memory attention: the FWM update rule (``fwp.ops.fwm``) behind the ``AttentionCore``
+interface, for the retrieval task's update setting (Schlag et al. 2021, Figure 3).
+
+``φ`` is ``tanh`` (the FWM paper's choice) or DPFP of order ``nu`` (the official code also ran FWM with
+DPFP features); keys are not normalised; the write strength β comes from the module (sigmoid); a query
+reads ``LayerNorm(φ(q) W)``. Causal only; parallel and step mode run the same recurrence.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fwp.attention.base import AttentionCore
+from fwp.ops import FastWeightState, dpfp
+from fwp.ops.dispatch import compute_dtype
+from fwp.ops.fwm import fwm_read, fwm_recurrence
+from fwp.ops.validation import validate_state
+
+FWM_FEATURE_MAPS = ("tanh", "dpfp")
+
+
+class FastWeightMemoryAttention(AttentionCore):
+    """The FWM rule: ``W ← W + β φ(k)^T (v − φ(k) W)``, then ``W ← W / max(1, ‖W‖_F)`` (not after a
+    sequence's first write); read ``LayerNorm(φ(q) W)``.
+
+    Options: ``feature_map`` (``tanh`` or ``dpfp``), ``nu`` (DPFP order).
+    State: a ``FastWeightState`` without ``z``, ``W`` ``[B, H, d_dot, d_v]`` in the compute dtype.
+    """
+
+    is_fast_weight = True
+    uses_beta = True
+    supports_bidirectional = False
+    rule = "fwm"
+
+    def __init__(self, d_head: int, *, feature_map: Literal["tanh", "dpfp"] = "tanh", nu: int = 1) -> None:
+        super().__init__(d_head)
+        if feature_map not in FWM_FEATURE_MAPS:
+            raise ValueError(
+                f"feature_map must be one of {list(FWM_FEATURE_MAPS)}, got feature_map={feature_map!r}"
+            )
+        if nu < 1:
+            raise ValueError(f"nu must be >= 1, got nu={nu}")
+        self.feature_map = feature_map
+        self.nu = nu
+
+    def extra_repr(self) -> str:
+        order = f", nu={self.nu}" if self.feature_map == "dpfp" else ""
+        return f"d_head={self.d_head}, feature_map={self.feature_map!r}{order}, rule='fwm'"
+
+    def features(self, x: Tensor) -> Tensor:
+        """``φ(x)``: ``[B, H, T, d_head]`` → ``[B, H, T, d_dot]`` in the compute dtype, autocast off."""
+        x = x.to(compute_dtype(x))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return torch.tanh(x) if self.feature_map == "tanh" else dpfp(x, self.nu)
+
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor | None = None,
+        *,
+        causal: bool = True,
+        state: FastWeightState | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, FastWeightState]:
+        """q, k, v ``[B, H, T, d_head]``, beta ``[B, H, T]`` → y ``[B, H, T, d_v]`` (each position reads
+        after its write) and the memory; padded keys (``key_padding_mask`` True) write nothing."""
+        if beta is None:
+            raise ValueError("FastWeightMemoryAttention requires beta of shape [B, H, T], got None")
+        if not causal:
+            raise ValueError("FastWeightMemoryAttention is causal only, got causal=False")
+        phi_q, phi_k = self.features(q), self.features(k)
+        if state is not None:
+            validate_state(
+                state, phi_k.shape[0], phi_k.shape[1], phi_k.shape[-1], v.shape[-1], denominator=False
+            )
+        keep = None if key_padding_mask is None else ~key_padding_mask
+        with torch.autocast(device_type=phi_k.device.type, enabled=False):
+            y, state = fwm_recurrence(
+                phi_q, phi_k, v.to(phi_k.dtype), beta.to(phi_k.dtype), initial_state=state, write_mask=keep
+            )
+        return y.to(v.dtype), state
+
+    def check_state(self, phi: Tensor, d_v: int, state: FastWeightState) -> None:
+        """A ValueError naming the field unless ``state.W`` is ``[B, H, d_dot, d_v]`` for features ``phi``
+        ``[B, H, T, d_dot]`` and ``state.z`` is None."""
+        B, H, _, d_dot = phi.shape
+        validate_state(state, B, H, d_dot, d_v, denominator=False)
+
+    def read(self, q: Tensor, state: FastWeightState) -> Tensor:
+        """``LayerNorm(φ(q) W)`` without writing: ``[B, H, T_q, d_v]`` in ``q``'s dtype."""
+        phi_q = self.features(q)
+        validate_state(
+            state, phi_q.shape[0], phi_q.shape[1], phi_q.shape[-1], state.W.shape[-1], denominator=False
+        )
+        with torch.autocast(device_type=phi_q.device.type, enabled=False):
+            return fwm_read(phi_q, state.W.to(phi_q.dtype)).to(q.dtype)
