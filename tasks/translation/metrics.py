@@ -1,14 +1,20 @@
 """BLEU for translation, with sacrebleu's object API (``sacrebleu.metrics.BLEU``).
 
-Two scores, clearly labelled:
+Two scores per target language, clearly labelled:
 
 - ``sacrebleu``: detokenised hypotheses against detokenised references, sacrebleu's default
   ``13a`` tokenisation; reported with its signature (``nrefs:1|case:mixed|eff:no|tok:13a|...``).
-- ``bleu_compound_split``: the tokenised, compound-split BLEU that WMT14 En-De papers report
-  (tensor2tensor ``get_ende_bleu.sh`` / fairseq ``compound_split_bleu.sh``): both sides tokenised by
-  the Moses tokeniser with its German rules (``sacremoses``, as ``tokenizer.perl -l de``: it keeps
-  ``a-b``, ``z.B.``, ``2013-2014`` together), every ``a-b`` split into ``a ##AT##-##AT## b``, then BLEU
-  with ``tokenize="none"``. Not comparable with sacrebleu scores.
+- a tokenised BLEU: both sides tokenised by the Moses tokeniser with the rules of the target
+  language (``sacremoses``, as ``tokenizer.perl -l <lang>``: e.g. French ``l'homme`` → ``l' homme``,
+  German keeps ``z.B.`` and ``2013-2014`` together), then BLEU with ``tokenize="none"``. Not comparable
+  with sacreBLEU scores.
+
+  - German targets: ``bleu_compound_split``, the score WMT14 En-De papers report (tensor2tensor
+    ``get_ende_bleu.sh`` / fairseq ``compound_split_bleu.sh``): after tokenisation every ``a-b`` is
+    split into ``a ##AT##-##AT## b``.
+  - Any other target: ``bleu_moses``, plain Moses-tokenised BLEU (no compound split: the convention
+    exists only for German). A language Moses has no rules for (e.g. the synthetic corpus's ``tgt``)
+    gets Moses' default rules, which its label says.
 
 Corpus BLEU is a function of sufficient statistics summed over sentences: matching n-gram counts
 ``correct[n]``, hypothesis n-gram counts ``total[n]`` (n = 1..4), hypothesis length and reference
@@ -23,11 +29,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache, partial
 
 import torch
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.bleu import BLEUScore
 from sacremoses import MosesTokenizer
+from sacremoses.corpus import NonbreakingPrefixes
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -35,7 +43,7 @@ MAX_NGRAM_ORDER = 4
 STATISTICS_SIZE = 2 * MAX_NGRAM_ORDER + 2
 
 _COMPOUND = re.compile(r"(\S)-(\S)")
-_moses_german = MosesTokenizer(lang="de")
+MOSES_LANGUAGES = frozenset(NonbreakingPrefixes().available_langs.values())
 
 
 def compound_split(text: str) -> str:
@@ -48,10 +56,21 @@ def compound_split(text: str) -> str:
     return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", text)
 
 
+@cache
+def moses_tokenizer(language: str) -> MosesTokenizer:
+    """The Moses tokeniser with the rules of ``language`` (built once per language)."""
+    return MosesTokenizer(lang=language)
+
+
+def moses_tokenize(text: str, language: str) -> str:
+    """Moses tokenisation with the rules of ``language`` (``tokenizer.perl -l <language>``; no entity
+    escaping, which changes no token boundary and so no BLEU)."""
+    return moses_tokenizer(language).tokenize(text, return_str=True, escape=False)
+
+
 def tokenize_and_split_compounds(text: str) -> str:
-    """Moses tokenisation with German rules (``tokenizer.perl -l de``; no entity escaping, which
-    changes no token boundary and so no BLEU), then ``compound_split``."""
-    return compound_split(_moses_german.tokenize(text, return_str=True, escape=False))
+    """``moses_tokenize`` with German rules, then ``compound_split`` (the WMT14 En-De papers' BLEU)."""
+    return compound_split(moses_tokenize(text, "de"))
 
 
 @dataclass(frozen=True)
@@ -110,16 +129,28 @@ def _unchanged(text: str) -> str:
     return text
 
 
-def bleu_variants() -> tuple[BleuVariant, BleuVariant]:
-    """The two reported scores: detokenised sacreBLEU, and tokenised compound-split BLEU."""
-    return (
-        BleuVariant("sacrebleu", "sacreBLEU (detokenised, tok:13a)", BLEU(tokenize="13a"), _unchanged),
-        BleuVariant(
+def bleu_variants(target_language: str) -> tuple[BleuVariant, BleuVariant]:
+    """The two reported scores for a target language (a Moses language code such as ``de``, ``fr``,
+    ``es``): detokenised sacreBLEU, and tokenised BLEU with that language's Moses rules,
+    compound-split for German (``bleu_compound_split``), plain otherwise (``bleu_moses``)."""
+    sacrebleu = BleuVariant("sacrebleu", "sacreBLEU (detokenised, tok:13a)", BLEU(tokenize="13a"), _unchanged)
+    if target_language == "de":
+        return sacrebleu, BleuVariant(
             "bleu_compound_split",
-            "tokenised BLEU (Moses de tokens, compound-split, tok:none; WMT14 En-De papers)",
+            "tokenised BLEU (Moses de tokens, compound-split, tok:none; as WMT14 En-De papers)",
             BLEU(tokenize="none"),
             tokenize_and_split_compounds,
-        ),
+        )
+    rules = (
+        f"Moses {target_language} tokens"
+        if target_language in MOSES_LANGUAGES
+        else f"Moses tokens, default rules: Moses has none for {target_language!r}"
+    )
+    return sacrebleu, BleuVariant(
+        "bleu_moses",
+        f"tokenised BLEU ({rules}, tok:none)",
+        BLEU(tokenize="none"),
+        partial(moses_tokenize, language=target_language),
     )
 
 

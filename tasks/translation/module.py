@@ -17,9 +17,10 @@ Predict: the batches of the data module's predict dataloader (source lines) are 
 ``beam_size``; translations are written in input order to ``predict_output`` (a path) or stdout.
 
 What the module needs from its data module (``TranslationDataModule``): ``bos_id``, ``eos_id``,
-``decode(ids) -> str`` (detokenised, stops at EOS) and ``references(split) -> list[str]`` indexed by
-the ``ids`` of the batches; batches ``{"src", "src_padding_mask", "tgt_in", "tgt_out",
-"tgt_padding_mask", "ids"}`` (prediction batches need only ``src``, ``src_padding_mask``, ``ids``).
+``tgt_lang`` (the target language: it picks the BLEU variants), ``decode(ids) -> str`` (detokenised,
+stops at EOS) and ``references(split) -> list[str]`` indexed by the ``ids`` of the batches; batches
+``{"src", "src_padding_mask", "tgt_in", "tgt_out", "tgt_padding_mask", "ids"}`` (prediction batches need
+only ``src``, ``src_padding_mask``, ``ids``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class TranslationData(Protocol):
 
     bos_id: int
     eos_id: int
+    tgt_lang: str
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -205,7 +207,7 @@ class TranslationModel(L.LightningModule):
             max_positions=position_limit,
             pad_id=pad_id,
         )
-        self.bleu_variants: tuple[BleuVariant, ...] = bleu_variants()
+        self.bleu_variants: tuple[BleuVariant, ...] = ()  # per evaluation, for the target language
         self._eval_sums: SentenceSums | None = None
         self._bleu_statistics: list[CorpusBleuStatistics] = []
         self._references: list[str] = []
@@ -316,6 +318,7 @@ class TranslationModel(L.LightningModule):
         if self._eval_beam_size is None:
             self._bleu_statistics = []
             return
+        self.bleu_variants = bleu_variants(self.data.tgt_lang)
         self._bleu_statistics = [
             CorpusBleuStatistics(len(self._references)).to(self.device) for _ in self.bleu_variants
         ]
