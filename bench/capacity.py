@@ -1,0 +1,104 @@
+"""Retrieval capacity: this framework's final losses next to the official run logs.
+
+Reads the ``results.csv`` of one or more capacity sweeps (``python -m tasks.retrieval.sweep``) and
+prints a markdown table per (config, S): our final evaluation loss (mean ± std over seeds, how the runs
+stopped, their steps) and the final loss of the official run (the last row of the official
+``synthetic/logs/d64_<system>_AssocSeq<L>N<S>R<r>.csv`` of ischlag/fast-weight-transformers, one seed),
+then each system's capacity (the first S whose final loss exceeds 0.01) in both, and their ratio.
+
+    python bench/capacity.py /work/runs_capacity/setting1/results.csv /work/runs_capacity/setting2/results.csv
+
+Commands that produced the sweeps (one process at a time, as on the shared CPU of BENCHMARKS.md):
+
+    python -m tasks.retrieval.sweep --configs conf/retrieval/setting2_dpfp_sum.yaml \\
+        conf/retrieval/setting2_dpfp_delta.yaml --num_keys 40 80 --output runs_capacity/setting2
+    python -m tasks.retrieval.sweep --configs conf/retrieval/setting1_linear.yaml \\
+        conf/retrieval/setting1_dpfp1.yaml --num_keys 40 60 80 140 --output runs_capacity/setting1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.retrieval.sweep import Result, read_results
+
+CAPACITY_THRESHOLD = 0.01
+
+OFFICIAL_FINAL_LOSS: dict[str, dict[int, float]] = {
+    # config stem: {S: last eval loss of the official log d64_<system>_AssocSeq<L>N<S>R<r>.csv}
+    # <system> R<r>: linear_sum R0
+    "setting1_linear": {20: 0.0008887422, 40: 0.00082911656, 60: 0.024646008, 80: 0.110073715},
+    "setting1_dpfp1": {  # dpfp1_sum R0
+        20: 0.0007829439,
+        40: 0.00027436396,
+        60: 0.0004292571,
+        80: 0.00016707585,
+        100: 0.00020874513,
+        120: 0.0086243795,
+        140: 0.053215686,
+    },
+    # dpfp1_sum R1
+    "setting2_dpfp_sum": {20: 0.10479573, 40: 0.113640115, 60: 0.12291964, 80: 0.11903926},
+    # dpfp1_ours R1
+    "setting2_dpfp_delta": {20: 0.0007664201, 40: 0.0009702948, 60: 0.0060898424, 80: 0.010567849},
+    "setting2_dpfp_fwm": {20: 0.05053059, 40: 0.49858028},  # dpfp1_fwm R1
+    "setting2_fwm": {20: 1.691824},  # tanh_fwm R1
+}
+
+
+def capacity(losses: dict[int, float]) -> int | None:
+    """The first S whose final loss exceeds the threshold (None if none of the given S does)."""
+    return next((s for s in sorted(losses) if losses[s] > CAPACITY_THRESHOLD), None)
+
+
+def table(results: list[Result]) -> str:
+    """The markdown comparison table (one row per config and S) and the capacities."""
+    runs: dict[tuple[str, int], list[Result]] = defaultdict(list)
+    for result in results:
+        runs[(Path(result.config).stem, result.num_keys)].append(result)
+    lines = [
+        "| system | config | S | ours: final loss (mean ± std, seeds) | stop (steps) | official log |",
+        "|---|---|---|---|---|---|",
+    ]
+    ours_by_config: dict[str, dict[int, float]] = defaultdict(dict)
+    for (config, s), group in sorted(runs.items()):
+        losses = [r.final_eval_loss for r in group]
+        mean = statistics.fmean(losses)
+        std = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        ours_by_config[config][s] = mean
+        stops = ", ".join(f"{r.stop_reason} ({r.steps})" for r in group)
+        official = OFFICIAL_FINAL_LOSS.get(config, {}).get(s)
+        official_text = f"{official:.4f}" if official is not None else "—"
+        lines.append(
+            f"| {group[0].system} | {config} | {s} | {mean:.4f} ± {std:.4f} ({len(losses)}) | {stops} "
+            f"| {official_text} |"
+        )
+    lines += ["", "| config | S run | capacity: ours | official logs | ratio |", "|---|---|---|---|---|"]
+    for config, ours in sorted(ours_by_config.items()):
+        official = OFFICIAL_FINAL_LOSS.get(config, {})
+        mine, theirs = capacity(ours), capacity(official)
+        ratio = f"{mine / theirs:.2f}" if mine and theirs else "—"
+        lines.append(
+            f"| {config} | {', '.join(map(str, sorted(ours)))} | {mine or f'> {max(ours)}'} "
+            f"| {theirs or '—'} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", nargs="+", type=Path, help="results.csv files of capacity sweeps")
+    args = parser.parse_args(argv)
+    print(table([r for path in args.results for r in read_results(path)]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""bench/capacity.py: capacities from final losses and the comparison table with the official logs."""
+
+import importlib.util
+from pathlib import Path
+
+from tasks.retrieval.sweep import Result
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "capacity.py"
+spec = importlib.util.spec_from_file_location("capacity", SCRIPT)
+capacity_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(capacity_script)
+
+
+def result(config: str, s: int, loss: float, seed: int = 1) -> Result:
+    system, path = "Linear (elu+1), sum rule", f"conf/retrieval/{config}.yaml"
+    return Result(system, path, s, seed, "", loss, loss, 1.0, 500, "patience", 1.0)
+
+
+def test_capacity_is_the_first_s_above_the_threshold():
+    assert capacity_script.capacity({80: 0.2, 20: 0.001, 40: 0.02}) == 40
+    assert capacity_script.capacity({20: 0.001}) is None
+
+
+def test_table_puts_the_official_value_and_the_capacity_ratio_next_to_ours():
+    results = [result("setting1_linear", 40, 0.002), result("setting1_linear", 40, 0.004, seed=2)]
+    results += [result("setting1_linear", 80, 0.05)]
+    text = capacity_script.table(results)
+    assert "| 40 | 0.0030 ± 0.0014 (2) | patience (500), patience (500) | 0.0008 |" in text
+    official = capacity_script.capacity(capacity_script.OFFICIAL_FINAL_LOSS["setting1_linear"])
+    assert f"| setting1_linear | 40, 80 | 80 | {official} | {80 / official:.2f} |" in text
