@@ -1,6 +1,7 @@
 """The capacity sweep: incremental results, seeds, stop reasons, overrides, labels and plots."""
 
 import csv
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -125,6 +126,14 @@ def test_stop_reason(reason, max_steps, step, expected):
 )
 def test_plot_labels_name_the_system(config, label):
     assert system_label(str(CONF / config)) == label
+
+
+def test_runs_obey_omp_num_threads(monkeypatch):
+    """The sweep set torch to cores // workers threads even with OMP_NUM_THREADS=1."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert sweep.threads_per_worker(1) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert sweep.threads_per_worker(1) == max(1, os.cpu_count() or 1)
 
 
 def test_sweep_rejects_missing_config_and_bad_sizes(tmp_path):
