@@ -9,7 +9,9 @@ Every run also gets, whatever its YAML says:
 - ``non_finite_loss: {policy: stop|skip, max_consecutive_skips: N}`` (``NonFiniteLossGuard``);
 - ``preemption: {signals: [SIGTERM, SIGUSR1], filename: preempted.ckpt}`` (``PreemptionCheckpoint``):
   a termination signal ends training cleanly with a checkpoint (or SLURM requeue);
-- TensorBoard as the logger unless the YAML chooses another, the learning rate in the logs.
+- TensorBoard as the logger unless the YAML chooses another, the learning rate in the logs,
+  throughput (``throughput: {window_size: N}``, ``TaskThroughput``) and ``hp_metric``, the best
+  validation metric (``BestMetricLogger``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from fwp.checkpointing import (
     RandomStateCheckpoint,
     verify_checkpoint_file,
 )
+from fwp.data.files import DataError
+from fwp.monitoring import BestMetricLogger, TaskThroughput
 from fwp.preemption import PreemptionCheckpoint
 
 # Every task model that a data module with the source attribute can be paired with must take the
@@ -41,7 +45,7 @@ DATA_TO_MODEL_LINKS = (
 )
 
 USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
-RUN_ERRORS = (CheckpointLoadError, FloatingPointError)
+RUN_ERRORS = (CheckpointLoadError, FloatingPointError, DataError)
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -51,7 +55,12 @@ def trainer_defaults() -> dict[str, Any]:
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": "runs", "name": "fwp"},
         },
-        "callbacks": [RunDirectoryReport(), LearningRateLogger(), RandomStateCheckpoint()],
+        "callbacks": [
+            RunDirectoryReport(),
+            LearningRateLogger(),
+            RandomStateCheckpoint(),
+            BestMetricLogger(),
+        ],
     }
 
 
@@ -88,6 +97,7 @@ class FwpCLI(LightningCLI):
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
         parser.add_lightning_class_args(NonFiniteLossGuard, "non_finite_loss")
         parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_lightning_class_args(TaskThroughput, "throughput")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse as usual; a ``--ckpt_path`` file must be a complete, uncorrupted checkpoint (checked

@@ -7,10 +7,46 @@ so time and memory per new token do not grow with the context; a softmax layer's
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from fwp.model.decoder_lm import DecoderLM, check_tokens
+from fwp.model.positions import LearnedPositions
+
+
+def position_limit(model: DecoderLM) -> int | None:
+    """The number of positions ``model`` can encode: ``max_positions`` of a learned table, None (no
+    limit) for sinusoidal or no positions."""
+    positions = model.input_encoding.positions
+    return positions.embedding.num_embeddings if isinstance(positions, LearnedPositions) else None
+
+
+def check_sampling_options(*, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """A ``ValueError`` naming the first invalid option: ``max_new_tokens >= 0``, a finite
+    ``temperature >= 0`` (0 = greedy), ``top_k >= 1`` or None."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got max_new_tokens={max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0.0):
+        raise ValueError(f"temperature must be finite and >= 0 (0: greedy), got temperature={temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got top_k={top_k}")
+
+
+def check_generation_fits(model: DecoderLM, prompt_length: int, max_new_tokens: int) -> None:
+    """A ``ValueError`` naming the options unless continuing a prompt of ``prompt_length`` tokens by
+    ``max_new_tokens`` stays within ``position_limit(model)``: the model is fed positions ``0 …
+    prompt_length + max_new_tokens − 2`` (the last new token is never fed back)."""
+    limit = position_limit(model)
+    needed = prompt_length + max_new_tokens - 1
+    if limit is not None and needed > limit:
+        raise ValueError(
+            f"generation needs {needed} positions (a prompt of {prompt_length} tokens + max_new_tokens="
+            f"{max_new_tokens} − 1), beyond max_positions={limit} of positional='learned': shorten the "
+            "prompt (prompt_length, prompt or prompt_file) or max_new_tokens, or train with a larger "
+            "max_positions"
+        )
 
 
 def next_token_log_probs(
@@ -69,16 +105,13 @@ def sample(
 
     ``temperature`` 0 decodes greedily; ``top_k`` keeps only the k likeliest tokens per step;
     ``generator`` seeds the draws. The caller chooses train/eval mode (use eval: no dropout).
+    A ``ValueError`` names the options when the positions would overflow (``check_generation_fits``).
     """
     check_tokens("prompt", prompt)
     if prompt.shape[1] < 1:
         raise ValueError("prompt must hold at least one token per row, got T_0=0")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got max_new_tokens={max_new_tokens}")
-    if temperature < 0.0:
-        raise ValueError(f"temperature must be >= 0, got temperature={temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got top_k={top_k}")
+    check_sampling_options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+    check_generation_fits(model, prompt.shape[1], max_new_tokens)
     tokens = prompt
     log_probs, states = next_token_log_probs(model, prompt, None, 0)
     for _ in range(max_new_tokens):

@@ -20,30 +20,46 @@ Optimisation: AdamW (Adam when ``weight_decay`` is 0), a linear warm-up over ``w
 ``schedule``: ``cosine`` decay to 0 at the last step, ``constant``, or ``inverse_sqrt`` (``∝ 1/√step``);
 stepped every optimiser step. Gradient clipping is the Trainer's ``gradient_clip_val``.
 
-Prediction: each batch's first ``prompt_length`` input tokens per row are continued by
-``max_new_tokens`` sampled tokens (``temperature``, ``top_k``; 0 = greedy) in step mode; the texts are
-decoded with the data module's tokenizer when there is one, printed, and returned.
+Prediction (``predict``): one prompt is continued ``num_samples`` times by ``max_new_tokens`` tokens in
+step mode, drawn with ``temperature`` and ``top_k`` (``temperature`` 0: greedy, every sample the same).
+The prompt is ``prompt`` (text) or the text of ``prompt_file`` (its lines separated by ``<eos>``, as in
+the corpus), tokenised with the data module's tokenizer; without either, the first ``prompt_length``
+tokens of the first predict batch (the test split's start). The continuations are written one per line
+to ``predict_output`` or to stdout (``write_lines``) and returned. A prompt that is empty, holds words
+outside the vocabulary (word tokenizer; ``<unk>`` itself is allowed), or would need more positions than
+a learned position table has, is refused with an error naming the option.
+
+Monitoring (``fwp.monitoring``): ``train/grad_norm`` before clipping, throughput from
+``throughput_counts``, ``hp_metric`` = the best ``valid/ppl``, and at each validation of ``fit``
+``log_text_samples`` continuations of the validation split's first ``prompt_length`` tokens as the
+TensorBoard text ``valid/samples`` (drawn with their own seeded generator: the run's random streams
+are untouched).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric
 
 from fwp.attention import AttentionSpec
+from fwp.data.files import DataError
+from fwp.data.tokenizer import EOS_ID, UNK_ID
 from fwp.model import DecoderLM, detach_states, sample
 from fwp.model.block import Activation, Norm
+from fwp.model.generation import check_generation_fits, check_sampling_options
 from fwp.model.positions import Positional
+from fwp.monitoring import GradientNormLogging, log_text
 from fwp.ops import FastWeightState
+from fwp.outputs import write_lines
 
 Schedule = Literal["cosine", "constant", "inverse_sqrt"]
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
@@ -80,6 +96,28 @@ class CarriedStream:
     next_position: int
 
 
+def prompt_text(prompt: str | None, prompt_file: str | None) -> str | None:
+    """The prompt given as text or as a UTF-8 file (its text without the final line break), or None;
+    a ``ValueError`` (``FileNotFoundError``) naming the option if both are given, the file is missing or
+    unreadable, or the prompt is blank."""
+    if prompt is not None and prompt_file is not None:
+        raise ValueError("give the prompt as prompt or as prompt_file, not both")
+    if prompt_file is not None:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt_file {path}: no such file")
+        try:
+            prompt = path.read_text(encoding="utf-8").removesuffix("\n")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"prompt_file {path}: not UTF-8 text ({error.reason} at byte {error.start})"
+            ) from None
+    if prompt is not None and not prompt.strip():
+        where = f"prompt_file {prompt_file}" if prompt_file is not None else "prompt"
+        raise ValueError(f"{where}: the prompt is empty (give some text to continue, or no prompt)")
+    return prompt
+
+
 def learning_rate_factor(step: int, *, schedule: Schedule, warmup_steps: int, total_steps: float) -> float:
     """Multiplier of the peak learning rate at optimiser step ``step`` (0-based): ``(step + 1) /
     warmup_steps`` during warm-up; then 1 (``constant``), ``√(warmup_steps / (step + 1))``
@@ -95,14 +133,20 @@ def learning_rate_factor(step: int, *, schedule: Schedule, warmup_steps: int, to
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class LanguageModel(L.LightningModule):
+class LanguageModel(GradientNormLogging, L.LightningModule):
     """Decoder-only language model over ``vocab_size`` tokens (linked from the data module).
 
     Backbone arguments are those of ``fwp.model.DecoderLM`` (``attention`` is a registry spec such as
     ``delta`` or ``{name: performer, m: 16}``). See the module docstring for ``carry_state``,
     ``eval_carry_state``, the optimiser and schedule arguments (``max_steps`` None: the Trainer's), and
-    the prediction arguments.
+    the prediction arguments: ``num_samples`` (>= 1), ``prompt`` or ``prompt_file`` (at most one;
+    neither: ``prompt_length`` tokens of the test split), ``max_new_tokens``, ``temperature`` (>= 0,
+    0 = greedy), ``top_k``, ``predict_output`` (a file; None: stdout). ``log_text_samples``: validation
+    continuations logged as TensorBoard text during ``fit`` (0: none).
     """
+
+    best_metric = "valid/ppl"
+    best_metric_mode = "min"
 
     def __init__(
         self,
@@ -133,19 +177,30 @@ class LanguageModel(L.LightningModule):
         max_new_tokens: int = 64,
         temperature: float = 1.0,
         top_k: int | None = None,
+        num_samples: int = 1,
+        prompt: str | None = None,
+        prompt_file: str | None = None,
+        predict_output: str | None = None,
+        log_text_samples: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got schedule={schedule!r}")
-        for name, value in (("lr", lr), ("prompt_length", prompt_length)):
+        for name, value in (("lr", lr), ("prompt_length", prompt_length), ("num_samples", num_samples)):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {name}={value}")
-        for name, value in (("warmup_steps", warmup_steps), ("weight_decay", weight_decay)):
+        for name, value in (
+            ("warmup_steps", warmup_steps),
+            ("weight_decay", weight_decay),
+            ("log_text_samples", log_text_samples),
+        ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={value}")
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got max_steps={max_steps}")
+        check_sampling_options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+        self.prompt_text = prompt_text(prompt, prompt_file)
         self.model = DecoderLM(
             vocab_size,
             d_model=d_model,
@@ -175,11 +230,14 @@ class LanguageModel(L.LightningModule):
                 "carrying state continues positions without bound; use positional='none' (the paper's "
                 "choice) or 'sinusoidal', got positional='learned'"
             )
+        if self.prompt_text is None:
+            check_generation_fits(self.model, prompt_length, max_new_tokens)
         self.valid_nll = TokenNLL()
         self.test_nll = TokenNLL()
         self.streams: dict[str, CarriedStream] = {}
         self._restored_train_state: dict[str, Any] | None = None
-        self._last_step_end: float | None = None
+        self._prompt_ids: list[int] | None = None
+        self._valid_prompt: Tensor | None = None
 
     def forward(self, tokens: Tensor, *, states: list | None = None, position_offset: int = 0):
         """``DecoderLM.forward``: logits (hidden states with an adaptive softmax) and layer states."""
@@ -213,20 +271,9 @@ class LanguageModel(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        """Logs ``train/tokens_per_s``: target tokens of all ranks per second of wall time between the
-        ends of consecutive training steps (optimiser and data loading included)."""
-        now = time.perf_counter()
-        if self._last_step_end is not None:
-            tokens = batch["target"].numel() * self.trainer.world_size
-            self.log("train/tokens_per_s", tokens / (now - self._last_step_end), on_step=True, on_epoch=False)
-        self._last_step_end = now
-
-    def on_train_epoch_start(self) -> None:
-        self._last_step_end = None
-
-    def on_validation_epoch_start(self) -> None:
-        self._last_step_end = None
+    def throughput_counts(self, batch: dict[str, Any]) -> tuple[int, int]:
+        """Rows (segments or windows) and input tokens of ``batch``, for ``TaskThroughput``."""
+        return batch["input"].shape[0], batch["input"].numel()
 
     def evaluation_step(self, batch: dict[str, Any], split: str, metric: TokenNLL) -> None:
         """Adds the batch's target log-probabilities to ``metric``: a batch of sliding windows (it has
@@ -237,6 +284,8 @@ class LanguageModel(L.LightningModule):
             metric.update(self.segment_log_probs(batch, split, self.eval_carry_state))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch_idx == 0:
+            self._valid_prompt = batch["input"][:1, : self.hparams.prompt_length]
         self.evaluation_step(batch, "valid", self.valid_nll)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -250,6 +299,24 @@ class LanguageModel(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log_perplexity("valid", self.valid_nll)
+        self.log_validation_samples()
+
+    def log_validation_samples(self) -> None:
+        """During ``fit`` (rank 0, not in the sanity check): ``log_text_samples`` continuations of the
+        first validation batch's first ``prompt_length`` tokens as the TensorBoard text
+        ``valid/samples``, drawn with a generator seeded by the step (the run's random state is not
+        touched, so training continues exactly as without them)."""
+        count, prompt = self.hparams.log_text_samples, self._valid_prompt
+        trainer = self.trainer
+        if not count or prompt is None or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if not trainer.is_global_zero:
+            return
+        generator = torch.Generator(device=prompt.device).manual_seed(self.global_step)
+        samples = self.generate(prompt.expand(count, -1), generator=generator)
+        lines = [f"**prompt:** {self.detokenize(prompt[0].tolist())}"]
+        lines += [f"**sample {i + 1}:** {sample['generated']}" for i, sample in enumerate(samples)]
+        log_text(self, "valid/samples", "  \n".join(lines))
 
     def on_test_epoch_end(self) -> None:
         self.log_perplexity("test", self.test_nll)
@@ -327,29 +394,92 @@ class LanguageModel(L.LightningModule):
                 self.streams["train"] = stream
             self._restored_train_state = None
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Continue each row's first ``prompt_length`` tokens; one dict per row with ``prompt_ids``,
-        ``generated_ids`` and, with a data module that has a ``tokenizer``, ``prompt``/``generated`` text."""
+    def setup(self, stage: str) -> None:
+        """For ``predict`` with a ``prompt``/``prompt_file``: tokenise it (``encode_prompt``)."""
+        if stage == "predict" and self.prompt_text is not None:
+            self._prompt_ids = self.encode_prompt(self.prompt_text)
+
+    def tokenizer(self) -> Any:
+        """The data module's tokenizer, or None (no trainer, or a data module without one)."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        return getattr(datamodule, "tokenizer", None)
+
+    def detokenize(self, ids: list[int]) -> str:
+        """``ids`` as text with the data module's tokenizer (special tokens kept), else the ids."""
+        tokenizer = self.tokenizer()
+        if tokenizer is None:
+            return " ".join(map(str, ids))
+        return tokenizer.decode(ids, skip_special_tokens=False)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """The ids of the prompt ``text``: each line's tokens, ``<eos>`` between lines (as the corpus
+        stream has them). ``DataError`` naming the option if it holds words outside the vocabulary
+        (``<unk>`` written as such is allowed) or leaves no room for ``max_new_tokens``."""
+        option = "prompt" if self.hparams.prompt is not None else f"prompt_file {self.hparams.prompt_file}"
+        tokenizer = self.tokenizer()
+        if tokenizer is None:
+            raise DataError(f"{option}: the data module has no tokenizer to encode the prompt text with")
+        ids: list[int] = []
+        unknown: list[str] = []
+        for number, line in enumerate(text.split("\n")):
+            encoding = tokenizer.encode(line)
+            ids += ([EOS_ID] if number else []) + encoding.ids
+            unknown += [
+                line[start:end]
+                for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True)
+                if token == UNK_ID and line[start:end] != "<unk>"
+            ]
+        if unknown:
+            words = ", ".join(repr(word) for word in dict.fromkeys(unknown))
+            raise DataError(
+                f"{option}: words not in the vocabulary: {words} (rephrase, or write <unk> for them)"
+            )
+        try:
+            check_generation_fits(self.model, len(ids), self.hparams.max_new_tokens)
+        except ValueError as error:
+            raise DataError(f"{option}: {error}") from None
+        return ids
+
+    def generate(self, prompt: Tensor, generator: torch.Generator | None = None) -> list[dict[str, Any]]:
+        """Continue each row of ``prompt`` ``[B, T_0]`` by ``max_new_tokens`` tokens (``temperature``,
+        ``top_k``); one dict per row: ``prompt_ids``, ``generated_ids``, ``generated``
+        (the continuation as text)."""
         hparams = self.hparams
-        prompt = batch["input"][:, : hparams.prompt_length]
         tokens = sample(
             self.model,
             prompt,
             max_new_tokens=hparams.max_new_tokens,
             temperature=hparams.temperature,
             top_k=hparams.top_k,
+            generator=generator,
         )
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None)
         samples = []
         for row in tokens.tolist():
             prompt_ids, generated_ids = row[: prompt.shape[1]], row[prompt.shape[1] :]
-            result: dict[str, Any] = {"prompt_ids": prompt_ids, "generated_ids": generated_ids}
-            if tokenizer is not None:
-                result["prompt"] = tokenizer.decode(prompt_ids, skip_special_tokens=False)
-                result["generated"] = tokenizer.decode(generated_ids, skip_special_tokens=False)
-                rank_zero_info(f"[prompt] {result['prompt']}\n[sample] {result['generated']}\n")
-            samples.append(result)
+            samples.append(
+                {
+                    "prompt_ids": prompt_ids,
+                    "generated_ids": generated_ids,
+                    "generated": self.detokenize(generated_ids),
+                }
+            )
+        return samples
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """``num_samples`` continuations of the prompt (module docstring), written one per line to
+        ``predict_output`` or stdout by rank 0; returned as ``generate``'s dicts. The data module
+        serves one batch (the test split's first segment), whose first row is the prompt when none is
+        given."""
+        if self._prompt_ids is not None:
+            prompt = torch.tensor([self._prompt_ids], device=self.device)
+        else:
+            prompt = batch["input"][:1, : self.hparams.prompt_length]
+        samples = self.generate(prompt.expand(self.hparams.num_samples, -1))
+        if self.trainer.is_global_zero:
+            write_lines(
+                [" ".join(sample["generated"].splitlines()) for sample in samples],
+                self.hparams.predict_output,
+            )
         return samples
 
     def total_steps(self) -> float:

@@ -16,7 +16,6 @@ the softmax model); the biases and the β row keep PyTorch's default U(±1/√fa
 from __future__ import annotations
 
 import math
-import time
 
 import lightning as L
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec, build_attention
+from fwp.monitoring import GradientNormLogging
 from fwp.ops import FastWeightState
 from tasks.retrieval.generator import RetrievalBatch
 
@@ -44,7 +44,7 @@ def squared_error(output: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     return (per_query * weight).sum() / weight.sum().clamp(min=torch.finfo(weight.dtype).tiny)
 
 
-class RetrievalModel(L.LightningModule):
+class RetrievalModel(GradientNormLogging, L.LightningModule):
     """One attention layer trained to retrieve the value last associated with a query key.
 
     Args:
@@ -53,7 +53,13 @@ class RetrievalModel(L.LightningModule):
             fast_weight).
         d_key: size of keys and queries before the feature map (the paper: 64).
         lr: Adam learning rate (the paper: 1e-3).
+
+    Monitoring (``fwp.monitoring``): ``train/grad_norm``, throughput from ``throughput_counts``, and
+    ``hp_metric`` = the lowest ``eval/loss`` so far.
     """
+
+    best_metric = "eval/loss"
+    best_metric_mode = "min"
 
     def __init__(
         self,
@@ -73,7 +79,6 @@ class RetrievalModel(L.LightningModule):
         self.write_projection = nn.Linear(num_keys + embedding_size, d_key + 1)
         self.query_projection = nn.Linear(embedding_size, d_key)
         self.reset_projections()
-        self._last_step_time: float | None = None
 
     def reset_projections(self) -> None:
         """The official initialisation of ``W_k`` (the first ``d_key`` rows of ``write_projection``) and
@@ -110,11 +115,11 @@ class RetrievalModel(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         if isinstance(state, FastWeightState):
             self.log("train/fast_weight_norm", state.W.detach().flatten(1).norm(dim=1).mean())
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            self.log("train/steps_per_s", 1.0 / max(now - self._last_step_time, 1e-9))
-        self._last_step_time = now
         return loss
+
+    def throughput_counts(self, batch: RetrievalBatch) -> tuple[int, int]:
+        """Sequences and key-value pairs written of ``batch``, for ``TaskThroughput``."""
+        return batch.keys.shape[0], batch.keys.numel()
 
     def _evaluate(self, batch: RetrievalBatch, prefix: str) -> Tensor:
         loss, output, _ = self._loss(batch)
@@ -133,9 +138,6 @@ class RetrievalModel(L.LightningModule):
     def predict_step(self, batch: RetrievalBatch, batch_idx: int) -> dict[str, Tensor]:
         output, _ = self(batch.keys, batch.values, batch.queries)
         return {"prediction": output.argmax(dim=-1), "target": batch.targets, "mask": batch.query_mask}
-
-    def on_train_epoch_start(self) -> None:
-        self._last_step_time = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -13,8 +13,17 @@ the sources are decoded (``val_beam_size`` during ``fit``, every ``bleu_every_n_
 variants of ``tasks.translation.metrics``, exactly under DDP (per-sentence statistics, keyed by sentence
 id, sum-reduced across ranks). The sacreBLEU signature is printed and written to TensorBoard as text.
 
+Outputs: standalone ``test`` (and ``validate``) writes the detokenised hypotheses in input order to
+``<log_dir>/test_hypotheses.txt`` (``valid_hypotheses.txt``), beside the run's TensorBoard scores (a
+``-v1``, ``-v2`` … suffix rather than replacing an existing file), and prints that path.
 Predict: the batches of the data module's predict dataloader (source lines) are translated with
 ``beam_size``; translations are written in input order to ``predict_output`` (a path) or stdout.
+
+Monitoring (``fwp.monitoring``): ``train/grad_norm`` (after the loss normalisation, before clipping),
+throughput from ``throughput_counts`` (target tokens), ``hp_metric`` = the best ``valid/sacrebleu``
+(``valid/loss`` when ``bleu_every_n_validations`` is 0), and at each validation of ``fit`` the first
+``log_text_samples`` sentences of the first validation batch (source, hypothesis decoded with
+``val_beam_size``, reference) as the TensorBoard text ``valid/samples``.
 
 What the module needs from its data module (``TranslationDataModule``): ``bos_id``, ``eos_id``,
 ``tgt_lang`` (the target language: it picks the BLEU variants), ``decode(ids) -> str`` (detokenised,
@@ -26,7 +35,6 @@ only ``src``, ``src_padding_mask``, ``ids``).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -44,6 +52,8 @@ from fwp.model import EncoderDecoder
 from fwp.model.beam_search import beam_search, greedy_decode
 from fwp.model.block import Norm
 from fwp.model.positions import Positional
+from fwp.monitoring import GradientNormLogging, log_text
+from fwp.outputs import write_lines
 from tasks.translation.metrics import BleuVariant, CorpusBleuStatistics, SentenceSums, bleu_variants
 
 Batch = dict[str, Tensor]
@@ -93,7 +103,7 @@ def inverse_sqrt_factor(step: int, *, warmup_steps: int, warmup_init_factor: flo
     return math.sqrt(warmup_steps / max(step, 1))
 
 
-class TranslationModel(L.LightningModule):
+class TranslationModel(GradientNormLogging, L.LightningModule):
     """Encoder-decoder translation model.
 
     Args:
@@ -122,6 +132,7 @@ class TranslationModel(L.LightningModule):
         bleu_every_n_validations: during ``fit``, decode and compute BLEU every n-th validation run
             (0 = never; the losses are logged at every run).
         predict_output: file the translations are written to (default: stdout).
+        log_text_samples: sentences shown as TensorBoard text at each validation of ``fit`` (0: none).
     """
 
     def __init__(
@@ -158,6 +169,7 @@ class TranslationModel(L.LightningModule):
         val_beam_size: int = 1,
         bleu_every_n_validations: int = 1,
         predict_output: str | None = None,
+        log_text_samples: int = 3,
     ) -> None:
         super().__init__()
         checks = {
@@ -165,6 +177,7 @@ class TranslationModel(L.LightningModule):
             "beam_size": (beam_size, 1),
             "val_beam_size": (val_beam_size, 1),
             "bleu_every_n_validations": (bleu_every_n_validations, 0),
+            "log_text_samples": (log_text_samples, 0),
         }
         for name, (value, minimum) in checks.items():
             if value < minimum:
@@ -214,7 +227,10 @@ class TranslationModel(L.LightningModule):
         self._fit_validation_runs = 0
         self._eval_beam_size: int | None = None
         self._predictions: dict[int, str] = {}
+        self._hypotheses: dict[int, str] = {}
         self._step_tokens = 0
+        self.best_metric = "valid/sacrebleu" if bleu_every_n_validations else "valid/loss"
+        self.best_metric_mode = "max" if bleu_every_n_validations else "min"
 
     # ----------------------------------------------------------------------------------- data access
     @property
@@ -251,6 +267,12 @@ class TranslationModel(L.LightningModule):
             length_penalty=self.hparams.length_penalty,
             **options,
         )
+
+    def throughput_counts(self, batch: Batch) -> tuple[int, int]:
+        """Sentence pairs and target tokens (padding excluded) of ``batch``, for ``TaskThroughput``;
+        source sentences and their tokens for a prediction batch (it has no target)."""
+        mask = batch.get("tgt_padding_mask", batch["src_padding_mask"])
+        return mask.shape[0], int((~mask).sum())
 
     def token_losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced ``label_smoothed_token_losses`` of ``batch``: loss, nll and the target-token
@@ -315,6 +337,7 @@ class TranslationModel(L.LightningModule):
         self._references = self.data.references(split)
         self._eval_sums = SentenceSums(len(self._references), 3).to(self.device)
         self._eval_beam_size = self._decoding_beam_size()
+        self._hypotheses = {}
         if self._eval_beam_size is None:
             self._bleu_statistics = []
             return
@@ -336,6 +359,7 @@ class TranslationModel(L.LightningModule):
                 batch["src"], batch["src_padding_mask"], beam_size=self._eval_beam_size
             )
         ]
+        self._hypotheses.update(zip(ids.tolist(), hypotheses, strict=True))
         references = [self._references[i] for i in ids.tolist()]
         for variant, statistics in zip(self.bleu_variants, self._bleu_statistics, strict=True):
             statistics.update(ids, variant.statistics(hypotheses, references).to(self.device))
@@ -353,14 +377,40 @@ class TranslationModel(L.LightningModule):
             score = variant.score(totals.cpu())
             self.log(f"{split}/{variant.name}", score.score, prog_bar=variant.name == "sacrebleu")
             self.print(f"{split} {variant.label}: {score} | {int(n_sentences)} sentences")
-            self._log_text(f"{split}/{variant.name}_signature", variant.signature())
+            tag, signature = f"{split}/{variant.name}_signature", variant.signature()
+            self.print(f"{tag}: {signature}")
+            log_text(self, tag, signature)
+        if self.trainer.state.fn != "fit":
+            self._write_hypotheses(split)
 
-    def _log_text(self, tag: str, text: str) -> None:
-        """``text`` printed and, with a TensorBoard logger, written as a text summary (rank 0)."""
-        self.print(f"{tag}: {text}")
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
-        if self.trainer.is_global_zero and hasattr(experiment, "add_text"):
-            experiment.add_text(tag, text, global_step=self.global_step)
+    def _write_hypotheses(self, split: str) -> None:
+        """Every rank's hypotheses, detokenised, one line per sentence in input order, into a new file
+        ``<log_dir>/<split>_hypotheses[-vN].txt`` (rank 0), whose path is printed."""
+        hypotheses = gather_by_id(self._hypotheses)
+        if not self.trainer.is_global_zero:
+            return
+        path = new_file(Path(self.trainer.log_dir or ".") / f"{split}_hypotheses.txt")
+        write_lines((hypotheses[i] for i in sorted(hypotheses)), path)
+        self.print(f"{split} hypotheses: {path}")
+
+    def _log_validation_samples(self, batch: Batch) -> None:
+        """The first ``log_text_samples`` sentences of ``batch`` (source, hypothesis with
+        ``val_beam_size``, reference) as the TensorBoard text ``valid/samples`` (rank 0, ``fit`` only,
+        not in the sanity check)."""
+        count, trainer = self.hparams.log_text_samples, self.trainer
+        if not count or trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        src, mask = batch["src"][:count], batch["src_padding_mask"][:count]
+        hypotheses = self.translate(src, mask, beam_size=self.hparams.val_beam_size)
+        entries = [
+            f"**source:** {self.data.decode(row[~row_mask].tolist())}  \n"
+            f"**hypothesis:** {self.data.decode(hypothesis)}  \n"
+            f"**reference:** {self._references[i]}"
+            for row, row_mask, hypothesis, i in zip(
+                src, mask, hypotheses, batch["ids"][:count].tolist(), strict=True
+            )
+        ]
+        log_text(self, "valid/samples", "\n\n".join(entries))
 
     def on_validation_epoch_start(self) -> None:
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
@@ -368,6 +418,8 @@ class TranslationModel(L.LightningModule):
         self._start_evaluation("valid")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if batch_idx == 0:
+            self._log_validation_samples(batch)
         self._evaluation_step(batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -397,23 +449,25 @@ class TranslationModel(L.LightningModule):
         return translations
 
     def on_predict_epoch_end(self) -> None:
-        predictions = self._predictions
-        if dist.is_available() and dist.is_initialized():
-            gathered: list[dict[int, str] | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, predictions)
-            predictions = {i: text for part in gathered if part for i, text in part.items()}
+        predictions = gather_by_id(self._predictions)
         if self.trainer.is_global_zero:
-            write_in_order(predictions, self.hparams.predict_output)
+            write_lines((predictions[i] for i in sorted(predictions)), self.hparams.predict_output)
 
 
-def write_in_order(translations: dict[int, str], path: str | None) -> None:
-    """One line per translation, ordered by input index, to ``path`` (created with its parent
-    directories) or to stdout."""
-    text = "".join(f"{translations[i]}\n" for i in sorted(translations))
-    if path is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    output = Path(path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
+def gather_by_id(texts: dict[int, str]) -> dict[int, str]:
+    """The union of every rank's ``{sentence id: text}`` (collective under torch.distributed; a
+    sentence a distributed sampler gave to two ranks appears once)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return texts
+    gathered: list[dict[int, str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, texts)
+    return {i: text for part in gathered if part for i, text in part.items()}
+
+
+def new_file(path: Path) -> Path:
+    """``path`` if no file has that name, else the first free ``<stem>-v1<suffix>``, ``-v2`` …"""
+    candidate, version = path, 0
+    while candidate.exists():
+        version += 1
+        candidate = path.with_name(f"{path.stem}-v{version}{path.suffix}")
+    return candidate

@@ -10,7 +10,9 @@ import pytest
 import torch
 from lightning_runs import quiet_trainer
 
-from fwp.model import step_log_probs
+from fwp.data.files import DataError
+from fwp.data.tokenizer import EOS_ID
+from fwp.model import sample, step_log_probs
 from tasks.language_modeling.data import LanguageModelingDataModule, SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.module import (
     CARRIED_STATE_KEY,
@@ -256,7 +258,7 @@ def test_trainer_follows_the_schedule(corpus: Path) -> None:
     expected = 0.01 * learning_rate_factor(4, schedule="cosine", warmup_steps=2, total_steps=4)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(expected)
     assert trainer.global_step == 4
-    assert {"train/loss", "train/tokens_per_s"} <= set(trainer.callback_metrics)
+    assert {"train/loss", "train/grad_norm"} <= set(trainer.callback_metrics)
 
 
 def test_cosine_without_a_step_budget_is_refused(corpus: Path) -> None:
@@ -274,19 +276,73 @@ def test_adaptive_softmax_generation_matches_the_parallel_forward() -> None:
     torch.testing.assert_close(step_log_probs(model.model, tokens, prompt_length=4), parallel[:, 3:])
 
 
-def test_predict_continues_prompts_and_decodes_them(corpus: Path) -> None:
+def predict(data: LanguageModelingDataModule, **kwargs) -> list[dict]:
+    """``trainer.predict`` of a fresh ``corpus_language_model`` on ``data`` (seeded); its samples."""
     torch.manual_seed(0)
+    model = corpus_language_model(data, **kwargs)
+    batches = quiet_trainer().predict(model, datamodule=data)
+    assert len(batches) == 1, "predict must run one batch, whatever the test split's length"
+    return batches[0]
+
+
+def test_predict_draws_num_samples_continuations_of_the_test_split_start(corpus: Path, capsys) -> None:
+    """Predict ran every test batch (a config's ``limit_predict_batches: 1`` is read as 100 %) and
+    printed to the log; now one prompt, ``num_samples`` continuations, one line each on stdout."""
     data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8, eval_batch_size=2)
-    model = corpus_language_model(data, prompt_length=5, max_new_tokens=3, top_k=4)
-    samples = quiet_trainer(limit_predict_batches=1).predict(model, datamodule=data)[0]
-    batch = next(iter(data.test_dataloader()))
-    assert len(samples) == 2
-    assert samples[0]["prompt_ids"] == batch["input"][0, :5].tolist()
-    assert len(samples[0]["generated_ids"]) == 3
-    assert samples[0]["generated"] == data.tokenizer.decode(
-        samples[0]["generated_ids"], skip_special_tokens=False
+    samples = predict(data, prompt_length=5, max_new_tokens=3, top_k=4, num_samples=3)
+    data.setup("test")
+    first = next(iter(data.test_dataloader()))["input"][0, :5].tolist()
+    assert len(samples) == 3
+    assert all(sample["prompt_ids"] == first for sample in samples)
+    assert all(len(sample["generated_ids"]) == 3 for sample in samples)
+    decoded = [data.tokenizer.decode(s["generated_ids"], skip_special_tokens=False) for s in samples]
+    assert capsys.readouterr().out.splitlines() == decoded
+
+
+def test_a_prompt_text_is_continued_greedily_into_predict_output(corpus: Path, tmp_path: Path) -> None:
+    data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8)
+    words = [data.tokenizer.id_to_token(i) for i in (7, 9, 11)]
+    output = tmp_path / "out" / "samples.txt"
+    options = {"max_new_tokens": 4, "temperature": 0.0, "num_samples": 2, "predict_output": str(output)}
+    samples = predict(data, prompt=" ".join(words[:2]) + "\n" + words[2], **options)
+    assert samples[0]["prompt_ids"] == [7, 9, EOS_ID, 11]
+    assert samples[0]["generated_ids"] == samples[1]["generated_ids"], "temperature 0 is greedy"
+    torch.manual_seed(0)
+    model = corpus_language_model(data).eval()
+    expected = sample(model.model, torch.tensor([[7, 9, EOS_ID, 11]]), max_new_tokens=4, temperature=0.0)
+    assert samples[0]["generated_ids"] == expected[0, 4:].tolist()
+    assert output.read_text().splitlines() == [samples[0]["generated"]] * 2
+
+
+def test_a_prompt_file_is_read_as_the_prompt(corpus: Path, tmp_path: Path) -> None:
+    data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8)
+    words = " ".join(data.tokenizer.id_to_token(i) for i in (5, 6))
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text(words + "\n", encoding="utf-8")
+    samples = predict(
+        data, prompt_file=str(prompt_file), max_new_tokens=2, predict_output=str(tmp_path / "o")
     )
-    assert samples[0]["prompt"].split() == [data.tokenizer.id_to_token(i) for i in samples[0]["prompt_ids"]]
+    assert samples[0]["prompt_ids"] == [5, 6]
+
+
+def test_prompt_words_outside_the_vocabulary_are_refused_by_name(corpus: Path) -> None:
+    data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8)
+    known = data.tokenizer.id_to_token(7)
+    with pytest.raises(DataError, match="prompt: words not in the vocabulary: 'zzyzx', 'qwerty'"):
+        predict(data, prompt=f"{known} zzyzx <unk> qwerty zzyzx", max_new_tokens=2)
+
+
+def test_a_prompt_too_long_for_learned_positions_is_refused_by_name(corpus: Path) -> None:
+    """Generation past a learned position table failed deep inside the model (an index error)."""
+    data = LanguageModelingDataModule(str(corpus), batch_size=2, segment_length=8)
+    prompt = " ".join([data.tokenizer.id_to_token(7)] * 6)
+    options = {"positional": "learned", "max_positions": 8, "max_new_tokens": 4}
+    with pytest.raises(
+        DataError, match=r"prompt: generation needs 9 positions.*max_new_tokens=4.*max_positions=8"
+    ):
+        predict(data, prompt=prompt, **options)
+    with pytest.raises(ValueError, match=r"generation needs 9 positions.*prompt_length"):
+        tiny_language_model(prompt_length=6, **options)
 
 
 @pytest.mark.parametrize(
@@ -299,8 +355,17 @@ def test_predict_continues_prompts_and_decodes_them(corpus: Path) -> None:
         ({"lr": 0.0}, "lr"),
         ({"warmup_steps": -1}, "warmup_steps"),
         ({"max_steps": 0}, "max_steps"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"log_text_samples": -1}, "log_text_samples"),
+        ({"prompt": "  \n "}, "prompt: the prompt is empty"),
+        ({"prompt": "a", "prompt_file": "b"}, "not both"),
+        ({"prompt_file": "/nonexistent/prompt.txt"}, "prompt_file /nonexistent/prompt.txt: no such file"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         tiny_language_model(**kwargs)

@@ -50,3 +50,11 @@ def test_zero_new_tokens_returns_the_prompt_and_bad_options_are_named() -> None:
     ]:
         with pytest.raises(ValueError, match=name):
             sample(model, prompt, **{"max_new_tokens": 2, **options})
+
+
+def test_generation_past_learned_positions_is_refused_with_the_options_named() -> None:
+    """It failed inside the position embedding (an index error) after the prompt was run."""
+    model = tiny_lm("delta", positional="learned", max_positions=6)
+    sample(model, tokens(length=3), max_new_tokens=4, temperature=0.0)  # positions 0 … 5: fits
+    with pytest.raises(ValueError, match=r"needs 7 positions.*max_new_tokens=5.*max_positions=6"):
+        sample(model, tokens(length=3), max_new_tokens=5, temperature=0.0)
