@@ -138,3 +138,13 @@ def test_evaluation_weights_give_the_official_mean_of_chunk_means(seed):
     weighted = (losses * batch.query_weight.double()).sum() / batch.query_weight.double().sum()
     assert weighted.item() == pytest.approx(official_chunked_mean(per_query, 5), rel=1e-6)
     assert len({len(row) for row in per_query}) > 1  # sequences differ in their number of queries
+
+
+def test_data_module_evaluation_chunks_queries_by_the_training_batch_size():
+    """50 queries per sequence in chunks of batch_size 8: six chunks of 8 and one of 2 per sequence."""
+    data = RetrievalDataModule(num_keys=50, setting=1, batch_size=8, eval_sequences=3)
+    (batch,) = list(data.val_dataloader())
+    chunks = 3 * 7
+    assert batch.query_weight[:, 0].tolist() == pytest.approx([1 / (8 * chunks)] * 3)
+    assert batch.query_weight[:, -1].tolist() == pytest.approx([1 / (2 * chunks)] * 3)
+    assert batch.query_weight.sum().item() == pytest.approx(1.0)
