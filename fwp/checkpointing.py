@@ -8,6 +8,8 @@
   written next to the target, flushed to disk and renamed over it (``os.replace``, atomic on POSIX).
   A file that is truncated, corrupted (CRC-32 of its zip members; ``torch.load`` alone loads flipped
   bits silently) or unreadable raises ``CheckpointLoadError`` naming it.
+- ``read_checkpoint_hyperparameters``: what a ``--ckpt_path`` file says about the model it holds, after
+  checking that it is a Lightning checkpoint at all (not a directory, not a plain ``torch.save`` file).
 - ``RandomStateCheckpoint``: Lightning does not save random number generator states; this callback
   stores those of every rank (torch, CUDA, numpy, python) and restores them when training restarts,
   so anything random in the model (FAVOR+ redraws, dropout) continues as if never interrupted; it
@@ -41,6 +43,10 @@ UNREADABLE_CHECKPOINT_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, 
 
 class CheckpointLoadError(ValueError):
     """A checkpoint file is missing, truncated, corrupt or not a checkpoint."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the run it is given to (another task's model, other architecture)."""
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -94,6 +100,32 @@ def verify_checkpoint_file(path: str | os.PathLike) -> None:
         ) from error
     if damaged is not None:
         raise CheckpointLoadError(f"cannot load checkpoint '{path}': corrupt (CRC mismatch in {damaged})")
+
+
+def read_checkpoint_hyperparameters(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``hyper_parameters`` of the Lightning checkpoint ``path`` (the model's ``__init__`` arguments,
+    with ``_class_path`` when the project's CLI built the model; empty if none were saved).
+
+    Raises ``CheckpointLoadError`` naming ``path`` if it is missing, a directory, truncated or corrupt
+    (``verify_checkpoint_file``), or not a Lightning checkpoint (a plain ``torch.save`` file: no
+    ``state_dict``). The weights are memory-mapped, not read."""
+    if not os.path.exists(path):
+        raise CheckpointLoadError(f"checkpoint file not found: '{path}'")
+    if os.path.isdir(path):
+        raise CheckpointLoadError(f"checkpoint '{path}' is a directory; give a .ckpt file in it")
+    verify_checkpoint_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except UNREADABLE_CHECKPOINT_ERRORS as error:
+        raise CheckpointLoadError(
+            f"cannot load checkpoint '{path}' (not a Lightning checkpoint?): {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointLoadError(
+            f"'{path}' is not a Lightning checkpoint (no 'state_dict' entry; a plain torch.save file?): "
+            "give a .ckpt file written by fit"
+        )
+    return dict(checkpoint.get("hyper_parameters") or {})
 
 
 def storage_on_cpu(storage: Any, location: str) -> Any:

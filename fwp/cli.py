@@ -12,16 +12,28 @@ Every run also gets, whatever its YAML says:
 - TensorBoard as the logger unless the YAML chooses another, the learning rate in the logs,
   throughput (``throughput: {window_size: N}``, ``TaskThroughput``) and ``hp_metric``, the best
   validation metric (``BestMetricLogger``).
+
+``--ckpt_path`` (any subcommand): the checkpoint's saved model arguments stand in for the ones the user
+does not give; a value given on the command line or in a ``--config`` file wins (LightningCLI's own
+``_parse_ckpt_path`` puts the checkpoint's values over the user's). The given values must agree with the
+checkpoint on the model's ``ARCHITECTURE_ARGUMENTS`` (a class attribute of each task model: the
+arguments that shape the weights or what they compute; every argument of a model without it), and the
+configured model must be the checkpoint's class; otherwise the run stops with a
+``CheckpointMismatchError`` naming each conflicting argument and both values. See ``docs/runs.md``.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import sys
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -29,11 +41,12 @@ from fwp.callbacks import LearningRateLogger, NonFiniteLossGuard, RunDirectoryRe
 from fwp.checkpointing import (
     AtomicCheckpointIO,
     CheckpointLoadError,
+    CheckpointMismatchError,
     RandomStateCheckpoint,
-    verify_checkpoint_file,
+    read_checkpoint_hyperparameters,
 )
 from fwp.data.files import DataError
-from fwp.monitoring import BestMetricLogger, TaskThroughput
+from fwp.monitoring import BestMetricLogger, StderrProgressBar, TaskThroughput
 from fwp.preemption import PreemptionCheckpoint
 
 # Every task model that a data module with the source attribute can be paired with must take the
@@ -45,7 +58,9 @@ DATA_TO_MODEL_LINKS = (
 )
 
 USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
-RUN_ERRORS = (CheckpointLoadError, FloatingPointError, DataError)
+RUN_ERRORS = (CheckpointLoadError, CheckpointMismatchError, FloatingPointError, DataError)
+# ``ckpt_path`` values that Lightning resolves itself (``"best"``, ...): no file to read beforehand.
+LIGHTNING_CHECKPOINT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -81,11 +96,62 @@ def resumed_version(logger: Any, ckpt_path: str) -> str | None:
     return version_dir.name
 
 
+def is_local_checkpoint_path(ckpt_path: str | None) -> bool:
+    """Whether ``ckpt_path`` names a local file to read (not a Lightning keyword, not a URL)."""
+    if not ckpt_path:
+        return False
+    keyword = str(ckpt_path).split(":", 1)[0]
+    return keyword not in LIGHTNING_CHECKPOINT_KEYWORDS and "://" not in str(ckpt_path)
+
+
+def import_class(class_path: str) -> type:
+    """``"tasks.translation.module.TranslationModel"`` → the class."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def comparable(value: Any) -> Any:
+    """``value`` with tuples as lists and namespaces as dicts, so that a value read back from a
+    checkpoint (lists) equals the same value given in YAML or on the command line."""
+    if isinstance(value, Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        return {key: comparable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [comparable(item) for item in value]
+    return value
+
+
+def architecture_conflicts(
+    model: Any, given: dict[str, Any], saved: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """``(argument, given value, checkpoint value)`` of every architecture argument of ``model`` (its
+    class's ``ARCHITECTURE_ARGUMENTS``; all of its arguments without that attribute) that ``given``
+    (the arguments the model was built with) and ``saved`` (the checkpoint's) both hold, with
+    different values."""
+    declared = getattr(type(model), "ARCHITECTURE_ARGUMENTS", None)
+    keys = given.keys() if declared is None else declared
+    return [
+        (key, given[key], saved[key])
+        for key in sorted(keys)
+        if key in given and key in saved and comparable(given[key]) != comparable(saved[key])
+    ]
+
+
+def run_config_hint(ckpt_path: str) -> str:
+    """``"; that run's settings: --config <version dir>/config.yaml"`` when the checkpoint lies in a
+    version directory holding the config ``fit`` saved, else ``""``."""
+    config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+    return f"; that run's settings: --config {config}" if config.is_file() else ""
+
+
 def exit_with_user_error(error: BaseException) -> None:
-    """End with the error's message on stderr and status 2 (``FWP_DEBUG=1``: re-raise, full trace)."""
+    """End with the error's message on one line of stderr and status 2 (``FWP_DEBUG=1``: re-raise,
+    full trace)."""
     if os.environ.get("FWP_DEBUG") == "1":
         raise error
-    print(f"fwp: error: {type(error).__name__}: {error}", file=sys.stderr)
+    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    print(f"fwp: error: {type(error).__name__}: {message}", file=sys.stderr)
     raise SystemExit(2) from error
 
 
@@ -100,19 +166,60 @@ class FwpCLI(LightningCLI):
         parser.add_lightning_class_args(TaskThroughput, "throughput")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse as usual; a ``--ckpt_path`` file must be a complete, uncorrupted checkpoint (checked
-        before LightningCLI reads hyperparameters from it). ``fit`` from a checkpoint inside a version
+        """Parse as usual. With a ``--ckpt_path`` file: check that it is a complete, uncorrupted
+        Lightning checkpoint of the configured model class, then parse again with its saved model
+        arguments as the defaults, so that the values the user gives win over them and the
+        checkpoint's win over the class's defaults. ``fit`` from a checkpoint inside a version
         directory of the run's TensorBoard logger continues in that version (``resumed_version``)."""
         super().parse_arguments(parser, args)
+        self.checkpoint_hparams: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            verify_checkpoint_file(ckpt_path)
-            if subcommand == "fit":
-                logger = self.config.fit.trainer.get("logger")
-                version = resumed_version(logger, ckpt_path)
-                if version is not None:
-                    logger.init_args.version = version
+        if not is_local_checkpoint_path(ckpt_path):
+            return
+        self.checkpoint_hparams = read_checkpoint_hyperparameters(ckpt_path)
+        if self.checkpoint_hparams:
+            self.use_as_model_defaults(subcommand, ckpt_path, self.checkpoint_hparams)
+            super().parse_arguments(parser, args)
+        if subcommand == "fit":
+            logger = self.config.fit.trainer.get("logger")
+            version = resumed_version(logger, ckpt_path)
+            if version is not None:
+                logger.init_args.version = version
+
+    def use_as_model_defaults(self, subcommand: str, ckpt_path: str, hparams: dict[str, Any]) -> None:
+        """Make the checkpoint's model arguments the parser's defaults for ``subcommand``; the link
+        targets (from the data) and arguments the class no longer takes are left out. A checkpoint of
+        another model class than the configured one is a ``CheckpointMismatchError``."""
+        chosen = self.config[subcommand].model.class_path
+        saved = hparams.get("_class_path")
+        if saved is not None and saved != chosen:
+            raise CheckpointMismatchError(
+                f"--ckpt_path {ckpt_path} holds a {saved} (another task?), but the configuration's "
+                f"model is {chosen}"
+            )
+        accepted = inspect.signature(import_class(chosen)).parameters
+        linked = {target for _, target in DATA_TO_MODEL_LINKS}
+        init_args = {key: value for key, value in hparams.items() if key in accepted and key not in linked}
+        self._parser(subcommand).set_defaults({"model": {"class_path": chosen, "init_args": init_args}})
+
+    def _parse_ckpt_path(self) -> None:
+        """Nothing: ``parse_arguments`` has applied the checkpoint's arguments under the user's
+        (LightningCLI's version would put them over the user's)."""
+
+    def check_architecture(self, ckpt_path: str) -> None:
+        """``CheckpointMismatchError`` naming every architecture argument the model was built with
+        (given, from the checkpoint, or linked from the data, e.g. the vocabulary size) that differs from
+        the checkpoint's."""
+        conflicts = architecture_conflicts(self.model, dict(self.model.hparams), self.checkpoint_hparams)
+        if conflicts:
+            listed = "; ".join(
+                f"{key}: given {given!r}, checkpoint {saved!r}" for key, given, saved in conflicts
+            )
+            raise CheckpointMismatchError(
+                f"--ckpt_path {ckpt_path} was trained with another architecture than this run's: {listed} "
+                f"(give the checkpoint's values or leave them out{run_config_hint(ckpt_path)})"
+            )
 
     def instantiate_classes(self) -> None:
         """Instantiate as usual; a configuration mistake that surfaces only when a class is built
@@ -122,14 +229,25 @@ class FwpCLI(LightningCLI):
             super().instantiate_classes()
         except USER_ERRORS as error:
             exit_with_user_error(error)
+        if self.checkpoint_hparams:
+            self.check_architecture(self.config[self.config.subcommand].ckpt_path)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The trainer, with ``AtomicCheckpointIO`` added to its plugins unless one is a CheckpointIO."""
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        """The trainer, with ``AtomicCheckpointIO`` added to its plugins unless one is a CheckpointIO,
+        and the progress bar on stderr (``StderrProgressBar``) unless the YAML turns it off or
+        chooses one."""
+        config = self._get(self.config_init, "trainer", default={})
+        plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
-        return super().instantiate_trainer(plugins=plugins, **kwargs)
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(callback, ProgressBar) for callback in callbacks
+        ):
+            callbacks.append(StderrProgressBar())
+        return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
 
 
 def main(args: ArgsType = None, run: bool = True) -> FwpCLI:

@@ -148,6 +148,27 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
     best_metric = "valid/ppl"
     best_metric_mode = "min"
 
+    # The arguments that shape the weights or what they compute: with --ckpt_path the run's values must
+    # be the checkpoint's (fwp.cli); any other argument (decoding, optimisation, dropout) may differ.
+    ARCHITECTURE_ARGUMENTS = frozenset(
+        {
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "d_head",
+            "d_ff",
+            "attention",
+            "positional",
+            "norm",
+            "activation",
+            "tie_embeddings",
+            "adaptive_cutoffs",
+            "adaptive_div_value",
+            "max_positions",
+        }
+    )
+
     def __init__(
         self,
         vocab_size: int,

@@ -61,6 +61,16 @@ class RetrievalModel(GradientNormLogging, L.LightningModule):
     best_metric = "eval/loss"
     best_metric_mode = "min"
 
+    # The arguments that shape the weights or what they compute: with --ckpt_path the run's values must
+    # be the checkpoint's (fwp.cli); any other argument (decoding, optimisation, dropout) may differ.
+    ARCHITECTURE_ARGUMENTS = frozenset(
+        {
+            "num_keys",
+            "attention",
+            "d_key",
+        }
+    )
+
     def __init__(
         self,
         num_keys: int = 20,

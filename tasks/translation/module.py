@@ -135,6 +135,28 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
         log_text_samples: sentences shown as TensorBoard text at each validation of ``fit`` (0: none).
     """
 
+    # The arguments that shape the weights or what they compute: with --ckpt_path the run's values must
+    # be the checkpoint's (fwp.cli); any other argument (decoding, optimisation, dropout) may differ.
+    ARCHITECTURE_ARGUMENTS = frozenset(
+        {
+            "vocab_size",
+            "pad_id",
+            "d_model",
+            "n_encoder_layers",
+            "n_decoder_layers",
+            "n_heads",
+            "d_head",
+            "d_ff",
+            "encoder_attention",
+            "decoder_attention",
+            "cross_attention",
+            "positional",
+            "norm",
+            "share_embeddings",
+            "position_limit",
+        }
+    )
+
     def __init__(
         self,
         vocab_size: int,

@@ -1,0 +1,197 @@
+"""``--ckpt_path`` with options given: the user's values win over the checkpoint's for everything that
+does not shape the weights; an architecture value that disagrees with the checkpoint, or a checkpoint
+of another task, is an error naming what disagrees.
+
+Bug caught: LightningCLI's ``_parse_ckpt_path`` parsed the checkpoint's saved hyperparameters over the
+command line and the ``--config`` files, so ``test``/``predict`` ignored ``beam_size``, ``max_len_a``,
+``max_len_b``, ``predict_output``, ``max_new_tokens``, ``temperature``... and silently swapped the model
+for the checkpoint's class when given another task's checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fwp.cli import main
+from tasks.language_modeling.synthetic import write_synthetic_corpus
+from tasks.translation.synthetic import write_synthetic_parallel_corpus
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+SHORT_FIT = ["fit", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
+SHORT_FIT += ["--trainer.limit_val_batches", "1"]
+
+# MT: the values the checkpoint is trained with, and other values given to test/predict.
+MT_TRAINED = {"beam_size": "3", "max_len_a": "2.0", "max_len_b": "30", "warmup_init_lr": "1e-05"}
+MT_GIVEN = {"beam_size": 1, "max_len_a": 0.0, "max_len_b": 1}
+LM_TRAINED = {"max_new_tokens": "7", "temperature": "1.5", "top_k": "5"}
+LM_GIVEN = {"max_new_tokens": 3, "temperature": 0.0, "top_k": 2}
+
+
+def model_options(values: dict) -> list[str]:
+    return [item for key, value in values.items() for item in (f"--model.init_args.{key}", str(value))]
+
+
+def mt_args(directory: Path) -> list[str]:
+    """A tiny translation model on a tiny generated corpus, logs under ``directory/runs``."""
+    return [
+        "--config", str(CONF / "mt" / "synthetic_delta.yaml"),
+        "--data.init_args.data_dir", str(directory / "corpus"),
+        "--data.init_args.bpe_vocab_size", "300",
+        "--model.init_args.d_model", "32",
+        "--model.init_args.d_ff", "64",
+        "--trainer.logger.init_args.save_dir", str(directory / "runs"),
+        *QUIET,
+    ]  # fmt: skip
+
+
+def lm_args(directory: Path) -> list[str]:
+    return [
+        "--config", str(CONF / "lm" / "synthetic_delta.yaml"),
+        "--data.init_args.data_dir", str(directory / "corpus"),
+        "--data.init_args.segment_length", "16",
+        "--trainer.logger.init_args.save_dir", str(directory / "runs"),
+        *QUIET,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mt_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The directory of a 2-step translation run trained with ``MT_TRAINED``, and its last.ckpt."""
+    directory = tmp_path_factory.mktemp("mt")
+    write_synthetic_parallel_corpus(directory / "corpus", n_train=120, n_valid=8, n_test=8)
+    (directory / "source.txt").write_text("the cat sees a dog .\na man walks .\n")
+    main([*SHORT_FIT, *mt_args(directory), *model_options(MT_TRAINED)])
+    return directory, next(directory.rglob("last.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("lm")
+    write_synthetic_corpus(directory / "corpus", train_lines=60, valid_lines=10, test_lines=10)
+    main([*SHORT_FIT, *lm_args(directory), *model_options(LM_TRAINED)])
+    return directory, next(directory.rglob("last.ckpt"))
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_mt_decoding_options_given_win_over_the_checkpoint(mt_run, subcommand):
+    directory, checkpoint = mt_run
+    cli = main([subcommand, *mt_args(directory), "--ckpt_path", str(checkpoint), *model_options(MT_GIVEN)])
+    for key, value in MT_GIVEN.items():
+        assert cli.model.hparams[key] == value, key
+
+
+def test_mt_options_not_given_come_from_the_checkpoint(mt_run):
+    """What neither the command line nor the config names is the checkpoint's (not the class default)."""
+    directory, checkpoint = mt_run
+    cli = main(["validate", *mt_args(directory), "--ckpt_path", str(checkpoint)])
+    assert cli.model.hparams.warmup_init_lr == float(MT_TRAINED["warmup_init_lr"])
+
+
+def test_mt_test_decodes_with_the_beam_size_given(mt_run, monkeypatch):
+    """The checkpoint's beam is 3; ``test`` given 1 decodes every batch greedily."""
+    from tasks.translation.module import TranslationModel
+
+    beams: list[int] = []
+    translate = TranslationModel.translate
+
+    def recording_translate(self, *args, beam_size: int, **kwargs):
+        beams.append(beam_size)
+        return translate(self, *args, beam_size=beam_size, **kwargs)
+
+    monkeypatch.setattr(TranslationModel, "translate", recording_translate)
+    directory, checkpoint = mt_run
+    main(["test", *mt_args(directory), "--ckpt_path", str(checkpoint), "--model.init_args.beam_size", "1"])
+    assert beams and set(beams) == {1}
+
+
+def test_mt_predict_obeys_length_limits_and_output_file_given(mt_run):
+    """The checkpoint allows ``2 · src_len + 30`` tokens and prints to stdout; given ``a = 0, b = 1``
+    and an output file, every translation is at most one token long, in that file."""
+    directory, checkpoint = mt_run
+    predict = ["predict", *mt_args(directory), "--ckpt_path", str(checkpoint)]
+    predict += ["--data.init_args.predict_file", str(directory / "source.txt")]
+    unlimited, limited = directory / "unlimited.txt", directory / "limited.txt"
+    main([*predict, "--model.init_args.predict_output", str(unlimited)])
+    main([*predict, *model_options(MT_GIVEN), "--model.init_args.predict_output", str(limited)])
+    limited_lines = limited.read_text().splitlines()
+    assert len(limited_lines) == 2 and all(len(line.split()) <= 1 for line in limited_lines)
+    assert limited_lines != unlimited.read_text().splitlines()
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_lm_sampling_options_given_win_over_the_checkpoint(lm_run, subcommand):
+    directory, checkpoint = lm_run
+    cli = main([subcommand, *lm_args(directory), "--ckpt_path", str(checkpoint), *model_options(LM_GIVEN)])
+    for key, value in LM_GIVEN.items():
+        assert cli.model.hparams[key] == value, key
+
+
+def test_lm_predict_samples_with_the_options_given(lm_run, monkeypatch):
+    """``predict`` draws ``max_new_tokens`` tokens at the ``temperature`` given (the checkpoint: 7, 1.5)."""
+    import tasks.language_modeling.module as module
+
+    calls: list[dict] = []
+    sample = module.sample
+
+    def recording_sample(*args, **kwargs):
+        calls.append(kwargs)
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(module, "sample", recording_sample)
+    directory, checkpoint = lm_run
+    main(["predict", *lm_args(directory), "--ckpt_path", str(checkpoint), *model_options(LM_GIVEN)])
+    assert calls
+    for call in calls:
+        assert (call["max_new_tokens"], call["temperature"]) == (3, 0.0)
+
+
+def test_architecture_conflict_is_an_error_naming_each_argument(mt_run, capsys):
+    directory, checkpoint = mt_run
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "test",
+                *mt_args(directory),
+                "--ckpt_path",
+                str(checkpoint),
+                "--model.init_args.d_model",
+                "48",
+                "--model.init_args.n_heads",
+                "2",
+            ]
+        )
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fwp: error:")]
+    assert "CheckpointMismatchError" in line and str(checkpoint) in line
+    assert "d_model: given 48, checkpoint 32" in line and "n_heads: given 2, checkpoint 4" in line
+
+
+def test_vocabulary_from_the_data_must_match_the_checkpoint(mt_run, capsys):
+    """The vocabulary size is linked from the data module: another BPE size conflicts too."""
+    directory, checkpoint = mt_run
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "test",
+                *mt_args(directory),
+                "--data.init_args.bpe_vocab_size",
+                "320",
+                "--ckpt_path",
+                str(checkpoint),
+            ]
+        )
+    assert "vocab_size: given 320, checkpoint 300" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_task_is_an_error_naming_both_classes(lm_run, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, checkpoint = lm_run
+    retrieval = ["--config", str(CONF / "retrieval" / "setting1_delta.yaml"), *QUIET]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", *retrieval, "--ckpt_path", str(checkpoint)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "tasks.language_modeling.module.LanguageModel" in error
+    assert "tasks.retrieval.module.RetrievalModel" in error
