@@ -38,7 +38,8 @@ class AttentionCore(nn.Module, ABC):
     Class attributes tell the surrounding module what the core needs:
     ``uses_beta`` — consumes a per-head, per-position write strength β (delta rule);
     ``supports_bidirectional`` — accepts ``causal=False`` (softmax and sum-rule cores);
-    ``is_fast_weight`` — a fast-weight layer, whose output the paper scales by 1/√d_head.
+    ``is_fast_weight`` — a fast-weight layer, whose output the paper scales by 1/√d_head
+    (``output_scale``, applied by ``MultiHeadAttention``; a core may set its own).
     """
 
     uses_beta: bool = False
@@ -50,6 +51,7 @@ class AttentionCore(nn.Module, ABC):
         if d_head < 1:
             raise ValueError(f"d_head must be >= 1, got d_head={d_head}")
         self.d_head = d_head
+        self.output_scale = d_head**-0.5 if self.is_fast_weight else 1.0
 
     @abstractmethod
     def forward(

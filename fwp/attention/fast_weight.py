@@ -1,28 +1,32 @@
-"""Fast-weight attention: any feature map × normalisation × update rule of DESIGN.md §1.
+"""Fast-weight attention: any feature map × normalisation × update rule of docs/attention.md.
 
 Per head, ``φ`` maps keys and queries ``[B, H, T, d_head]`` to ``[B, H, T, d_dot]`` (then, with the
-``sum`` normalisation, ``φ ← φ / (Σ_j φ_j + ε)``); the fast weight ``W`` ``[B, H, d_dot, d_head]`` is
+``sum`` normalisation, ``φ ← φ / (Σ_j φ_j + ε_sum)``); the fast weight ``W`` ``[B, H, d_dot, d_head]`` is
 written with the sum rule ``W += φ(k)^T v`` or the delta rule ``W += β φ(k)^T (v − φ(k) W)`` and read
-``y = φ(q) W`` (÷ ``φ(q)·z + ε`` with the ``denominator`` normalisation, ``z = Σ φ(k)``).
+``y = φ(q) W`` (÷ ``φ(q)·z + ε`` with the ``denominator`` normalisation, ``z = Σ φ(k)``). Both
+normalisations may be on at once (the paper's language-model delta layers).
 
-With ``denominator_write`` (delta rule + denominator) the delta rule's retrieval is normalised like the
-read, ``v̄ = φ(k) W / s`` with ``s_t = z_{t-1}·φ(k_t)``, and the write rescaled by ``s_t``:
-``W_t = W_{t-1} + β_t φ(k_t)^T (s_t v_t − φ(k_t) W_{t-1})``, i.e. the delta rule on the values ``s_t v_t``
-(``z_0 = 0``: the first key of a sequence writes nothing).
+With ``denominator_write`` (delta rule + denominator; the official LM layers 44–46) the write is
+normalised by ``s_t = z_{t-1}·φ(k_t)`` (``s_1 := 1`` at the start of a sequence without a carried
+state): the delta rule runs on the key ``k̃_t = φ(k_t) / (s_t + ε)`` with the write strength
+``β_t s_t``, ``W_t = W_{t-1} + β_t s_t k̃_t^T (v_t − k̃_t W_{t-1})``, while ``z`` and the read keep the
+plain ``φ(k)``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fwp.attention.base import AttentionCore
 from fwp.ops import (
     BACKENDS,
     FastWeightState,
+    causal_denominator,
     dpfp,
     elu_plus_one,
     fast_weight_recurrence,
@@ -33,18 +37,38 @@ from fwp.ops import (
     sum_normalize,
     sum_rule_memory,
 )
-from fwp.ops.dispatch import compute_dtype
+from fwp.ops.dispatch import compute_dtype, require_backend_usable
 from fwp.ops.validation import validate_state
 
 FeatureMap = Literal["identity", "elu", "dpfp", "favor"]
 Normalization = Literal["sum", "denominator", "none"]
 Rule = Literal["sum", "delta"]
 Redraw = Literal["train", "always", "never"]
+Scale = Literal["output", "scores"]
 
 FEATURE_MAPS = ("identity", "elu", "dpfp", "favor")
 NORMALIZATIONS = ("sum", "denominator", "none")
 RULES = ("sum", "delta")
 REDRAW_POLICIES = ("train", "always", "never")
+SCALES = ("output", "scores")
+
+
+def parse_normalization(value: object) -> tuple[str, ...]:
+    """The normalisations switched on by ``value``, in the order ``("sum", "denominator")``.
+
+    ``"sum"``, ``"denominator"``, ``"none"`` (nothing), or a list of ``sum`` and ``denominator``
+    (``[sum, denominator]``: both, as in the paper's language-model delta layers; ``[]``: nothing).
+    """
+    names = [value] if isinstance(value, str) else value
+    valid = isinstance(names, Sequence) and all(name in NORMALIZATIONS for name in names)
+    if valid and len(names) > 1:
+        valid = "none" not in names and len(set(names)) == len(names)
+    if not valid:
+        raise ValueError(
+            "normalization must be one of 'sum', 'denominator', 'none' or a list of 'sum' and "
+            f"'denominator' (both on: [sum, denominator]), got normalization={value!r}"
+        )
+    return tuple(name for name in ("sum", "denominator") if name in names)
 
 
 def _require_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
@@ -62,17 +86,22 @@ class FastWeightAttention(AttentionCore):
 
     Options:
     - ``feature_map``: ``identity``, ``elu`` (elu + 1), ``dpfp`` (order ``nu``), ``favor`` (``m`` random
-      features, ``feature_eps`` added to every feature).
+      features, ``feature_eps`` added to every feature before the 1/√(2m) scaling).
     - ``redraw`` (favor's ``Ω``, a persistent buffer ``[m, d_head]``, redrawn only at the start of a
       sequence, i.e. a ``forward`` without state): ``train`` — while training, frozen in eval;
       ``always`` — eval included; ``never``.
-    - ``normalization``: ``sum`` (of φ(k) and φ(q)), ``denominator`` (Katharopoulos) or ``none``.
+    - ``normalization``: ``sum`` (of φ(k) and φ(q)), ``denominator`` (Katharopoulos), ``none``, or the
+      list ``[sum, denominator]`` (both).
     - ``rule``: ``sum`` or ``delta`` (needs β; causal only).
-    - ``eps``: the ε of whichever normalisation is on (sum: ``Σ_j φ_j + ε``; denominator: ``φ(q)·z + ε``).
-    - ``denominator_write``: with ``rule='delta'`` and ``normalization='denominator'`` only, rescale
-      each write by ``z_{t-1}·φ(k_t)`` (module docstring), the variant that keeps the denominator
-      alongside the delta rule.
-    - ``backend``, ``chunk_size``: passed to ``fwp.ops.fast_weight_recurrence``.
+    - ``eps``: the denominator's ε (``φ(q)·z + ε``); ``sum_eps``: the sum normalisation's
+      (``Σ_j φ_j + ε_sum``).
+    - ``scale``: where the 1/√d_head of the layer applies. ``output`` (``output_scale``, applied by
+      ``MultiHeadAttention``): ``y ← y/√d_head``. ``scores``: to the scores ``φ(q)·φ(k)`` as in the
+      official sum-rule LM layers, so that with the denominator it cancels except in ε:
+      ``y = (W φ(q)/√d) / (z·φ(q)/√d + ε) = W φ(q) / (z·φ(q) + ε√d)``.
+    - ``denominator_write``: with ``rule='delta'`` and the denominator on, normalise each write by
+      ``z_{t-1}·φ(k_t)`` (module docstring), the variant that keeps the denominator with the delta rule.
+    - ``backend``, ``chunk_size``: passed to ``fwp.ops.fast_weight_recurrence``; ``triton`` needs CUDA.
 
     The output is in ``v``'s dtype; the state is a ``FastWeightState`` in the compute dtype.
     """
@@ -88,27 +117,32 @@ class FastWeightAttention(AttentionCore):
         m: int = 16,
         redraw: Redraw = "train",
         feature_eps: float = 0.0,
-        normalization: Normalization = "sum",
+        normalization: Normalization | list[Normalization] = "sum",
         rule: Rule = "delta",
         eps: float = 1e-6,
+        sum_eps: float = 1e-6,
+        scale: Scale = "output",
         denominator_write: bool = False,
         backend: str = "auto",
         chunk_size: int = 64,
     ) -> None:
         super().__init__(d_head)
         _require_choice("feature_map", feature_map, FEATURE_MAPS)
-        _require_choice("normalization", normalization, NORMALIZATIONS)
+        normalizations = parse_normalization(normalization)
         _require_choice("rule", rule, RULES)
         _require_choice("redraw", redraw, REDRAW_POLICIES)
+        _require_choice("scale", scale, SCALES)
         _require_choice("backend", backend, ("auto", *BACKENDS))
+        require_backend_usable(backend)
         _require_at_least("nu", nu, 1)
         _require_at_least("m", m, 1)
         _require_at_least("chunk_size", chunk_size, 1)
         _require_at_least("eps", eps, 0.0)
+        _require_at_least("sum_eps", sum_eps, 0.0)
         _require_at_least("feature_eps", feature_eps, 0.0)
-        if denominator_write and (rule, normalization) != ("delta", "denominator"):
+        if denominator_write and (rule != "delta" or "denominator" not in normalizations):
             raise ValueError(
-                "denominator_write=True needs rule='delta' and normalization='denominator', got "
+                "denominator_write=True needs rule='delta' and the denominator normalisation, got "
                 f"rule={rule!r}, normalization={normalization!r}"
             )
         self.feature_map = feature_map
@@ -116,14 +150,21 @@ class FastWeightAttention(AttentionCore):
         self.m = m
         self.redraw = redraw
         self.feature_eps = feature_eps
-        self.normalization = normalization
+        self.normalization = normalizations[0] if len(normalizations) == 1 else list(normalizations) or "none"
+        self.sum_normalized = "sum" in normalizations
+        self.denominator = "denominator" in normalizations
         self.rule = rule
         self.eps = eps
+        self.sum_eps = sum_eps
+        self.scale = scale
         self.denominator_write = denominator_write
         self.backend = backend
         self.chunk_size = chunk_size
         self.uses_beta = rule == "delta"
         self.supports_bidirectional = rule == "sum"
+        scores_scaled = scale == "scores" and self.denominator
+        self.output_scale = 1.0 if scores_scaled else 1.0 / math.sqrt(d_head)
+        self.denominator_eps = eps * math.sqrt(d_head) if scores_scaled else eps
         if feature_map == "favor":
             self.register_buffer("omega", orthogonal_random_projection(m, d_head), persistent=True)
 
@@ -132,13 +173,10 @@ class FastWeightAttention(AttentionCore):
         return (
             f"d_head={self.d_head}, feature_map={self.feature_map!r}, {features.get(self.feature_map, '')}"
             f"normalization={self.normalization!r}, rule={self.rule!r}, eps={self.eps}, "
+            f"sum_eps={self.sum_eps}, scale={self.scale!r}, "
             f"{'denominator_write=True, ' if self.denominator_write else ''}"
             f"backend={self.backend!r}"
         )
-
-    @property
-    def denominator(self) -> bool:
-        return self.normalization == "denominator"
 
     def redraw_projection(self) -> None:
         """Draw a new FAVOR+ ``Ω`` from the global RNG, in place (the buffer keeps device and dtype)."""
@@ -165,8 +203,8 @@ class FastWeightAttention(AttentionCore):
                 phi = elu_plus_one(x)
             else:
                 phi = identity(x)
-            if self.normalization == "sum":
-                phi = sum_normalize(phi, self.eps)
+            if self.sum_normalized:
+                phi = sum_normalize(phi, self.sum_eps)
         return phi
 
     def forward(
@@ -201,32 +239,76 @@ class FastWeightAttention(AttentionCore):
             )
             if state is not None:
                 memory = FastWeightState(memory.W + state.W, None if memory.z is None else memory.z + state.z)
-            return read_memory(phi_q, memory, eps=self.eps).to(v.dtype), memory
+            return read_memory(phi_q, memory, eps=self.denominator_eps).to(v.dtype), memory
         if key_padding_mask is not None:
             keep = (~key_padding_mask)[:, None, :]
             phi_k = phi_k * keep.unsqueeze(-1).to(phi_k.dtype)
             beta = None if beta is None else beta * keep.to(beta.dtype)
-        values = denominator_scaled_values(phi_k, v, state) if self.denominator_write else v
-        y, state = fast_weight_recurrence(
+        if self.denominator_write:
+            y, state = self.normalized_write_recurrence(phi_q, phi_k, v, beta, state, key_padding_mask)
+        else:
+            y, state = fast_weight_recurrence(
+                phi_q,
+                phi_k,
+                v,
+                beta,
+                rule=self.rule,
+                denominator=self.denominator,
+                eps=self.denominator_eps,
+                initial_state=state,
+                backend=self.backend,
+                chunk_size=self.chunk_size,
+            )
+        return y.to(v.dtype), state
+
+    def normalized_write_recurrence(
+        self,
+        phi_q: Tensor,
+        phi_k: Tensor,
+        v: Tensor,
+        beta: Tensor,
+        state: FastWeightState | None,
+        key_padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, FastWeightState]:
+        """``denominator_write``: the delta rule on ``φ(k_t)/(s_t + ε)`` with strength ``β_t s_t``,
+        ``s_t = z_{t-1}·φ(k_t)`` (``s := 1`` at the first unpadded position without a carried state),
+        read ÷ ``φ(q_t)·z_t + ε``. phi_q, phi_k ``[B, H, T, d_dot]`` (compute dtype; padded keys zero),
+        v ``[B, H, T, d_v]``, beta ``[B, H, T]``, key_padding_mask ``[B, T]`` → y ``[B, H, T, d_v]``
+        (compute dtype) and the state ``(W_T, z_T)``."""
+        if state is not None:
+            self.check_state(phi_q, v.shape[-1], state)
+        z0 = None if state is None else state.z.to(phi_k.dtype)
+        previous = torch.cumsum(phi_k, dim=2) - phi_k
+        if z0 is not None:
+            previous = previous + z0.unsqueeze(2)
+        strength = (previous * phi_k).sum(dim=-1)
+        if state is None:
+            keep = torch.ones_like(strength[:, 0], dtype=torch.bool)
+            if key_padding_mask is not None:
+                keep = ~key_padding_mask
+            first = (keep & (torch.cumsum(keep.long(), dim=-1) == 1))[:, None, :]
+            strength = torch.where(first, torch.ones_like(strength), strength)
+        keys = phi_k / (strength.unsqueeze(-1) + self.eps)
+        y, written = fast_weight_recurrence(
             phi_q,
-            phi_k,
-            values,
-            beta,
-            rule=self.rule,
-            denominator=self.denominator,
-            eps=self.eps,
-            initial_state=state,
+            keys,
+            v,
+            beta.to(strength.dtype) * strength,
+            rule="delta",
+            initial_state=None if state is None else FastWeightState(state.W, None),
             backend=self.backend,
             chunk_size=self.chunk_size,
         )
-        return y.to(v.dtype), state
+        den, z = causal_denominator(phi_q, phi_k, z0)
+        y = y.to(den.dtype) / (den.unsqueeze(-1) + self.denominator_eps)
+        return y, FastWeightState(written.W, z)
 
     def read(self, q: Tensor, state: FastWeightState) -> Tensor:
         """``y = φ(q) W`` (÷ ``φ(q)·z + ε`` with a denominator) without writing: ``[B, H, T_q, d_head]``
         in ``q``'s dtype. Never redraws ``Ω``."""
         phi_q = self.features(q)
         self.check_state(phi_q, state.W.shape[-1], state)
-        return read_memory(phi_q, state, eps=self.eps).to(q.dtype)
+        return read_memory(phi_q, state, eps=self.denominator_eps).to(q.dtype)
 
     def check_state(self, phi_q: Tensor, d_v: int, state: FastWeightState) -> None:
         """A ValueError naming the state's field unless ``state`` fits this layer: ``W`` ``[B, H, d_dot,
@@ -234,13 +316,3 @@ class FastWeightAttention(AttentionCore):
         uses the denominator."""
         B, H, _, d_dot = phi_q.shape
         validate_state(state, B, H, d_dot, d_v, denominator=self.denominator)
-
-
-def denominator_scaled_values(phi_k: Tensor, v: Tensor, state: FastWeightState | None) -> Tensor:
-    """``s_t v_t`` with ``s_t = z_{t-1}·φ(k_t)``, ``z_{t-1} = z_0 + Σ_{j<t} φ(k_j)`` (``z_0`` from
-    ``state``, else 0): the values of ``denominator_write``. phi_k ``[B, H, T, d_dot]`` (compute dtype),
-    v ``[B, H, T, d_head]`` → ``[B, H, T, d_head]`` in the compute dtype."""
-    previous = F.pad(torch.cumsum(phi_k, dim=2)[:, :, :-1], (0, 0, 1, 0))
-    if state is not None and state.z is not None:
-        previous = previous + state.z.unsqueeze(2).to(phi_k.dtype)
-    return (previous * phi_k).sum(dim=-1, keepdim=True) * v.to(phi_k.dtype)

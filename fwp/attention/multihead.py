@@ -2,14 +2,13 @@
 
 Self-attention projects ``x`` ``[B, T, d_model]`` with one bias-free linear map to, per head,
 ``[q, k, v]`` (``3·d_head`` units) plus, for cores that use it, one β unit: ``β = sigmoid(·)``, one
-write strength per head and position (DESIGN.md §5). Cross-attention takes q from ``x`` and k, v (β)
-from ``memory`` ``[B, S, d_model]``. Fast-weight outputs are scaled by ``1/√d_head``; then a bias-free
-output projection ``H·d_head → d_model`` and dropout. Residual and normalisation belong to the block.
+write strength per head and position (docs/attention.md). Cross-attention takes q from ``x`` and k, v
+(β) from ``memory`` ``[B, S, d_model]``. Outputs are scaled by the core's ``output_scale`` (``1/√d_head``
+for fast weights); then a bias-free output projection ``H·d_head → d_model`` and dropout. Residual and
+normalisation belong to the block.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +78,6 @@ class MultiHeadAttention(nn.Module):
             self.qkv_proj = nn.Linear(d_model, n_heads * (3 * d_head + len(self.beta_sizes)), bias=False)
         self.out_proj = nn.Linear(n_heads * d_head, d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.output_scale = 1.0 / math.sqrt(d_head) if self.core.is_fast_weight else 1.0
 
     def split_heads(self, projected: Tensor, sizes: tuple[int, ...]) -> list[Tensor]:
         """``[B, T, H·Σ sizes]`` → one ``[B, H, T, size]`` tensor per size (units are grouped per head)."""
@@ -150,5 +148,5 @@ class MultiHeadAttention(nn.Module):
         """``[B, H, T, d_head]`` → scale (1/√d_head for fast weights) → output projection → dropout
         → ``[B, T, d_model]``."""
         B, H, T, d = y.shape
-        merged = y.transpose(1, 2).reshape(B, T, H * d) * self.output_scale
+        merged = y.transpose(1, 2).reshape(B, T, H * d) * self.core.output_scale
         return self.dropout(self.out_proj(merged))

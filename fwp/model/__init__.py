@@ -1,7 +1,7 @@
 """The backbone shared by all tasks: Transformer blocks, a decoder-only language model, an
 encoder-decoder, state utilities and step-mode generation."""
 
-from fwp.model.adaptive import AdaptiveInput
+from fwp.model.adaptive import AdaptiveInput, AdaptiveLogSoftmax
 from fwp.model.block import FeedForward, TransformerBlock
 from fwp.model.decoder_lm import DecoderLM
 from fwp.model.encoder_decoder import EncoderDecoder
@@ -12,6 +12,7 @@ from fwp.model.states import CrossBlockState, detach_states, reorder_states
 
 __all__ = [
     "AdaptiveInput",
+    "AdaptiveLogSoftmax",
     "CrossBlockState",
     "DecoderLM",
     "EncoderDecoder",

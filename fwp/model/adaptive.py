@@ -1,13 +1,18 @@
-"""Adaptive input embeddings (Baevski & Auli 2019) and their tie to ``nn.AdaptiveLogSoftmaxWithLoss``.
+"""Adaptive softmax (Grave et al. 2017) in Transformer-XL's layout, and adaptive input embeddings
+(Baevski & Auli 2019) tied to it or on their own.
 
 The vocabulary (sorted by frequency) is split by cutoffs ``c_1 < … < c_n`` into clusters
-``[0, c_1), [c_1, c_2), …, [c_n, V)``. Cluster 0 embeds in ``d_model``; cluster ``i ≥ 1`` embeds in
-``h_i = ⌊d_model / div^i⌋`` and is projected to ``d_model``: ``e(t) = E_i[t − c_i] P_i`` with
-``E_i ∈ R^{|cluster i| × h_i}``, ``P_i ∈ R^{h_i × d_model}`` — the layout of
-``nn.AdaptiveLogSoftmaxWithLoss``, whose tail ``i`` is ``Linear(d_model, h_i)`` then
-``Linear(h_i, |cluster|)``.
-Tying input and output (Transformer-XL's ``tie_weight`` + ``tie_projs``) reads the embedding of
-cluster 0 from the head's first ``c_1`` rows and ``(E_i, P_i)`` from tail ``i``'s two weights.
+``[0, c_1), [c_1, c_2), …, [c_n, V)``. Cluster ``i`` has width ``h_i = ⌊d_model / div^i⌋``, a table
+``E_i ∈ R^{|cluster i| × h_i}``, an output bias ``b_i`` and, when ``h_i < d_model``, a projection
+``P_i ∈ R^{d_model × h_i}``. With ``div = 1`` (the paper's WikiText-103 runs) the tables are the row
+blocks of one ``V × d_model`` matrix with one bias over the vocabulary, and there are no projections.
+
+Softmax (Transformer-XL's ``ProjectedAdaptiveLogSoftmax``): the head scores the ``c_1`` shortlist tokens
+and one logit per tail cluster, ``[h P_0 E_0ᵀ + b_0, h P_0 Cᵀ + c]`` with cluster weights ``C`` ``[n,
+h_0]`` and biases ``c`` ``[n]``; tail cluster ``i`` is scored by head column ``c_1 + n − i`` (Transformer-
+XL's ``head_logprob[:, -i]``), so ``log p(t) = log p_head(t)`` for ``t < c_1`` and
+``log p_head(column of i) + log softmax(h P_i E_iᵀ + b_i)[t − c_i]`` for ``t`` in cluster ``i ≥ 1``.
+Tied input: ``e(t) = E_i[t − c_i] P_iᵀ`` (``E_i[t − c_i]`` when there is no projection).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from torch import Tensor, nn
 
 Cluster = tuple[Tensor, Tensor | None]
 """An embedding table ``[size, h]`` and its projection ``[h, d_model]`` (None when h = d_model)."""
+
+LEGACY_SOFTMAX_KEY = "adaptive_softmax.head.weight"
+"""A parameter of the earlier layout (``nn.AdaptiveLogSoftmaxWithLoss``), which this one cannot load."""
 
 
 def check_cutoffs(cutoffs: Sequence[int], vocab_size: int) -> list[int]:
@@ -73,14 +81,90 @@ def adaptive_embedding(tokens: Tensor, boundaries: Sequence[int], clusters: Sequ
     return embedded.view(*tokens.shape, d_model)
 
 
-def softmax_clusters(softmax: nn.AdaptiveLogSoftmaxWithLoss) -> list[Cluster]:
-    """The input clusters tied to an adaptive softmax: the head's first ``c_1`` rows (width
-    ``d_model``), then per tail ``(E_i, P_i)`` = (its output weight, its input weight)."""
-    clusters: list[Cluster] = [(softmax.head.weight[: softmax.shortlist_size], None)]
-    for tail in softmax.tail:
-        to_hidden, to_cluster = tail[0], tail[1]
-        clusters.append((to_cluster.weight, to_hidden.weight))
-    return clusters
+class AdaptiveLogSoftmax(nn.Module):
+    """Transformer-XL's adaptive softmax (module docstring) over ``vocab_size`` tokens for hidden states
+    of size ``d_model``. Parameters: ``tables[i]`` ``[|cluster i|, h_i]``, ``biases[i]`` ``[|cluster i|]``,
+    ``projections`` (``P_i`` of the clusters with ``h_i < d_model``), ``cluster_weight`` ``[n, h_0]``,
+    ``cluster_bias`` ``[n]``. ``log_prob`` and ``target_log_prob`` take ``[N, d_model]``."""
+
+    def __init__(self, vocab_size: int, d_model: int, cutoffs: Sequence[int], div_value: float = 1.0) -> None:
+        super().__init__()
+        cutoffs = check_cutoffs(cutoffs, vocab_size)
+        self.boundaries = [0, *cutoffs, vocab_size]
+        self.n_clusters = len(cutoffs)
+        widths = [cluster_width(d_model, div_value, i) for i in range(self.n_clusters + 1)]
+        sizes = [high - low for low, high in itertools.pairwise(self.boundaries)]
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.randn(n, h) * h**-0.5) for n, h in zip(sizes, widths, strict=True)
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes)
+        self.projected = [h < d_model for h in widths]
+        self.projections = nn.ParameterList(
+            nn.Parameter(torch.randn(d_model, h) * d_model**-0.5) for h in widths if h < d_model
+        )
+        self.cluster_weight = nn.Parameter(torch.randn(self.n_clusters, widths[0]) * widths[0] ** -0.5)
+        self.cluster_bias = nn.Parameter(torch.zeros(self.n_clusters))
+
+    def projection(self, cluster: int) -> Tensor | None:
+        """``P_i`` ``[d_model, h_i]`` of ``cluster``, or None when ``h_i = d_model``."""
+        if not self.projected[cluster]:
+            return None
+        return self.projections[sum(self.projected[:cluster])]
+
+    def clusters(self) -> list[Cluster]:
+        """The tied input clusters: ``(E_i, P_iᵀ)`` (``(E_i, None)`` without a projection)."""
+        return [
+            (table, None if (projection := self.projection(i)) is None else projection.transpose(0, 1))
+            for i, table in enumerate(self.tables)
+        ]
+
+    def logits(self, hidden: Tensor, cluster: int) -> Tensor:
+        """Scores ``[N, |cluster| (+ n for the head)]`` of ``hidden`` ``[N, d_model]``: ``h P_i E_iᵀ + b_i``,
+        for cluster 0 followed by the cluster logits ``h P_0 Cᵀ + c``."""
+        weight, bias = self.tables[cluster], self.biases[cluster]
+        if cluster == 0:
+            weight = torch.cat([weight, self.cluster_weight])
+            bias = torch.cat([bias, self.cluster_bias])
+        projection = self.projection(cluster)
+        if projection is not None:
+            hidden = hidden @ projection
+        return F.linear(hidden, weight, bias)
+
+    def head_column(self, cluster: int) -> int:
+        """The head column of tail cluster ``i ≥ 1``: ``c_1 + n − i``."""
+        return self.boundaries[1] + self.n_clusters - cluster
+
+    def log_prob(self, hidden: Tensor) -> Tensor:
+        """``log p(t | h)`` for every token: ``[N, d_model]`` → ``[N, V]``."""
+        head = torch.log_softmax(self.logits(hidden, 0), dim=-1)
+        parts = [head[:, : self.boundaries[1]]]
+        for cluster in range(1, self.n_clusters + 1):
+            tail = torch.log_softmax(self.logits(hidden, cluster), dim=-1)
+            parts.append(head[:, self.head_column(cluster), None] + tail)
+        return torch.cat(parts, dim=-1)
+
+    def target_log_prob(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """``log p(target | h)`` ``[N]`` for ``hidden`` ``[N, d_model]`` and ``targets`` ``[N]``; a tail
+        cluster is scored only for the rows whose target lies in it."""
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.boundaries[-1]):
+            raise ValueError(
+                f"targets must be in [0, vocab_size={self.boundaries[-1]}), got values in "
+                f"[{int(targets.min())}, {int(targets.max())}]"
+            )
+        head = torch.log_softmax(self.logits(hidden, 0), dim=-1)
+        shortlist = targets < self.boundaries[1]
+        result = head.gather(1, torch.where(shortlist, targets, 0)[:, None]).squeeze(1)
+        for cluster in range(1, self.n_clusters + 1):
+            low, high = self.boundaries[cluster], self.boundaries[cluster + 1]
+            rows = ((targets >= low) & (targets < high)).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            tail = torch.log_softmax(self.logits(hidden[rows], cluster), dim=-1)
+            scored = (
+                head[rows, self.head_column(cluster)] + tail.gather(1, (targets[rows] - low)[:, None])[:, 0]
+            )
+            result = result.index_copy(0, rows, scored)
+        return result
 
 
 class AdaptiveInput(nn.Module):

@@ -11,14 +11,23 @@ adaptive softmax (``adaptive_cutoffs``) the final hidden states ``[B, T, d_model
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec
-from fwp.model.adaptive import AdaptiveInput, adaptive_embedding, check_cutoffs, softmax_clusters
+from fwp.checkpointing import CheckpointLoadError
+from fwp.model.adaptive import (
+    LEGACY_SOFTMAX_KEY,
+    AdaptiveInput,
+    AdaptiveLogSoftmax,
+    adaptive_embedding,
+    check_cutoffs,
+)
 from fwp.model.block import Activation, Norm
+from fwp.model.initialization import INITS, Init, transformer_xl_init
 from fwp.model.positions import Positional
 from fwp.model.stack import InputEncoding, TransformerStack, token_embedding
 
@@ -35,8 +44,10 @@ class DecoderLM(nn.Module):
     ``attention`` is any registry spec (``"delta"``, ``{"name": "performer", "m": 64}``, …), the same
     for every layer. ``tie_embeddings`` shares the input embedding with the output layer (with an
     adaptive softmax: the cluster tables and projections). ``adaptive_cutoffs`` (e.g. the paper's
-    ``[20000, 40000, 200000]``) switch to adaptive input + ``nn.AdaptiveLogSoftmaxWithLoss`` with
-    cluster widths ``d_model / adaptive_div_value^i``.
+    ``[20000, 40000, 200000]``) switch to adaptive input + Transformer-XL's adaptive softmax
+    (``AdaptiveLogSoftmax``) with cluster widths ``d_model / adaptive_div_value^i``. ``init``: ``torch``
+    (PyTorch's defaults; embeddings N(0, 1/d_model)) or ``txl`` (Transformer-XL's, the paper's:
+    ``fwp.model.initialization.transformer_xl_init``).
     """
 
     def __init__(
@@ -57,22 +68,23 @@ class DecoderLM(nn.Module):
         adaptive_cutoffs: Sequence[int] | None = None,
         adaptive_div_value: float = 1.0,
         activation: Activation = "relu",
+        init: Init = "torch",
     ) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got vocab_size={vocab_size}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got init={init!r}")
         self.vocab_size = vocab_size
         self.tie_embeddings = tie_embeddings
-        self.adaptive_softmax: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        self.adaptive_softmax: AdaptiveLogSoftmax | None = None
         if adaptive_cutoffs is not None:
             if adaptive_div_value < 1.0:
                 raise ValueError(
                     f"adaptive_div_value must be >= 1, got adaptive_div_value={adaptive_div_value}"
                 )
             cutoffs = check_cutoffs(adaptive_cutoffs, vocab_size)
-            self.adaptive_softmax = nn.AdaptiveLogSoftmaxWithLoss(
-                d_model, vocab_size, cutoffs, div_value=adaptive_div_value
-            )
+            self.adaptive_softmax = AdaptiveLogSoftmax(vocab_size, d_model, cutoffs, adaptive_div_value)
             self.boundaries = [0, *cutoffs, vocab_size]
             if not tie_embeddings:
                 self.adaptive_input = AdaptiveInput(vocab_size, d_model, cutoffs, adaptive_div_value)
@@ -96,6 +108,9 @@ class DecoderLM(nn.Module):
             causal=True,
         )
         self.output_dropout = nn.Dropout(dropout)
+        if init == "txl":
+            transformer_xl_init(self)
+        self.register_load_state_dict_pre_hook(refuse_legacy_adaptive_softmax)
 
     @property
     def adaptive(self) -> bool:
@@ -112,7 +127,7 @@ class DecoderLM(nn.Module):
         if self.adaptive_softmax is None:
             return self.embedding(tokens)
         if self.tie_embeddings:
-            return adaptive_embedding(tokens, self.boundaries, softmax_clusters(self.adaptive_softmax))
+            return adaptive_embedding(tokens, self.boundaries, self.adaptive_softmax.clusters())
         return self.adaptive_input(tokens)
 
     def forward(
@@ -147,7 +162,7 @@ class DecoderLM(nn.Module):
     def adaptive_hidden(self, output: Tensor) -> Tensor:
         """Hidden states ``[..., d_model]`` → ``[N, d_model]`` in the adaptive softmax's own dtype (its
         log-softmax then runs in float32 even under bf16 autocast, which is switched off around it)."""
-        return output.reshape(-1, output.shape[-1]).to(self.adaptive_softmax.head.weight.dtype)
+        return output.reshape(-1, output.shape[-1]).to(self.adaptive_softmax.cluster_weight.dtype)
 
     def log_probs(self, output: Tensor) -> Tensor:
         """Log-distribution over the vocabulary ``[..., V]`` (float32, float64 for a float64 model)."""
@@ -165,5 +180,19 @@ class DecoderLM(nn.Module):
             return -F.cross_entropy(logits, targets.reshape(-1), reduction="none").view(targets.shape)
         hidden = self.adaptive_hidden(output)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            result = self.adaptive_softmax(hidden, targets.reshape(-1))
-        return result.output.view(targets.shape)
+            result = self.adaptive_softmax.target_log_prob(hidden, targets.reshape(-1))
+        return result.view(targets.shape)
+
+
+def refuse_legacy_adaptive_softmax(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """A ``CheckpointLoadError`` for weights of the earlier adaptive-softmax layout
+    (``nn.AdaptiveLogSoftmaxWithLoss``: d×d tail projections, no output bias), which has no exact
+    counterpart in Transformer-XL's layout used now."""
+    if prefix + LEGACY_SOFTMAX_KEY in state_dict:
+        raise CheckpointLoadError(
+            f"the checkpoint's adaptive softmax ({prefix}{LEGACY_SOFTMAX_KEY}, ...) has the layout of "
+            "nn.AdaptiveLogSoftmaxWithLoss, replaced by Transformer-XL's (tied tables with an output bias, "
+            "cluster_weight/cluster_bias, no tail projections); it cannot be converted: retrain the model"
+        )

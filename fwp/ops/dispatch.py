@@ -43,6 +43,23 @@ def triton_usable(x: Tensor) -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def require_backend_usable(name: str) -> None:
+    """A ValueError naming ``backend`` when ``name`` cannot run on this machine: ``triton`` needs a CUDA
+    device and the ``triton`` package (``auto`` picks it when both exist, else ``chunk``)."""
+    if name != "triton":
+        return
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA device")
+    if importlib.util.find_spec("triton") is None:
+        missing.append("the triton package")
+    if missing:
+        raise ValueError(
+            f"backend='triton' needs {' and '.join(missing)}, not found on this machine; use "
+            "backend='auto' (Triton on CUDA, else chunk) or 'chunk' / 'reference', which run on CPU"
+        )
+
+
 def resolve_backend(name: str, q: Tensor) -> str:
     """``auto`` → ``triton`` on CUDA when available, else ``chunk`` for ``T > 1``, else ``reference``."""
     if name != "auto":

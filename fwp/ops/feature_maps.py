@@ -39,13 +39,14 @@ def favor(x: Tensor, omega: Tensor, eps: float = 0.0) -> Tensor:
     """Performer FAVOR+ positive random features (Choromanski et al. 2021).
 
     ``u = Ω x`` with ``Ω``: ``[m, d_k]``;
-    ``φ(x) = [exp(u − ‖x‖²/2), exp(−u − ‖x‖²/2)] / sqrt(2m) + eps``; ``d_dot = 2m``.
+    ``φ(x) = ([exp(u − ‖x‖²/2), exp(−u − ‖x‖²/2)] + eps) / sqrt(2m)``; ``d_dot = 2m``.
+    ``eps`` is added before the scaling, as in the paper's language-model code (its ``kernel_eps``).
     """
     m = omega.shape[0]
     u = x @ omega.to(x.dtype).transpose(0, 1)
     half_norm = 0.5 * (x * x).sum(dim=-1, keepdim=True)
     features = torch.cat([torch.exp(u - half_norm), torch.exp(-u - half_norm)], dim=-1)
-    return features / math.sqrt(2 * m) + eps
+    return (features + eps) / math.sqrt(2 * m)
 
 
 def orthogonal_random_projection(

@@ -217,6 +217,10 @@ class LanguageModelingDataModule(CorpusDataModule):
         eval_stride: Targets scored per window after the first in ``sliding`` mode, in ``[1,
             eval_segment_length]``; 1 is the paper's evaluation, ``eval_segment_length`` scores the
             segments of a single column.
+        test_mode: ``eval_mode`` of the test split only (None: ``eval_mode``), e.g. ``sliding`` for the
+            paper's test protocol while validation during training stays on cheap ``segments``.
+        test_batch_size: ``eval_batch_size`` of the test split only (None: ``eval_batch_size``); 1 scores
+            a carry model's test split as one stream.
         num_workers: DataLoader worker processes.
         cache_dir: Where the tokenizer and token caches are written. ``None``: beside the data for
             ``data_dir``; for the synthetic corpus, the cache root ``$FWP_CACHE`` or ``~/.cache/fwp``,
@@ -239,6 +243,8 @@ class LanguageModelingDataModule(CorpusDataModule):
         eval_segment_length: int | None = None,
         eval_mode: EvalMode = "segments",
         eval_stride: int = 1,
+        test_mode: EvalMode | None = None,
+        test_batch_size: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
@@ -254,11 +260,14 @@ class LanguageModelingDataModule(CorpusDataModule):
             segment_length=segment_length,
             eval_batch_size=eval_batch_size,
             eval_segment_length=eval_segment_length,
+            test_batch_size=test_batch_size,
         )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got num_workers={num_workers}")
         if eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {list(EVAL_MODES)}, got eval_mode={eval_mode!r}")
+        if test_mode not in (None, *EVAL_MODES):
+            raise ValueError(f"test_mode must be one of {list(EVAL_MODES)} or null, got {test_mode=}")
         check_stride(eval_stride, eval_segment_length or segment_length, "eval_segment_length")
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -267,6 +276,8 @@ class LanguageModelingDataModule(CorpusDataModule):
         self.eval_segment_length = eval_segment_length or segment_length
         self.eval_mode = eval_mode
         self.eval_stride = eval_stride
+        self.test_mode = test_mode or eval_mode
+        self.test_batch_size = test_batch_size or self.eval_batch_size
         self.num_workers = num_workers
 
     def split_file(self, split: str) -> Path:
@@ -305,11 +316,15 @@ class LanguageModelingDataModule(CorpusDataModule):
         with _naming(self.split_file(split), option):
             return SegmentDataset(
                 self.token_stream(split),
-                batch_size=self.batch_size if training else self.eval_batch_size,
+                batch_size=self.batch_size if training else self.split_batch_size(split),
                 segment_length=self.segment_length if training else self.eval_segment_length,
                 rank=rank,
                 world_size=world_size,
             )
+
+    def split_batch_size(self, split: str) -> int:
+        """Columns or windows per batch of an evaluation split: ``test_batch_size`` for ``test``."""
+        return self.test_batch_size if split == "test" else self.eval_batch_size
 
     def windows(self, split: str, *, rank: int = 0, world_size: int = 1) -> SlidingWindowDataset:
         """``split``'s sliding windows for ``rank`` of ``world_size`` (``eval_segment_length`` tokens,
@@ -317,7 +332,7 @@ class LanguageModelingDataModule(CorpusDataModule):
         with _naming(self.split_file(split), "eval_segment_length"):
             return SlidingWindowDataset(
                 self.token_stream(split),
-                batch_size=self.eval_batch_size,
+                batch_size=self.split_batch_size(split),
                 window_length=self.eval_segment_length,
                 stride=self.eval_stride,
                 rank=rank,
@@ -332,7 +347,8 @@ class LanguageModelingDataModule(CorpusDataModule):
         splits = splits.get(stage, ())
         rank, world_size = rank_and_world_size(self.trainer)
         for split in splits:
-            sliding = self.eval_mode == "sliding" and split != "train" and stage != "predict"
+            mode = self.test_mode if split == "test" else self.eval_mode
+            sliding = mode == "sliding" and split != "train" and stage != "predict"
             dataset = self.windows if sliding else self.segments
             self.datasets[split] = dataset(split, rank=rank, world_size=world_size)
 

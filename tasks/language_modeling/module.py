@@ -56,6 +56,7 @@ from fwp.data.tokenizer import EOS_ID, UNK_ID
 from fwp.model import DecoderLM, detach_states, sample
 from fwp.model.block import Activation, Norm
 from fwp.model.generation import check_generation_fits, check_sampling_options
+from fwp.model.initialization import Init
 from fwp.model.positions import Positional
 from fwp.monitoring import GradientNormLogging, log_text
 from fwp.ops import FastWeightState
@@ -182,6 +183,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         positional: Positional = "sinusoidal",
         norm: Norm = "post",
         activation: Activation = "relu",
+        init: Init = "torch",
         tie_embeddings: bool = False,
         adaptive_cutoffs: list[int] | None = None,
         adaptive_div_value: float = 1.0,
@@ -234,6 +236,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
             positional=positional,
             norm=norm,
             activation=activation,
+            init=init,
             tie_embeddings=tie_embeddings,
             max_positions=max_positions,
             adaptive_cutoffs=adaptive_cutoffs,
@@ -251,8 +254,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
                 "carrying state continues positions without bound; use positional='none' (the paper's "
                 "choice) or 'sinusoidal', got positional='learned'"
             )
-        if self.prompt_text is None:
-            check_generation_fits(self.model, prompt_length, max_new_tokens)
+        check_generation_fits(self.model, prompt_length, max_new_tokens)  # test-split and validation prompts
         self.valid_nll = TokenNLL()
         self.test_nll = TokenNLL()
         self.streams: dict[str, CarriedStream] = {}

@@ -36,6 +36,19 @@ FAST_WEIGHT_SPECS: dict[str, dict] = {
         "rule": "delta",
         "denominator_write": True,
     },
+    "elu+sum,denominator+delta": {
+        "name": "fast_weight",
+        "feature_map": "elu",
+        "normalization": ["sum", "denominator"],
+        "rule": "delta",
+        "sum_eps": 0.0,
+    },
+    "dpfp+sum,denominator+delta+denominator_write": {
+        "name": "delta",
+        "normalization": ["sum", "denominator"],
+        "denominator_write": True,
+    },
+    "dpfp+denominator+sum+scores": {"name": "dpfp", "scale": "scores", "eps": 1e-5},
 }
 BACKENDS = ("reference", "auto")
 

@@ -1,5 +1,6 @@
 """``denominator_write``: the delta rule kept alongside the Katharopoulos denominator, its write
-rescaled by ``s_t = z_{t-1}·φ(k_t)``, against a plain loop over time (float64)."""
+normalised by ``s_t = z_{t-1}·φ(k_t)`` as in the official LM layers 44–46 (``s_1 := 1`` at a fresh start;
+key ``φ(k)/(s + ε)``, strength ``β s``), against a plain loop over time (float64)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ from fwp.attention import FastWeightAttention
 from fwp.ops import FastWeightState, elu_plus_one
 
 
-def loop_over_time(q, k, v, beta, W, z, eps):
-    """``W_t = W_{t-1} + β_t φ(k_t)ᵀ (s_t v_t − φ(k_t) W_{t-1})``, ``z_t = z_{t-1} + φ(k_t)``,
-    ``y_t = φ(q_t) W_t / (φ(q_t)·z_t + ε)`` with ``s_t = z_{t-1}·φ(k_t)``, one step at a time."""
+def loop_over_time(q, k, v, beta, W, z, eps, fresh):
+    """``k'_t = φ(k_t)/(s_t + ε)``, ``W_t = W_{t-1} + β_t s_t k'_tᵀ (v_t − k'_t W_{t-1})``,
+    ``z_t = z_{t-1} + φ(k_t)``, ``y_t = φ(q_t) W_t / (φ(q_t)·z_t + ε)`` with ``s_t = z_{t-1}·φ(k_t)``
+    (``s_1 = 1`` when ``fresh``), one step at a time."""
     outputs = []
     for t in range(q.shape[2]):
         phi_q, phi_k = elu_plus_one(q[:, :, t]), elu_plus_one(k[:, :, t])
         scale = (z * phi_k).sum(-1, keepdim=True)
-        retrieved = torch.einsum("bhd,bhdv->bhv", phi_k, W)
-        write = beta[:, :, t, None] * (scale * v[:, :, t] - retrieved)
-        W = W + phi_k.unsqueeze(-1) * write.unsqueeze(-2)
+        if fresh and t == 0:
+            scale = torch.ones_like(scale)
+        key = phi_k / (scale + eps)
+        retrieved = torch.einsum("bhd,bhdv->bhv", key, W)
+        write = beta[:, :, t, None] * scale * (v[:, :, t] - retrieved)
+        W = W + key.unsqueeze(-1) * write.unsqueeze(-2)
         z = z + phi_k
         y = torch.einsum("bhd,bhdv->bhv", phi_q, W) / ((phi_q * z).sum(-1, keepdim=True) + eps)
         outputs.append(y)
@@ -50,7 +55,7 @@ def test_denominator_write_is_the_rescaled_delta_rule(backend: str, with_state: 
         chunk_size=4,
     )
     y, state = core(q, k, v, beta, state=FastWeightState(W0, z0) if with_state else None)
-    y_loop, W_loop, z_loop = loop_over_time(q, k, v, beta, W0, z0, core.eps)
+    y_loop, W_loop, z_loop = loop_over_time(q, k, v, beta, W0, z0, core.eps, fresh=not with_state)
     torch.testing.assert_close(y, y_loop, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(state.W, W_loop, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(state.z, z_loop, rtol=1e-10, atol=1e-12)

@@ -7,6 +7,7 @@ import torch
 from attention_cases import build_mha, sequence
 
 from fwp.attention import MultiHeadAttention
+from fwp.ops import favor
 
 
 def omega_after_new_sequence(mha: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,3 +60,13 @@ def test_omega_is_saved_so_a_checkpoint_reproduces_evaluation() -> None:
     trained.eval()
     x = sequence()
     torch.testing.assert_close(restored(x)[0], trained(x)[0], rtol=0, atol=0)
+
+
+def test_feature_eps_is_added_before_the_scaling() -> None:
+    """As the official LM code's ``prime`` (kernel_eps 1e-4): ``(features + ε)/√(2m)``; adding it after
+    the scaling made it √(2m) = 5.7 times larger at m = 16."""
+    x, omega = torch.randn(3, 8, dtype=torch.float64), torch.randn(16, 8, dtype=torch.float64)
+    u = x @ omega.T
+    half_norm = (x * x).sum(-1, keepdim=True) / 2
+    features = torch.cat([torch.exp(u - half_norm), torch.exp(-u - half_norm)], dim=-1)
+    torch.testing.assert_close(favor(x, omega, 1e-4), (features + 1e-4) / 32**0.5, rtol=1e-12, atol=0)

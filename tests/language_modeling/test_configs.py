@@ -11,57 +11,40 @@ import yaml
 
 from fwp.attention import FastWeightAttention, build_attention
 from fwp.cli import main
-from tasks.language_modeling.data import SlidingWindowDataset
+from tasks.language_modeling.data import SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "lm"
 EXPERIMENTS = sorted(CONF.glob("*.yaml"))
-ABLATIONS = (
-    "linear_sumnorm",
-    "linear_delta",
-    "performer_sumnorm",
-    "performer_delta",
-    "dpfp_sumnorm",
-    "delta_nonorm",
-    "delta_denominator",
-    "delta_denominator_write",
-)
+DELTA = {"rule": "delta", "normalization": ["sum", "denominator"], "eps": 1e-5, "sum_eps": 0.0}
+SUM_RULE = {"rule": "sum", "normalization": "denominator", "eps": 1e-5, "scale": "scores"}
+SUM_RULE_SUMNORM = {"rule": "sum", "normalization": ["sum", "denominator"], "eps": 1e-5, "sum_eps": 0.0}
+# what each WikiText-103 experiment's attention must be (the official attn_type in the comment); None =
+# softmax. Options not listed keep the preset's value (e.g. scale 'output').
+ROWS: dict[str, dict | None] = {
+    "softmax": None,  # 2
+    "linear": {"feature_map": "elu", **SUM_RULE},  # 4
+    "performer": {"feature_map": "favor", "m": 16, "feature_eps": 1e-4, **SUM_RULE},  # 5
+    "dpfp": {"feature_map": "dpfp", "nu": 2, **SUM_RULE},  # 6
+    "delta": {"feature_map": "elu", **DELTA},  # 24, the Delta Network
+    "performer_delta": {"feature_map": "favor", "m": 16, "feature_eps": 1e-4, **DELTA},  # 25
+    "dpfp_delta": {"feature_map": "dpfp", "nu": 2, **DELTA},  # 26
+    "linear_carry": {"feature_map": "elu", **SUM_RULE_SUMNORM, "scale": "output"},  # 34 + carry
+    "delta_carry": {"feature_map": "elu", **DELTA},  # 24 + carry
+    "linear_sumnorm": {"feature_map": "elu", **SUM_RULE_SUMNORM, "scale": "output"},  # 34
+    "performer_sumnorm": {"feature_map": "favor", "m": 16, **SUM_RULE_SUMNORM, "scale": "output"},  # 35
+    "dpfp_sumnorm": {"feature_map": "dpfp", "nu": 2, **SUM_RULE_SUMNORM, "scale": "output"},
+    "delta_no_denominator": {"feature_map": "elu", "rule": "delta", "normalization": "sum", "sum_eps": 0.0},
+    "delta_denominator_write": {"feature_map": "elu", **DELTA, "denominator_write": True},  # 44
+}
+MEDIUM = ("softmax", "linear", "performer", "dpfp", "delta", "delta_carry")
 CARRY = ("linear_carry", "delta_carry")
-# (feature map, update rule, normalisation) of each preset's attention; None = softmax
-PRESET_ATTENTIONS = {
-    "softmax": None,
-    "linear": ("elu", "sum", "denominator"),
-    "performer": ("favor", "sum", "denominator"),
-    "dpfp": ("dpfp", "sum", "denominator"),
-    "delta": ("dpfp", "delta", "sum"),
-}
-PRESETS = tuple(PRESET_ATTENTIONS)
-# what the ablation or carry experiment ``<preset>_<variant>`` changes in its preset's attention
-VARIANTS = {
-    "sumnorm": {"normalization": "sum"},
-    "delta": {"rule": "delta", "normalization": "sum"},
-    "nonorm": {"normalization": "none"},
-    "denominator": {"normalization": "denominator"},
-    "denominator_write": {"normalization": "denominator"},
-    "carry": {},
-}
 PAPER = {
     "small": {"d_model": 128, "d_head": 16, "max_steps": 500000, "batch_size": 96, "segment_length": 256},
     "medium": {"d_model": 256, "d_head": 32, "max_steps": 400000, "batch_size": 56, "segment_length": 384},
 }
 TINY_MODEL = ["--model.init_args.n_layers=1", "--model.init_args.d_model=16", "--model.init_args.n_heads=2"]
 TINY_MODEL += ["--model.init_args.d_head=8", "--model.init_args.d_ff=16"]
-
-
-def expected_attention(name: str) -> tuple[str, str, str] | None:
-    """(feature map, update rule, normalisation) of experiment ``wt103_<size>_<name>``'s attention: its
-    preset's, changed by its variant; None for softmax."""
-    preset, _, variant = name.partition("_")
-    if PRESET_ATTENTIONS[preset] is None:
-        return None
-    feature_map, rule, normalization = PRESET_ATTENTIONS[preset]
-    core = {"rule": rule, "normalization": normalization} | (VARIANTS[variant] if variant else {})
-    return feature_map, core["rule"], core["normalization"]
 
 
 def load_experiment(path: Path) -> dict[str, Any]:
@@ -82,8 +65,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_paper_experiment_has_a_config() -> None:
     names = {path.stem for path in EXPERIMENTS}
-    expected = {f"wt103_{size}_{preset}" for size in PAPER for preset in PRESETS}
-    expected |= {f"wt103_small_{name}" for name in ABLATIONS + CARRY}
+    expected = {f"wt103_small_{name}" for name in ROWS} | {f"wt103_medium_{name}" for name in MEDIUM}
     expected |= {"synthetic_delta", "synthetic_softmax"}
     assert names == expected
 
@@ -112,6 +94,34 @@ def test_sliding_evaluation_is_a_command_line_override(corpus: Path, tmp_path: P
     cli = main([*args, "--trainer.limit_test_batches=2", "--trainer.logger=false"])
     assert isinstance(cli.datamodule.datasets["test"], SlidingWindowDataset)
     assert torch.isfinite(cli.trainer.callback_metrics["test/ppl"])
+
+
+@pytest.mark.parametrize(
+    ("name", "test_dataset"),
+    [("wt103_small_delta", SlidingWindowDataset), ("wt103_small_delta_carry", SegmentDataset)],
+)
+def test_paper_test_protocol_is_the_default(name, test_dataset, corpus, tmp_path, monkeypatch, one_thread):
+    """``test`` of a paper config: sliding windows of stride 1 one at a time (non-carry), or one stream
+    (carry); validation keeps ``eval_batch_size`` segments."""
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "test",
+        "--config",
+        str(CONF / f"{name}.yaml"),
+        f"--data.init_args.data_dir={corpus}",
+        *TINY_MODEL,
+    ]
+    args += ["--data.init_args.eval_segment_length=8", "--model.init_args.adaptive_cutoffs=[20, 40, 80]"]
+    cli = main([*args, "--trainer.limit_test_batches=3", "--trainer.logger=false"])
+    test = cli.datamodule.datasets["test"]
+    assert isinstance(test, test_dataset)
+    if isinstance(test, SlidingWindowDataset):  # one window per batch, one new target per window
+        assert test.batch_size == 1 and (test.score_from[1:-1] == test.window_length - 1).all()
+    else:
+        assert test.num_columns == 1
+    cli.datamodule.setup("validate")
+    valid = cli.datamodule.datasets["valid"]
+    assert isinstance(valid, SegmentDataset) and valid.num_columns == 10
 
 
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem.startswith("wt103")], ids=lambda p: p.stem)
@@ -143,17 +153,13 @@ def test_wikitext_configs_hold_the_paper_settings(path: Path) -> None:
     assert data["tokenizer"] == "word" and data["data_dir"] == "data/wikitext-103"
     assert data["batch_size"] == paper["batch_size"]
     assert data["segment_length"] == data["eval_segment_length"] == paper["segment_length"]
+    assert data["test_batch_size"] == 1 and data.get("eval_stride", 1) == 1
+    assert data["test_mode"] == ("segments" if carry else "sliding")
+    assert model["init"] == "txl" and model["tie_embeddings"] is True and model["adaptive_div_value"] == 1
     core = build_attention(model["attention"], paper["d_head"])
-    expected_core = expected_attention(name)
-    if expected_core is None:
+    expected = ROWS[name]
+    if expected is None:
         assert not isinstance(core, FastWeightAttention)
-    else:
-        assert (core.feature_map, core.rule, core.normalization) == expected_core
-        assert core.denominator_write is name.endswith("denominator_write")
-        assert (
-            core.nu == 2
-            if core.feature_map == "dpfp"
-            else core.m == 16
-            if core.feature_map == "favor"
-            else True
-        )
+        return
+    expected = {"scale": "output", "denominator_write": False} | expected
+    assert {option: getattr(core, option) for option in expected} == expected

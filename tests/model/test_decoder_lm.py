@@ -61,6 +61,8 @@ def test_adaptive_softmax_is_a_distribution_and_scores_targets(tie: bool) -> Non
 
 
 def test_tied_adaptive_input_reads_the_softmax_weights() -> None:
+    """div 1 (Transformer-XL's layout): one V × d table in blocks, no projections; the input embedding
+    of token t is row t of the output table."""
     cutoffs, vocab, d = [10, 50], 120, 16
     untied = DecoderLM(vocab, d_model=d, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=cutoffs)
     tied = DecoderLM(
@@ -70,15 +72,27 @@ def test_tied_adaptive_input_reads_the_softmax_weights() -> None:
     assert input_parameters == vocab * d + 2 * d * d
     assert count_parameters(untied) - count_parameters(tied) == input_parameters
     softmax = tied.adaptive_softmax
+    assert count_parameters(softmax) == vocab * d + vocab + 2 * d + 2
     x = torch.tensor([[3, 10, 49, 50, 119]])
     embedded = tied.embed(x)[0]
-    torch.testing.assert_close(embedded[0], softmax.head.weight[3])
-    tail_0, tail_1 = softmax.tail
-    torch.testing.assert_close(embedded[1], tail_0[1].weight[0] @ tail_0[0].weight)
-    torch.testing.assert_close(embedded[2], tail_0[1].weight[39] @ tail_0[0].weight)
-    torch.testing.assert_close(embedded[4], tail_1[1].weight[69] @ tail_1[0].weight)
+    torch.testing.assert_close(embedded[0], softmax.tables[0][3])
+    torch.testing.assert_close(embedded[1], softmax.tables[1][0])
+    torch.testing.assert_close(embedded[2], softmax.tables[1][39])
+    torch.testing.assert_close(embedded[4], softmax.tables[2][69])
     embedded.sum().backward()
-    assert softmax.head.weight.grad[3].abs().sum() > 0
+    assert softmax.tables[0].grad[3].abs().sum() > 0
+
+
+def test_tied_adaptive_input_with_div_value_reads_the_projections() -> None:
+    """div 2: clusters 1, 2 have widths 8, 4 and projections P_i [d, h_i]; e(t) = E_i[t − c_i] P_iᵀ."""
+    model = DecoderLM(
+        120, d_model=16, n_heads=2, adaptive_cutoffs=[10, 50], adaptive_div_value=2.0, tie_embeddings=True
+    )
+    softmax = model.adaptive_softmax
+    assert [tuple(t.shape) for t in softmax.tables] == [(10, 16), (40, 8), (70, 4)]
+    assert [tuple(p.shape) for p in softmax.projections] == [(16, 8), (16, 4)]
+    embedded = model.embed(torch.tensor([[119]]))[0, 0]
+    torch.testing.assert_close(embedded, softmax.tables[2][69] @ softmax.projections[1].T)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
