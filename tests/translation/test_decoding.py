@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -103,6 +104,61 @@ def test_beam_search_with_a_wide_beam_finds_the_exhaustive_optimum(seed: int, le
     best = list(max(scores, key=scores.__getitem__))
     assert found == best
     assert greedy_decode(model, src, mask, **options)[0] != best
+
+
+class ScriptedDecoder:
+    """An ``EncoderDecoder`` stand-in over the vocabulary {PAD, BOS, EOS, A} whose next-token
+    distribution depends on the step only: ``log p(EOS) = eos_log_probs[step]``, the rest on ``A``
+    (PAD and BOS get probability 0). It carries no state (an empty list of layer states)."""
+
+    vocab_size = 4
+
+    def __init__(self, eos_log_probs: list[float]) -> None:
+        self.eos_log_probs = eos_log_probs
+
+    def encode(self, src: Tensor, mask: Tensor) -> Tensor:
+        return torch.zeros(*src.shape, 1, dtype=torch.float64)
+
+    def decode(self, tgt_in: Tensor, memory, memory_padding_mask, *, states=None, position_offset: int):
+        eos = self.eos_log_probs[position_offset]
+        logits = torch.tensor([-math.inf, -math.inf, eos, math.log1p(-math.exp(eos))], dtype=torch.float64)
+        return logits.expand(tgt_in.shape[0], 1, self.vocab_size), []
+
+
+def scripted_decoder(scores: list[float]) -> ScriptedDecoder:
+    """The ``ScriptedDecoder`` under which the hypothesis ``A^L`` (``L`` tokens, then EOS) has the summed
+    log-probability ``scores[L]``: ``log p(EOS at L) = scores[L] − Σ_{t<L} log p(A at t)``."""
+    eos_log_probs, prefix = [], 0.0
+    for score in scores:
+        eos_log_probs.append(score - prefix)
+        prefix += math.log1p(-math.exp(eos_log_probs[-1]))
+    return ScriptedDecoder(eos_log_probs)
+
+
+@pytest.mark.parametrize(("length_penalty", "best_length"), [(0.0, 0), (0.75, 1), (1.0, 2), (2.0, 3)])
+def test_length_penalty_divides_the_score_by_the_length_with_eos_to_the_power(
+    length_penalty: float, best_length: int
+) -> None:
+    """Pins fairseq's normalised score ``s / (len + 1)^α`` (``len`` tokens plus EOS) with hand-computed
+    values. The hypotheses ``[]``, ``[A]``, ``[A, A]``, ``[A, A, A]`` (at most 3 tokens; a beam of 4
+    keeps them all) have summed log-probabilities ``s = −1, −1.5, −2.2, −3``; normalised:
+
+    ======  ======  ======  ======  ======
+    α       []      [A]     [A,A]   [A,A,A]
+    ======  ======  ======  ======  ======
+    0       −1      −1.5    −2.2    −3
+    0.75    −1      −0.892  −0.965  −1.061
+    1       −1      −0.75   −0.733  −0.75
+    2       −1      −0.375  −0.244  −0.1875
+    ======  ======  ======  ======  ======
+
+    so each length wins for one α. Catches ``len`` without EOS, ``len + 2``, an ignored or inverted
+    exponent, and a multiplied instead of divided score."""
+    model = scripted_decoder([-1.0, -1.5, -2.2, -3.0])
+    src, mask = torch.full((1, 2), 3), torch.zeros(1, 2, dtype=torch.bool)
+    options = {"bos_id": BOS, "eos_id": EOS, "pad_id": PAD, "max_len_a": 0.0, "max_len_b": 3}
+    found = beam_search(model, src, mask, beam_size=4, length_penalty=length_penalty, **options)
+    assert found == [[3] * best_length]
 
 
 def test_batched_beam_search_equals_one_sentence_at_a_time() -> None:
