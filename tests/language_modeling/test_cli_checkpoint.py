@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from fwp.cli import main
 from tasks.language_modeling.synthetic import write_synthetic_corpus
@@ -12,6 +13,9 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "lm"
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])
 def test_fit_checkpoint_reloads_through_the_cli(subcommand, tmp_path, monkeypatch):
+    """The model that validates or predicts holds the checkpoint's weights, every tensor of them (a run
+    that built the model but loaded nothing, or only some layers, must fail; the fit's two steps moved
+    the weights away from the initialisation the second run starts from)."""
     monkeypatch.chdir(tmp_path)
     corpus = write_synthetic_corpus(tmp_path / "corpus", train_lines=60, valid_lines=10, test_lines=10)
     common = [
@@ -27,3 +31,8 @@ def test_fit_checkpoint_reloads_through_the_cli(subcommand, tmp_path, monkeypatc
         [subcommand, *common, "--ckpt_path", str(checkpoint), *(extra if subcommand == "predict" else [])]
     )
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    loaded = cli.model.state_dict()
+    assert loaded.keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name].cpu(), tensor), name
