@@ -1,12 +1,14 @@
 """Attention and model construction faults: options that parse but describe no model this machine can
 build (a backend it cannot run, a normalisation that does not exist, a write normalisation without the
-denominator). Each runs ``fit`` of the synthetic LM config on a tiny corpus for one step."""
+denominator), and weights of a layout the model no longer has. Each runs the synthetic LM config on a
+tiny corpus (``fit`` for one step, or ``test``)."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import lightning
 import torch
 
 from tests.faults.cases_data import config, write_lm_corpus
@@ -21,6 +23,23 @@ def lm_fit_with_attention(tmp_path: Path, attention: str) -> list[str]:
     return [*config(LM_FIT), "--data.init_args.data_dir", str(data), "--model.init_args.attention", attention]
 
 
+def legacy_softmax_checkpoint_test(tmp_path: Path) -> list[str]:
+    """``test`` from a checkpoint whose adaptive softmax has ``nn.AdaptiveLogSoftmaxWithLoss``'s layout
+    (the layout before Transformer-XL's): the weights are refused by name, not half-loaded."""
+    from fwp.cli import main
+
+    data = write_lm_corpus(tmp_path / "wiki")
+    args = [*config(LM_FIT[1:3]), "--data.init_args.data_dir", str(data)]
+    args += ["--model.init_args.adaptive_cutoffs", "[5, 10]", "--trainer.logger", "false"]
+    model = main(args, run=False).model
+    legacy = torch.nn.AdaptiveLogSoftmaxWithLoss(64, model.hparams.vocab_size, [5, 10]).state_dict()
+    state = {k: v for k, v in model.state_dict().items() if ".adaptive_softmax." not in k}
+    state |= {f"model.adaptive_softmax.{k}": v for k, v in legacy.items()}
+    checkpoint = {"state_dict": state, "hyper_parameters": dict(model.hparams), "epoch": 0, "global_step": 0}
+    torch.save(checkpoint | {"pytorch-lightning_version": lightning.__version__}, tmp_path / "old.ckpt")
+    return ["test", *args, "--ckpt_path", str(tmp_path / "old.ckpt")]
+
+
 TRITON_RUNS_HERE = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 
 CASES: list[Fault] = [
@@ -33,6 +52,11 @@ CASES: list[Fault] = [
         "model-denominator-write-without-denominator",
         lambda t: lm_fit_with_attention(t, "{name: delta, normalization: sum, denominator_write: true}"),
         names=lambda t: ["denominator_write", "normalization"],
+    ),
+    Fault(
+        "model-checkpoint-with-the-earlier-adaptive-softmax",
+        legacy_softmax_checkpoint_test,
+        names=lambda t: ["adaptive_softmax.head.weight", "retrain"],
     ),
 ]
 if not TRITON_RUNS_HERE:
