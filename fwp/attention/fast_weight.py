@@ -51,6 +51,7 @@ NORMALIZATIONS = ("sum", "denominator", "none")
 RULES = ("sum", "delta")
 REDRAW_POLICIES = ("train", "always", "never")
 SCALES = ("output", "scores")
+DEFAULT_EPS = 1e-6
 
 
 def parse_normalization(value: object) -> tuple[str, ...]:
@@ -76,6 +77,21 @@ def _require_choice(option: str, value: object, choices: tuple[str, ...]) -> Non
         raise ValueError(f"{option} must be one of {list(choices)}, got {option}={value!r}")
 
 
+def _epsilon(option: str, value: float | None, used: bool, normalization: object) -> float:
+    """``value`` (default 1e-6) of the ε option ``option``; a ValueError if it is negative, or given
+    while its normalisation is off (it would be ignored)."""
+    if value is None:
+        return DEFAULT_EPS
+    if not used:
+        owner = "denominator" if option == "eps" else "sum"
+        raise ValueError(
+            f"{option} is the ε of the {owner} normalisation, which is off (normalization="
+            f"{normalization!r}); got {option}={value}"
+        )
+    _require_at_least(option, value, 0.0)
+    return value
+
+
 def _require_at_least(option: str, value: float, minimum: float) -> None:
     if value < minimum:
         raise ValueError(f"{option} must be >= {minimum}, got {option}={value}")
@@ -94,7 +110,7 @@ class FastWeightAttention(AttentionCore):
       list ``[sum, denominator]`` (both).
     - ``rule``: ``sum`` or ``delta`` (needs β; causal only).
     - ``eps``: the denominator's ε (``φ(q)·z + ε``); ``sum_eps``: the sum normalisation's
-      (``Σ_j φ_j + ε_sum``).
+      (``Σ_j φ_j + ε_sum``); both 1e-6 unless given, and refused when their normalisation is off.
     - ``scale``: where the 1/√d_head of the layer applies. ``output`` (``output_scale``, applied by
       ``MultiHeadAttention``): ``y ← y/√d_head``. ``scores``: to the scores ``φ(q)·φ(k)`` as in the
       official sum-rule LM layers, so that with the denominator it cancels except in ε:
@@ -119,8 +135,8 @@ class FastWeightAttention(AttentionCore):
         feature_eps: float = 0.0,
         normalization: Normalization | list[Normalization] = "sum",
         rule: Rule = "delta",
-        eps: float = 1e-6,
-        sum_eps: float = 1e-6,
+        eps: float | None = None,
+        sum_eps: float | None = None,
         scale: Scale = "output",
         denominator_write: bool = False,
         backend: str = "auto",
@@ -137,8 +153,8 @@ class FastWeightAttention(AttentionCore):
         _require_at_least("nu", nu, 1)
         _require_at_least("m", m, 1)
         _require_at_least("chunk_size", chunk_size, 1)
-        _require_at_least("eps", eps, 0.0)
-        _require_at_least("sum_eps", sum_eps, 0.0)
+        eps = _epsilon("eps", eps, "denominator" in normalizations, normalization)
+        sum_eps = _epsilon("sum_eps", sum_eps, "sum" in normalizations, normalization)
         _require_at_least("feature_eps", feature_eps, 0.0)
         if denominator_write and (rule != "delta" or "denominator" not in normalizations):
             raise ValueError(

@@ -40,10 +40,10 @@ def test_every_combination_of_the_two_normalisations(normalization) -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 7, 4, dtype=torch.float64) for _ in range(3))
     beta = torch.rand(2, 2, 7, dtype=torch.float64)
-    core = FastWeightAttention(
-        4, feature_map="elu", rule="delta", normalization=normalization, eps=0.3, sum_eps=0.7
-    )
     names = [normalization] if isinstance(normalization, str) else normalization
+    eps = {"eps": 0.3} if "denominator" in names else {}
+    eps |= {"sum_eps": 0.7} if "sum" in names else {}
+    core = FastWeightAttention(4, feature_map="elu", rule="delta", normalization=normalization, **eps)
     y, state = core(q, k, v, beta)
     expected = loop(
         q, k, v, beta, sum_eps=0.7, eps=0.3, sum_norm="sum" in names, denominator="denominator" in names
@@ -82,3 +82,22 @@ def test_triton_backend_is_refused_at_construction_without_cuda(monkeypatch) -> 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"backend='triton' needs a CUDA device.*'auto'.*'chunk'"):
         build_attention({"name": "delta", "backend": "triton"}, d_head=4)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"normalization": "sum", "eps": 1e-5},
+            r"eps is the ε of the denominator normalisation, which is off",
+        ),
+        ({"normalization": "denominator", "sum_eps": 0.0}, r"sum_eps is the ε of the sum normalisation"),
+        ({"normalization": "none", "eps": 1e-3}, r"eps is the ε of the denominator"),
+        ({"normalization": "denominator", "eps": -1.0}, r"eps must be >= 0"),
+    ],
+)
+def test_an_eps_that_would_be_ignored_is_refused(options: dict, message: str) -> None:
+    """``eps`` once also served the sum normalisation; now each ε belongs to one normalisation, and one
+    given while its normalisation is off would silently do nothing."""
+    with pytest.raises(ValueError, match=message):
+        build_attention({"name": "delta", **options}, d_head=4)
