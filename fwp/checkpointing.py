@@ -8,6 +8,9 @@
   written next to the target, flushed to disk and renamed over it (``os.replace``, atomic on POSIX).
   A file that is truncated, corrupted (CRC-32 of its zip members; ``torch.load`` alone loads flipped
   bits silently) or unreadable raises ``CheckpointLoadError`` naming it.
+- ``LastCheckpointAtEnd`` / ``save_last_checkpoints``: ``last.ckpt`` (every ``ModelCheckpoint`` with
+  ``save_last: true``) is the newest state of the run: written again when ``fit`` ends between two
+  checkpoints (``max_steps``) and, by ``PreemptionCheckpoint``, when a signal stops it.
 - ``read_checkpoint_hyperparameters``: what a ``--ckpt_path`` file says about the model it holds, after
   checking that it is a Lightning checkpoint at all (not a directory, not a plain ``torch.save`` file).
 - ``RandomStateCheckpoint``: Lightning does not save random number generator states; this callback
@@ -34,6 +37,7 @@ import torch.distributed as dist
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -100,6 +104,29 @@ def verify_checkpoint_file(path: str | os.PathLike) -> None:
         ) from error
     if damaged is not None:
         raise CheckpointLoadError(f"cannot load checkpoint '{path}': corrupt (CRC mismatch in {damaged})")
+
+
+def save_last_checkpoints(trainer: L.Trainer) -> None:
+    """Make every ``ModelCheckpoint`` with ``save_last=True`` write its last checkpoint (``last.ckpt``)
+    now, unless it has written one at this global step (or saves nothing now: ``fast_dev_run``, not
+    fitting). Lightning saves the last checkpoint only together with a top-k one (at an evaluation or
+    every ``n`` steps), so the steps after the latest were in no checkpoint. Collective under a
+    distributed strategy (call it on every rank). Uses ``ModelCheckpoint`` internals (Lightning 2.6)."""
+    for callback in trainer.checkpoint_callbacks:
+        if (
+            isinstance(callback, ModelCheckpoint)
+            and callback.save_last is True
+            and not callback._should_skip_saving_checkpoint(trainer)
+        ):
+            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+class LastCheckpointAtEnd(L.Callback):
+    """At the end of ``fit``, ``last.ckpt`` holds the final state (``save_last_checkpoints``), also when
+    training stopped between two checkpoints (``max_steps``, ``max_time``, ...)."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        save_last_checkpoints(trainer)
 
 
 def read_checkpoint_hyperparameters(path: str | os.PathLike) -> dict[str, Any]:

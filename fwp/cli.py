@@ -6,6 +6,7 @@ both the chosen data module and the chosen model have the named attribute/argume
 Every run also gets, whatever its YAML says:
 - checkpoints written atomically (``AtomicCheckpointIO``, unless the YAML gives a CheckpointIO plugin)
   and random number generator states saved in them (``RandomStateCheckpoint``), for exact resume;
+  ``last.ckpt`` written again at the end of ``fit`` if older than the final step (``LastCheckpointAtEnd``);
 - ``non_finite_loss: {policy: stop|skip, max_consecutive_skips: N}`` (``NonFiniteLossGuard``);
 - ``preemption: {signals: [SIGTERM, SIGUSR1], filename: preempted.ckpt}`` (``PreemptionCheckpoint``):
   a termination signal ends training cleanly with a checkpoint (or SLURM requeue);
@@ -35,13 +36,16 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from fwp.callbacks import LearningRateLogger, NonFiniteLossGuard, RunDirectoryReport
 from fwp.checkpointing import (
     AtomicCheckpointIO,
     CheckpointLoadError,
     CheckpointMismatchError,
+    LastCheckpointAtEnd,
     RandomStateCheckpoint,
     read_checkpoint_hyperparameters,
 )
@@ -75,6 +79,7 @@ def trainer_defaults() -> dict[str, Any]:
             LearningRateLogger(),
             RandomStateCheckpoint(),
             BestMetricLogger(),
+            LastCheckpointAtEnd(),
         ],
     }
 
@@ -143,6 +148,37 @@ def run_config_hint(ckpt_path: str) -> str:
     version directory holding the config ``fit`` saved, else ``""``."""
     config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
     return f"; that run's settings: --config {config}" if config.is_file() else ""
+
+
+def existing_versions(root: Path) -> list[int]:
+    """The numbers ``n`` of the ``version_<n>`` directories in ``root``."""
+    if not root.is_dir():
+        return []
+    names = (path.name for path in root.iterdir() if path.is_dir())
+    return [int(name[8:]) for name in names if name.startswith("version_") and name[8:].isdigit()]
+
+
+def claim_version_directory(logger: Logger) -> Path | None:
+    """Give a TensorBoard or CSV logger without a version of its own the next ``version_<n>`` of its
+    ``<save_dir>/<name>`` (after the highest existing one, as Lightning numbers them), claimed by
+    creating that directory: ``mkdir`` fails if another run has just created it (two runs started
+    together; Lightning only lists the directory, so both took the same number), and the next number is
+    tried. Returns the directory created; None for other loggers, a given version, a remote path."""
+    if not isinstance(logger, TensorBoardLogger | CSVLogger) or logger._version is not None:
+        return None
+    if "://" in str(logger.root_dir):
+        return None
+    root = Path(logger.root_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    number = max(existing_versions(root), default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{number}").mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        logger._version = number
+        return root / f"version_{number}"
 
 
 def exit_with_user_error(error: BaseException) -> None:
@@ -231,6 +267,23 @@ class FwpCLI(LightningCLI):
             exit_with_user_error(error)
         if self.checkpoint_hparams:
             self.check_architecture(self.config[self.config.subcommand].ckpt_path)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand in version directories claimed for this run (``claim_version_directory``,
+        by the process of global rank 0; the others learn the directory from it through the trainer);
+        a claimed directory that the run leaves empty because it fails is removed again."""
+        claimed = (
+            [claim_version_directory(logger) for logger in self.trainer.loggers]
+            if rank_zero_only.rank == 0
+            else []
+        )
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            for directory in claimed:
+                if directory is not None and not any(directory.iterdir()):
+                    directory.rmdir()
+            raise
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with ``AtomicCheckpointIO`` added to its plugins unless one is a CheckpointIO,

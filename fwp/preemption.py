@@ -13,6 +13,10 @@ whose summed gradients are in no checkpoint, would not).
 - Otherwise (plain SIGTERM from a scheduler or ``kill``, or SIGUSR1) the checkpoint is written as
   ``<checkpoint dir>/<filename>`` and training stops; resume with ``--ckpt_path`` pointing to it.
 
+In both cases ``last.ckpt`` (a ``ModelCheckpoint`` with ``save_last``) is written first at the same step,
+so that it is the newest state of the run and the preemption checkpoint records it as the run's last
+checkpoint: the resumed run then overwrites ``last.ckpt`` instead of starting ``last-v1.ckpt``.
+
 Under DDP the ranks decide together: a signal seen by any rank stops all of them at the same batch.
 When both arrive before that batch ends (SLURM sends SIGTERM at the time limit, possibly while a long
 evaluation runs after the SIGUSR1 warning), the requeue signal wins, so the job is still requeued.
@@ -30,6 +34,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
+
+from fwp.checkpointing import save_last_checkpoints
 
 HANDLED_SIGNALS = ("SIGTERM", "SIGUSR1")
 
@@ -113,6 +119,7 @@ class PreemptionCheckpoint(L.Callback):
         if signum is None or not completes_an_optimizer_step(trainer, batch_idx):
             return
         self.restore_handlers()
+        save_last_checkpoints(trainer)
         if signum == self._requeue_signal:
             rank_zero_info(
                 f"fwp: {signum.name} at global step {trainer.global_step}: SLURM checkpoint, requeue"
