@@ -312,3 +312,94 @@ def test_the_parity_check_sees_a_wrong_normalisation() -> None:
     )
     assert (block(x)[0] - expected.transpose(0, 1)).abs().max() > 1e-3
     assert math.isfinite(float(expected.abs().max()))
+
+
+# ---- the whole model: a carry-over Delta Network (no positional encoding) ---------------------------
+
+VOCAB, CUTOFFS, N_LAYER = 30, [5, 12, 20], 2
+
+
+def official_log_probs(hidden, target, weight, bias, cluster_weight, cluster_bias):
+    """``ProjectedAdaptiveLogSoftmax`` with ``div_val = 1`` and ``d_proj = d_embed`` (no projections):
+    ``log p(target)`` ``[N]`` for ``hidden`` ``[N, d]``."""
+    ends = [0, *CUTOFFS, VOCAB]
+    head_weight = torch.cat([weight[: ends[1]], cluster_weight])
+    head_bias = torch.cat([bias[: ends[1]], cluster_bias])
+    head_logprob = F.log_softmax(F.linear(hidden, head_weight, head_bias), dim=1)
+    logprob = torch.empty(len(target), dtype=hidden.dtype)
+    for i in range(len(ends) - 1):
+        rows = ((target >= ends[i]) & (target < ends[i + 1])).nonzero().squeeze(1)
+        if i == 0:
+            logprob[rows] = head_logprob[rows].gather(1, target[rows, None]).squeeze(1)
+        else:
+            tail = F.linear(hidden[rows], weight[ends[i] : ends[i + 1]], bias[ends[i] : ends[i + 1]])
+            tail_logprob = F.log_softmax(tail, dim=1)
+            picked = tail_logprob.gather(1, (target[rows] - ends[i])[:, None]).squeeze(1)
+            logprob[rows] = head_logprob[rows, -i] + picked
+    return logprob
+
+
+def test_carry_model_equals_the_official_model() -> None:
+    """``MemTransformerLM`` (attn_type 24, ``--no_pos --carry_over_fast_weight``, tied adaptive input and
+    softmax, div_val 1): embedding × √d_model, the layers, the adaptive softmax; two segments, the fast
+    weights carried. The framework's model is built from ``wt103_small_delta_carry.yaml`` (sizes shrunk)."""
+    from fwp.model import DecoderLM
+
+    path = CONF / "wt103_small_delta_carry.yaml"
+    options = yaml.safe_load(path.read_text())["model"]["init_args"]
+    assert options["positional"] == "none" and options["tie_embeddings"] and options["carry_state"]
+    generator = torch.Generator().manual_seed(1)
+    layers = [official_parameters(DELTA_NETWORK, generator) for _ in range(N_LAYER)]
+    weight = 0.5 * torch.randn(VOCAB, D_MODEL, generator=generator, dtype=torch.float64)
+    bias = 0.5 * torch.randn(VOCAB, generator=generator, dtype=torch.float64)
+    cluster_weight = 0.5 * torch.randn(len(CUTOFFS), D_MODEL, generator=generator, dtype=torch.float64)
+    cluster_bias = 0.5 * torch.randn(len(CUTOFFS), generator=generator, dtype=torch.float64)
+    model = DecoderLM(
+        VOCAB,
+        d_model=D_MODEL,
+        n_layers=N_LAYER,
+        n_heads=N_HEAD,
+        d_head=D_HEAD,
+        d_ff=D_INNER,
+        attention=options["attention"],
+        dropout=0.0,
+        positional=options["positional"],
+        norm=options["norm"],
+        tie_embeddings=True,
+        adaptive_cutoffs=CUTOFFS,
+        adaptive_div_value=options["adaptive_div_value"],
+        init=options["init"],
+    ).double()
+    model.eval()
+    for block, p in zip(model.stack.blocks, layers, strict=True):
+        block.load_state_dict(framework_block(path, DELTA_NETWORK, p).state_dict())
+    softmax = model.adaptive_softmax
+    with torch.no_grad():
+        for table, b, low, high in zip(
+            softmax.tables, softmax.biases, [0, *CUTOFFS], [*CUTOFFS, VOCAB], strict=True
+        ):
+            table.copy_(weight[low:high])
+            b.copy_(bias[low:high])
+        softmax.cluster_weight.copy_(cluster_weight)
+        softmax.cluster_bias.copy_(cluster_bias)
+    stream = torch.randint(VOCAB, (B, 2 * T + 1), generator=generator)
+    states, mems = None, [None] * N_LAYER
+    for start in (0, T):
+        data, target = stream[:, start : start + T], stream[:, start + 1 : start + T + 1]
+        core_out = weight[data.T] * D_MODEL**0.5  # [T, B, d]
+        for i, p in enumerate(layers):
+            core_out, mems[i] = official_decoder_layer(DELTA_NETWORK, core_out, p, mems[i])
+        expected = (
+            official_log_probs(
+                core_out.reshape(-1, D_MODEL),
+                target.T.reshape(-1),
+                weight,
+                bias,
+                cluster_weight,
+                cluster_bias,
+            )
+            .view(T, B)
+            .T
+        )
+        hidden, states = model(data, states=states)
+        torch.testing.assert_close(model.target_log_probs(hidden, target), expected, rtol=1e-9, atol=1e-10)
