@@ -125,7 +125,8 @@ class RetrievalDataModule(L.LightningDataModule):
         setting: 1 (capacity: L = S, keys and values permutations) or 2 (update: keys and values drawn
             with replacement, L = 2S in training and S in evaluation, as in the official code).
         batch_size: training sequences per batch and rank (the paper: 32). The evaluation loss is the
-            mean over chunks of ``batch_size`` queries of each sequence (the official average).
+            mean over chunks of (global batch size = ``batch_size`` × ranks) queries of each sequence
+            (the official average), so a DDP run and its one-process twin report the same loss.
         eval_sequences: fresh sequences per evaluation, each with every present key queried (paper: 20).
         eval_max_queries: at most this many keys queried per evaluation sequence (official: 200).
         train_batches: length of the training stream; set it to at least trainer.max_steps.
@@ -167,6 +168,9 @@ class RetrievalDataModule(L.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def _global_step(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0
 
@@ -188,7 +192,7 @@ class RetrievalDataModule(L.LightningDataModule):
             stream,
             self._global_step,
             max_queries=hp.eval_max_queries,
-            chunk=hp.batch_size,
+            chunk=hp.batch_size * self._world_size(),
         )
         return DataLoader(batch, batch_size=None)
 

@@ -148,3 +148,19 @@ def test_data_module_evaluation_chunks_queries_by_the_training_batch_size():
     assert batch.query_weight[:, 0].tolist() == pytest.approx([1 / (8 * chunks)] * 3)
     assert batch.query_weight[:, -1].tolist() == pytest.approx([1 / (2 * chunks)] * 3)
     assert batch.query_weight.sum().item() == pytest.approx(1.0)
+
+
+def test_evaluation_chunks_follow_the_global_batch_size():
+    """2 ranks of batch_size 4 evaluate like one process of batch_size 8 (the DDP twin in
+    tests/scale/test_ddp.py); chunks of the per-rank size gave another loss."""
+
+    class TwoRanks:
+        world_size, global_rank, global_step = 2, 0, 0
+
+    data = RetrievalDataModule(num_keys=50, setting=1, batch_size=4, eval_sequences=2)
+    data.trainer = TwoRanks()
+    (ddp,) = list(data.val_dataloader())
+    (single,) = list(
+        RetrievalDataModule(num_keys=50, setting=1, batch_size=8, eval_sequences=2).val_dataloader()
+    )
+    assert torch.equal(ddp.query_weight, single.query_weight)
