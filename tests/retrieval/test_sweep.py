@@ -122,6 +122,7 @@ def test_stop_reason(reason, max_steps, step, expected):
         ("setting1_favor128.yaml", "FAVOR+ m=128, sum rule"),
         ("setting1_dpfp3.yaml", "DPFP ν=3, sum rule"),
         ("setting2_dpfp_delta.yaml", "DPFP ν=1, delta rule"),
+        ("setting2_fwm.yaml", "tanh, FWM rule"),
     ],
 )
 def test_plot_labels_name_the_system(config, label):
