@@ -44,9 +44,11 @@ OFFICIAL_FINAL_LOSS: dict[str, dict[int, float]] = {
         140: 0.053215686,
     },
     # dpfp1_sum R1
-    "setting2_dpfp_sum": {20: 0.10479573, 40: 0.113640115, 60: 0.12291964, 80: 0.11903926},
+    "setting2_dpfp_sum": {20: 0.10479573, 40: 0.113640115, 60: 0.12291964, 80: 0.11903926, 100: 0.11650743},
     # dpfp1_ours R1
     "setting2_dpfp_delta": {20: 0.0007664201, 40: 0.0009702948, 60: 0.0060898424, 80: 0.010567849},
+    "setting2_dpfp2_delta": {40: 0.0005252526},  # dpfp2_ours R1
+    "setting2_favor128_delta": {40: float("nan")},  # favor128_ours R1: NaN from step 1900 on
     "setting2_dpfp_fwm": {20: 0.05053059, 40: 0.49858028},  # dpfp1_fwm R1
     "setting2_fwm": {20: 1.691824},  # tanh_fwm R1
 }
