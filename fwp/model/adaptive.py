@@ -81,29 +81,24 @@ def adaptive_embedding(tokens: Tensor, boundaries: Sequence[int], clusters: Sequ
     return embedded.view(*tokens.shape, d_model)
 
 
-class AdaptiveLogSoftmax(nn.Module):
-    """Transformer-XL's adaptive softmax (module docstring) over ``vocab_size`` tokens for hidden states
-    of size ``d_model``. Parameters: ``tables[i]`` ``[|cluster i|, h_i]``, ``biases[i]`` ``[|cluster i|]``,
-    ``projections`` (``P_i`` of the clusters with ``h_i < d_model``), ``cluster_weight`` ``[n, h_0]``,
-    ``cluster_bias`` ``[n]``. ``log_prob`` and ``target_log_prob`` take ``[N, d_model]``."""
+class ClusterTables(nn.Module):
+    """The per-cluster tables ``E_i`` ``[|cluster i|, h_i]`` (``tables``) and projections ``P_i`` ``[d_model,
+    h_i]`` of the clusters with ``h_i < d_model`` (``projections``) that the adaptive input and softmax
+    share (module docstring). Initialised normal with std ``h_i^{-1/2}`` and ``d_model^{-1/2}``."""
 
     def __init__(self, vocab_size: int, d_model: int, cutoffs: Sequence[int], div_value: float = 1.0) -> None:
         super().__init__()
         cutoffs = check_cutoffs(cutoffs, vocab_size)
         self.boundaries = [0, *cutoffs, vocab_size]
-        self.n_clusters = len(cutoffs)
-        widths = [cluster_width(d_model, div_value, i) for i in range(self.n_clusters + 1)]
+        widths = [cluster_width(d_model, div_value, i) for i in range(len(cutoffs) + 1)]
         sizes = [high - low for low, high in itertools.pairwise(self.boundaries)]
         self.tables = nn.ParameterList(
             nn.Parameter(torch.randn(n, h) * h**-0.5) for n, h in zip(sizes, widths, strict=True)
         )
-        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes)
         self.projected = [h < d_model for h in widths]
         self.projections = nn.ParameterList(
             nn.Parameter(torch.randn(d_model, h) * d_model**-0.5) for h in widths if h < d_model
         )
-        self.cluster_weight = nn.Parameter(torch.randn(self.n_clusters, widths[0]) * widths[0] ** -0.5)
-        self.cluster_bias = nn.Parameter(torch.zeros(self.n_clusters))
 
     def projection(self, cluster: int) -> Tensor | None:
         """``P_i`` ``[d_model, h_i]`` of ``cluster``, or None when ``h_i = d_model``."""
@@ -112,11 +107,26 @@ class AdaptiveLogSoftmax(nn.Module):
         return self.projections[sum(self.projected[:cluster])]
 
     def clusters(self) -> list[Cluster]:
-        """The tied input clusters: ``(E_i, P_iᵀ)`` (``(E_i, None)`` without a projection)."""
+        """The input clusters: ``(E_i, P_iᵀ)`` (``(E_i, None)`` without a projection)."""
         return [
             (table, None if (projection := self.projection(i)) is None else projection.transpose(0, 1))
             for i, table in enumerate(self.tables)
         ]
+
+
+class AdaptiveLogSoftmax(ClusterTables):
+    """Transformer-XL's adaptive softmax (module docstring) over ``vocab_size`` tokens for hidden states
+    of size ``d_model``: ``ClusterTables`` plus ``biases[i]`` ``[|cluster i|]``, ``cluster_weight`` ``[n,
+    h_0]`` and ``cluster_bias`` ``[n]``. ``log_prob`` and ``target_log_prob`` take ``[N, d_model]``; a tied
+    input embedding reads ``clusters()``."""
+
+    def __init__(self, vocab_size: int, d_model: int, cutoffs: Sequence[int], div_value: float = 1.0) -> None:
+        super().__init__(vocab_size, d_model, cutoffs, div_value)
+        self.n_clusters = len(self.boundaries) - 2
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(t.shape[0])) for t in self.tables)
+        width = self.tables[0].shape[1]
+        self.cluster_weight = nn.Parameter(torch.randn(self.n_clusters, width) * width**-0.5)
+        self.cluster_bias = nn.Parameter(torch.zeros(self.n_clusters))
 
     def logits(self, hidden: Tensor, cluster: int) -> Tensor:
         """Scores ``[N, |cluster| (+ n for the head)]`` of ``hidden`` ``[N, d_model]``: ``h P_i E_iᵀ + b_i``,
@@ -167,27 +177,9 @@ class AdaptiveLogSoftmax(nn.Module):
         return result
 
 
-class AdaptiveInput(nn.Module):
-    """Untied adaptive input embedding with its own tables (normal init, std ``h_i^{-1/2}``) and
-    bias-free projections. ``forward``: tokens ``[...]`` → ``[..., d_model]``."""
-
-    def __init__(self, vocab_size: int, d_model: int, cutoffs: Sequence[int], div_value: float = 1.0) -> None:
-        super().__init__()
-        cutoffs = check_cutoffs(cutoffs, vocab_size)
-        self.boundaries = [0, *cutoffs, vocab_size]
-        self.tables = nn.ParameterList()
-        self.projections = nn.ParameterList()
-        for index, (low, high) in enumerate(zip(self.boundaries[:-1], self.boundaries[1:], strict=True)):
-            width = cluster_width(d_model, div_value, index)
-            self.tables.append(nn.Parameter(torch.randn(high - low, width) * width**-0.5))
-            if index > 0:
-                self.projections.append(nn.Parameter(torch.randn(width, d_model) * width**-0.5))
-
-    def clusters(self) -> list[Cluster]:
-        """``(table, projection)`` per cluster; cluster 0 has no projection."""
-        return [(self.tables[0], None)] + [
-            (table, projection) for table, projection in zip(self.tables[1:], self.projections, strict=True)
-        ]
+class AdaptiveInput(ClusterTables):
+    """Untied adaptive input embedding (Transformer-XL's ``AdaptiveEmbedding``): its own tables and
+    projections. ``forward``: tokens ``[...]`` → ``[..., d_model]``."""
 
     def forward(self, tokens: Tensor) -> Tensor:
         return adaptive_embedding(tokens, self.boundaries, self.clusters())

@@ -12,7 +12,7 @@ from typing import Literal
 
 from torch import nn
 
-from fwp.model.adaptive import AdaptiveInput, AdaptiveLogSoftmax
+from fwp.model.adaptive import AdaptiveLogSoftmax, ClusterTables
 
 Init = Literal["torch", "txl"]
 INITS = ("torch", "txl")
@@ -33,17 +33,13 @@ def transformer_xl_init(model: nn.Module) -> None:
                 nn.init.normal_(module.weight, 1.0, TXL_STD)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, AdaptiveLogSoftmax):
-            for table in module.tables:
-                nn.init.normal_(table, 0.0, TXL_STD)
-            for bias in module.biases:
-                nn.init.zeros_(bias)
-            for projection in module.projections:
-                nn.init.normal_(projection, 0.0, TXL_PROJECTION_STD)
-            nn.init.normal_(module.cluster_weight, 0.0, TXL_STD)
-            nn.init.zeros_(module.cluster_bias)
-        elif isinstance(module, AdaptiveInput):
+        elif isinstance(module, ClusterTables):
             for table in module.tables:
                 nn.init.normal_(table, 0.0, TXL_STD)
             for projection in module.projections:
                 nn.init.normal_(projection, 0.0, TXL_PROJECTION_STD)
+            if isinstance(module, AdaptiveLogSoftmax):
+                for bias in module.biases:
+                    nn.init.zeros_(bias)
+                nn.init.normal_(module.cluster_weight, 0.0, TXL_STD)
+                nn.init.zeros_(module.cluster_bias)

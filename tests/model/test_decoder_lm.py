@@ -69,7 +69,7 @@ def test_tied_adaptive_input_reads_the_softmax_weights() -> None:
         vocab, d_model=d, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=cutoffs, tie_embeddings=True
     )
     input_parameters = sum(p.numel() for p in untied.adaptive_input.parameters())
-    assert input_parameters == vocab * d + 2 * d * d
+    assert input_parameters == vocab * d  # Transformer-XL's AdaptiveEmbedding at div 1: no projections
     assert count_parameters(untied) - count_parameters(tied) == input_parameters
     softmax = tied.adaptive_softmax
     assert count_parameters(softmax) == vocab * d + vocab + 2 * d + 2
@@ -143,3 +143,15 @@ def test_adaptive_log_distribution_is_float32_and_normalised_under_bf16_autocast
         log_probs = model.log_probs(model(tokens(length=5, vocab=120))[0])
     assert log_probs.dtype == torch.float32
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 5), rtol=0, atol=1e-5)
+
+
+def test_untied_adaptive_input_has_the_softmax_layout() -> None:
+    """Untied (Transformer-XL's AdaptiveEmbedding): its own tables, projections only where h_i < d."""
+    model = DecoderLM(120, d_model=16, n_heads=2, adaptive_cutoffs=[10, 50], adaptive_div_value=2.0)
+    embedding = model.adaptive_input
+    assert [tuple(p.shape) for p in embedding.projections] == [(16, 8), (16, 4)]
+    assert all(a is not b for a, b in zip(embedding.tables, model.adaptive_softmax.tables, strict=True))
+    torch.testing.assert_close(
+        model.embed(torch.tensor([[3, 119]]))[0],
+        torch.stack([embedding.tables[0][3], embedding.tables[2][69] @ embedding.projections[1].T]),
+    )
