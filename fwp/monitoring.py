@@ -6,18 +6,22 @@
   counted by the task's ``throughput_counts(batch)``;
 - ``hp_metric``: the best value so far of the task's validation metric (``BestMetricLogger``), so the
   HPARAMS tab of TensorBoard compares runs by it;
-- text samples at each validation (``log_text``).
+- text samples at each validation (``log_text``);
+- the progress bar on stderr (``StderrProgressBar``), so that stdout holds only a command's results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
@@ -118,6 +122,32 @@ class BestMetricLogger(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, float | None]) -> None:
         self.best = state_dict["best"]
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, written to stderr instead of stdout: stdout then carries only the
+    results a command prints (``predict`` continuations or translations), so ``> file`` keeps them
+    clean. Each bar is created while stdout points at stderr (Lightning opens its bars on stdout)."""
+
+    @staticmethod
+    def on_stderr(init: Callable[[], Tqdm]) -> Tqdm:
+        with contextlib.redirect_stdout(sys.stderr):
+            return init()
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        return self.on_stderr(super().init_sanity_tqdm)
+
+    def init_train_tqdm(self) -> Tqdm:
+        return self.on_stderr(super().init_train_tqdm)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return self.on_stderr(super().init_validation_tqdm)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return self.on_stderr(super().init_test_tqdm)
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return self.on_stderr(super().init_predict_tqdm)
 
 
 def log_text(module: L.LightningModule, tag: str, text: str) -> None:

@@ -340,7 +340,7 @@ def test_a_prompt_too_long_for_learned_positions_is_refused_by_name(corpus: Path
     with pytest.raises(
         DataError, match=r"prompt: generation needs 9 positions.*max_new_tokens=4.*max_positions=8"
     ):
-        predict(data, prompt=prompt, **options)
+        predict(data, prompt=prompt, prompt_length=1, **options)
     with pytest.raises(ValueError, match=r"generation needs 9 positions.*prompt_length"):
         tiny_language_model(prompt_length=6, **options)
 
