@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning_runs import quiet_trainer
 
+from tasks.translation import module
 from tasks.translation.data import TranslationDataModule
 from tasks.translation.metrics import (
     CorpusBleuStatistics,
@@ -172,11 +173,14 @@ def write_parallel_corpus(directory: Path, src_lang: str, tgt_lang: str) -> Path
 
 
 def test_an_english_french_validation_reports_both_scores_and_the_signatures(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """End to end with ``tgt_lang: fr``: the module picks the variants from the data's target language
-    and prints each score under its label with its signature. Catches the signature dropped from the
-    report and a German compound-split score reported for a French target."""
+    """End to end with ``tgt_lang: fr``: the module picks the variants from the data's target language,
+    prints each score under its label with its signature and writes the signatures as TensorBoard text.
+    Catches the signature dropped from the report (printed or TensorBoard) and a German compound-split
+    score reported for a French target."""
+    texts: dict[str, str] = {}
+    monkeypatch.setattr(module, "log_text", lambda _, tag, text: texts.__setitem__(tag, text))
     corpus = write_parallel_corpus(tmp_path / "en-fr", "en", "fr")
     data = TranslationDataModule(
         data_dir=str(corpus),
@@ -196,3 +200,9 @@ def test_an_english_french_validation_reports_both_scores_and_the_signatures(
     assert "valid tokenised BLEU (Moses fr tokens, tok:none): BLEU = " in printed
     assert "valid/sacrebleu_signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in printed
     assert "valid/bleu_moses_signature: nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:" in printed
+    assert texts["valid/sacrebleu_signature"].startswith(
+        "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:"
+    )
+    assert texts["valid/bleu_moses_signature"].startswith(
+        "nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:"
+    )
