@@ -313,9 +313,10 @@ class LanguageModelingDataModule(CorpusDataModule):
         a split too short for them is a ``DataError`` naming its file and the batch size option."""
         training = split == "train"
         option = "batch_size" if training else "eval_batch_size"
+        stream = self.token_stream(split)
         with _naming(self.split_file(split), option):
             return SegmentDataset(
-                self.token_stream(split),
+                stream,
                 batch_size=self.batch_size if training else self.split_batch_size(split),
                 segment_length=self.segment_length if training else self.eval_segment_length,
                 rank=rank,
@@ -329,9 +330,10 @@ class LanguageModelingDataModule(CorpusDataModule):
     def windows(self, split: str, *, rank: int = 0, world_size: int = 1) -> SlidingWindowDataset:
         """``split``'s sliding windows for ``rank`` of ``world_size`` (``eval_segment_length`` tokens,
         ``eval_stride``, ``eval_batch_size`` windows per batch)."""
+        stream = self.token_stream(split)
         with _naming(self.split_file(split), "eval_segment_length"):
             return SlidingWindowDataset(
-                self.token_stream(split),
+                stream,
                 batch_size=self.split_batch_size(split),
                 window_length=self.eval_segment_length,
                 stride=self.eval_stride,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fwp.data import EOS_ID
+from fwp.data import EOS_ID, DataError
 from tasks.language_modeling.data import LanguageModelingDataModule, SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
@@ -270,3 +270,17 @@ def test_lightning_resumes_mid_epoch_at_the_next_segment(corpus, tmp_path):
     (checkpoint,) = (tmp_path / "after3").glob("*.ckpt")
     resumed, _ = fit(6, ckpt_path=checkpoint)
     assert resumed == [3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("stage", "split", "option"), [("fit", "train", "batch_size"), ("test", "test", "eval_batch_size")]
+)
+def test_split_too_short_for_the_batch_names_its_file_and_the_option(tmp_path, stage, split, option):
+    """Before: 'a stream of 5 tokens is too short for 16 columns', naming neither file nor option."""
+    write_synthetic_corpus(tmp_path, **SMALL)
+    (tmp_path / f"wiki.{split}.tokens").write_text("only a few words\n")
+    data = LanguageModelingDataModule(str(tmp_path), batch_size=16)
+    with pytest.raises(
+        DataError, match=f"{re.escape(str(tmp_path / f'wiki.{split}.tokens'))}.*smaller {option}"
+    ):
+        data.setup(stage)
