@@ -77,6 +77,7 @@ def keys() -> torch.Tensor:
 
 
 def test_identity_and_elu_plus_one_values() -> None:
+    """Catches ``elu(x) + 1`` replaced by another positive map (e.g. ``relu(x) + 1``, ``exp(x)``)."""
     x = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
     assert torch.equal(identity(x), x)
     # elu(-1) + 1 = e^-1, elu(0) + 1 = 1, elu(2) + 1 = 3
@@ -152,17 +153,20 @@ def test_causal_denominator_values() -> None:
 
 
 def test_elu_plus_one_equals_the_plain_python_formula(keys: torch.Tensor) -> None:
+    """Catches a wrong branch of ``elu`` anywhere in a ``[B, H, T, d_k]`` tensor."""
     torch.testing.assert_close(elu_plus_one(keys), by_hand(elu_plus_one_by_hand, keys), rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("nu", [1, 2, 3])
 def test_dpfp_equals_the_plain_python_formula(keys: torch.Tensor, nu: int) -> None:
+    """Catches wrong roll offsets or directions, a wrong block order or size for ν = 1, 2, 3."""
     phi = dpfp(keys, nu)
     assert phi.shape == (*keys.shape[:-1], 2 * keys.shape[-1] * nu)
     torch.testing.assert_close(phi, by_hand(dpfp_by_hand, keys, nu), rtol=1e-14, atol=0)
 
 
 def test_favor_equals_the_plain_python_formula(keys: torch.Tensor) -> None:
+    """Catches a wrong scale, sign or norm term of FAVOR+, or ``Ω`` applied transposed (``m ≠ d_k``)."""
     omega = torch.randn(6, keys.shape[-1], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     expected = by_hand(favor_by_hand, keys, omega.tolist())
     assert expected.shape[-1] == 12
@@ -171,6 +175,7 @@ def test_favor_equals_the_plain_python_formula(keys: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("eps", [0.0, 0.5])
 def test_sum_normalize_equals_the_plain_python_formula(keys: torch.Tensor, eps: float) -> None:
+    """Catches ``eps`` ignored or the sum taken over the wrong dimension."""
     phi = dpfp(keys, 2)
     expected = by_hand(sum_normalize_by_hand, phi, eps)
     torch.testing.assert_close(sum_normalize(phi, eps), expected, rtol=1e-14, atol=0)
