@@ -407,11 +407,13 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
 
     def _write_hypotheses(self, split: str) -> None:
         """Every rank's hypotheses, detokenised, one line per sentence in input order, into a new file
-        ``<log_dir>/<split>_hypotheses[-vN].txt`` (rank 0), whose path is printed."""
+        ``<log_dir>/<split>_hypotheses[-vN].txt`` beside the logged scores (rank 0), whose path is
+        printed; nothing without a logger (no run directory)."""
         hypotheses = gather_by_id(self._hypotheses)
-        if not self.trainer.is_global_zero:
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
+        if not self.trainer.is_global_zero or log_dir is None:
             return
-        path = new_file(Path(self.trainer.log_dir or ".") / f"{split}_hypotheses.txt")
+        path = new_file(Path(log_dir) / f"{split}_hypotheses.txt")
         write_lines((hypotheses[i] for i in sorted(hypotheses)), path)
         self.print(f"{split} hypotheses: {path}")
 

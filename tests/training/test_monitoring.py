@@ -171,3 +171,11 @@ def test_the_slurm_preset_turns_the_progress_bar_off(capsys) -> None:
               "--print_config"])  # fmt: skip
     assert yaml.safe_load(capsys.readouterr().out)["trainer"]["enable_progress_bar"] is False
     assert "--trainer conf/trainer/slurm_multinode.yaml" in (REPO / "scripts/slurm_train.sbatch").read_text()
+
+
+def test_mt_evaluation_without_a_logger_writes_no_hypotheses_file(tmp_path: Path) -> None:
+    """Without a logger there is no run directory: ``validate`` wrote ``valid_hypotheses.txt`` into the
+    working directory (the test suite left a dozen in the repository root)."""
+    args = [*task_args("translation", tmp_path), *QUIET, "--data.init_args.eval_max_tokens", "64"]
+    main(["validate", *args, "--trainer.logger", "false"])
+    assert not list(tmp_path.rglob("*_hypotheses*.txt"))
