@@ -36,6 +36,7 @@ from fwp.ops import (
     read_memory,
     sum_normalize,
     sum_rule_memory,
+    transposed_orthogonal_projection,
 )
 from fwp.ops.dispatch import compute_dtype, require_backend_usable
 from fwp.ops.validation import validate_state
@@ -45,12 +46,14 @@ Normalization = Literal["sum", "denominator", "none"]
 Rule = Literal["sum", "delta"]
 Redraw = Literal["train", "always", "never"]
 Scale = Literal["output", "scores"]
+OmegaDraw = Literal["orthogonal", "transposed"]
 
 FEATURE_MAPS = ("identity", "elu", "dpfp", "favor")
 NORMALIZATIONS = ("sum", "denominator", "none")
 RULES = ("sum", "delta")
 REDRAW_POLICIES = ("train", "always", "never")
 SCALES = ("output", "scores")
+OMEGA_DRAWS = {"orthogonal": orthogonal_random_projection, "transposed": transposed_orthogonal_projection}
 DEFAULT_EPS = 1e-6
 
 
@@ -105,7 +108,9 @@ class FastWeightAttention(AttentionCore):
       features, ``feature_eps`` added to every feature before the 1/√(2m) scaling).
     - ``redraw`` (favor's ``Ω``, a persistent buffer ``[m, d_head]``, redrawn only at the start of a
       sequence, i.e. a ``forward`` without state): ``train`` — while training, frozen in eval;
-      ``always`` — eval included; ``never``.
+      ``always`` — eval included; ``never``. ``omega_draw``: ``orthogonal`` (``m`` orthogonal rows in
+      blocks of ``d_head``, χ_{d_head} norms; Choromanski et al.) or ``transposed`` (the official LM
+      code's draw, ``fwp.ops.transposed_orthogonal_projection``).
     - ``normalization``: ``sum`` (of φ(k) and φ(q)), ``denominator`` (Katharopoulos), ``none``, or the
       list ``[sum, denominator]`` (both).
     - ``rule``: ``sum`` or ``delta`` (needs β; causal only).
@@ -132,6 +137,7 @@ class FastWeightAttention(AttentionCore):
         nu: int = 2,
         m: int = 16,
         redraw: Redraw = "train",
+        omega_draw: OmegaDraw = "orthogonal",
         feature_eps: float = 0.0,
         normalization: Normalization | list[Normalization] = "sum",
         rule: Rule = "delta",
@@ -147,6 +153,7 @@ class FastWeightAttention(AttentionCore):
         normalizations = parse_normalization(normalization)
         _require_choice("rule", rule, RULES)
         _require_choice("redraw", redraw, REDRAW_POLICIES)
+        _require_choice("omega_draw", omega_draw, tuple(OMEGA_DRAWS))
         _require_choice("scale", scale, SCALES)
         _require_choice("backend", backend, ("auto", *BACKENDS))
         require_backend_usable(backend)
@@ -165,6 +172,7 @@ class FastWeightAttention(AttentionCore):
         self.nu = nu
         self.m = m
         self.redraw = redraw
+        self.omega_draw = omega_draw
         self.feature_eps = feature_eps
         self.normalization = normalizations[0] if len(normalizations) == 1 else list(normalizations) or "none"
         self.sum_normalized = "sum" in normalizations
@@ -182,10 +190,11 @@ class FastWeightAttention(AttentionCore):
         self.output_scale = 1.0 if scores_scaled else 1.0 / math.sqrt(d_head)
         self.denominator_eps = eps * math.sqrt(d_head) if scores_scaled else eps
         if feature_map == "favor":
-            self.register_buffer("omega", orthogonal_random_projection(m, d_head), persistent=True)
+            self.register_buffer("omega", OMEGA_DRAWS[omega_draw](m, d_head), persistent=True)
 
     def extra_repr(self) -> str:
-        features = {"dpfp": f"nu={self.nu}, ", "favor": f"m={self.m}, redraw={self.redraw!r}, "}
+        favor = f"m={self.m}, redraw={self.redraw!r}, omega_draw={self.omega_draw!r}, "
+        features = {"dpfp": f"nu={self.nu}, ", "favor": favor}
         return (
             f"d_head={self.d_head}, feature_map={self.feature_map!r}, {features.get(self.feature_map, '')}"
             f"normalization={self.normalization!r}, rule={self.rule!r}, eps={self.eps}, "
@@ -196,7 +205,7 @@ class FastWeightAttention(AttentionCore):
 
     def redraw_projection(self) -> None:
         """Draw a new FAVOR+ ``Ω`` from the global RNG, in place (the buffer keeps device and dtype)."""
-        omega = orthogonal_random_projection(self.m, self.d_head)
+        omega = OMEGA_DRAWS[self.omega_draw](self.m, self.d_head)
         self.omega.copy_(omega.to(device=self.omega.device, dtype=self.omega.dtype))
 
     def start_sequence(self) -> None:

@@ -10,6 +10,7 @@ from fwp.ops.feature_maps import (
     feature_dim,
     identity,
     orthogonal_random_projection,
+    transposed_orthogonal_projection,
 )
 from fwp.ops.normalization import causal_denominator, sum_normalize
 from fwp.ops.reference import fast_weight_step, reference_backend
@@ -33,4 +34,5 @@ __all__ = [
     "resolve_backend",
     "sum_normalize",
     "sum_rule_memory",
+    "transposed_orthogonal_projection",
 ]

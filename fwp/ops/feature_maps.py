@@ -71,6 +71,16 @@ def orthogonal_random_projection(
     return (rows * norms).to(device=device, dtype=dtype)
 
 
+def transposed_orthogonal_projection(
+    m: int, d: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """The official language-model code's ``Ω`` ``[m, d]``: ``Pᵀ`` for ``P`` ``[d, m]`` drawn like
+    ``orthogonal_random_projection(d, m)`` (its ``draw_orthogonal_random_matrix(d_head, m)``): the ``d``
+    input dimensions get orthogonal directions in ``R^m`` (blocks of ``m``) scaled by χ_m norms, so that
+    for ``d ≤ m`` ``Ωᵀ Ω`` is diagonal rather than ``Ω Ωᵀ``."""
+    return orthogonal_random_projection(d, m, generator=generator, dtype=dtype).transpose(0, 1).contiguous()
+
+
 def feature_dim(name: str, d_k: int, *, nu: int = 1, m: int = 16) -> int:
     """``d_dot`` of the named feature map for head size ``d_k``."""
     dims = {"identity": d_k, "elu": d_k, "dpfp": 2 * d_k * nu, "favor": 2 * m}

@@ -6,8 +6,8 @@ import pytest
 import torch
 from attention_cases import build_mha, sequence
 
-from fwp.attention import MultiHeadAttention
-from fwp.ops import favor
+from fwp.attention import FastWeightAttention, MultiHeadAttention
+from fwp.ops import favor, orthogonal_random_projection, transposed_orthogonal_projection
 
 
 def omega_after_new_sequence(mha: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,3 +70,28 @@ def test_feature_eps_is_added_before_the_scaling() -> None:
     half_norm = (x * x).sum(-1, keepdim=True) / 2
     features = torch.cat([torch.exp(u - half_norm), torch.exp(-u - half_norm)], dim=-1)
     torch.testing.assert_close(favor(x, omega, 1e-4), (features + 1e-4) / 32**0.5, rtol=1e-12, atol=0)
+
+
+def orthogonal_within_blocks(rows: torch.Tensor, block: int, tolerance: float = 1e-10) -> bool:
+    """Whether the rows of ``rows`` are orthogonal within each run of ``block`` consecutive rows."""
+    return all(
+        (gram := chunk @ chunk.T).sub(torch.diag(gram.diagonal())).abs().max() < tolerance
+        for chunk in rows.split(block)
+    )
+
+
+@pytest.mark.parametrize(("m", "d"), [(16, 16), (16, 32), (64, 16)])
+def test_the_two_omega_draws(m: int, d: int) -> None:
+    """``orthogonal``: Ω's rows (feature directions) orthogonal within blocks of d; ``transposed`` (the
+    official LM code's ``draw_orthogonal_random_matrix(d_head, m)`` used as ``x @ P``): Ω = Pᵀ with the
+    rows of P, i.e. the columns of Ω, orthogonal within blocks of m."""
+    g = torch.Generator().manual_seed(0)
+    omega = orthogonal_random_projection(m, d, generator=g, dtype=torch.float64)
+    official = transposed_orthogonal_projection(m, d, generator=g, dtype=torch.float64)
+    assert omega.shape == official.shape == (m, d)
+    assert orthogonal_within_blocks(omega, d) and orthogonal_within_blocks(official.T, m)
+    assert not orthogonal_within_blocks(official, d)
+    core = FastWeightAttention(d, feature_map="favor", m=m, omega_draw="transposed")
+    before = core.omega.clone()
+    core.redraw_projection()
+    assert not torch.equal(before, core.omega) and orthogonal_within_blocks(core.omega.T, m, 1e-4)

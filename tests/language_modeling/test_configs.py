@@ -18,21 +18,28 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "lm"
 EXPERIMENTS = sorted(CONF.glob("*.yaml"))
 DELTA = {"rule": "delta", "normalization": ["sum", "denominator"], "eps": 1e-5, "sum_eps": 0.0}
 SUM_RULE = {"rule": "sum", "normalization": "denominator", "eps": 1e-5, "scale": "scores"}
+FAVOR_LM = {"omega_draw": "transposed", "redraw": "train"}
 SUM_RULE_SUMNORM = {"rule": "sum", "normalization": ["sum", "denominator"], "eps": 1e-5, "sum_eps": 0.0}
 # what each WikiText-103 experiment's attention must be (the official attn_type in the comment); None =
 # softmax. Options not listed keep the preset's value (e.g. scale 'output').
 ROWS: dict[str, dict | None] = {
     "softmax": None,  # 2
     "linear": {"feature_map": "elu", **SUM_RULE},  # 4
-    "performer": {"feature_map": "favor", "m": 16, "feature_eps": 1e-4, **SUM_RULE},  # 5
+    "performer": {"feature_map": "favor", "m": 16, "feature_eps": 1e-4, **FAVOR_LM, **SUM_RULE},  # 5
     "dpfp": {"feature_map": "dpfp", "nu": 2, **SUM_RULE},  # 6
     "delta": {"feature_map": "elu", **DELTA},  # 24, the Delta Network
-    "performer_delta": {"feature_map": "favor", "m": 16, "feature_eps": 1e-4, **DELTA},  # 25
+    "performer_delta": {"feature_map": "favor", "m": 16, "feature_eps": 1e-4, **FAVOR_LM, **DELTA},  # 25
     "dpfp_delta": {"feature_map": "dpfp", "nu": 2, **DELTA},  # 26
     "linear_carry": {"feature_map": "elu", **SUM_RULE_SUMNORM, "scale": "output"},  # 34 + carry
     "delta_carry": {"feature_map": "elu", **DELTA},  # 24 + carry
     "linear_sumnorm": {"feature_map": "elu", **SUM_RULE_SUMNORM, "scale": "output"},  # 34
-    "performer_sumnorm": {"feature_map": "favor", "m": 16, **SUM_RULE_SUMNORM, "scale": "output"},  # 35
+    "performer_sumnorm": {
+        "feature_map": "favor",
+        "m": 16,
+        **FAVOR_LM,
+        **SUM_RULE_SUMNORM,
+        "scale": "output",
+    },  # 35
     "dpfp_sumnorm": {"feature_map": "dpfp", "nu": 2, **SUM_RULE_SUMNORM, "scale": "output"},
     "delta_no_denominator": {"feature_map": "elu", "rule": "delta", "normalization": "sum", "sum_eps": 0.0},
     "delta_denominator_write": {"feature_map": "elu", **DELTA, "denominator_write": True},  # 44
