@@ -1,5 +1,5 @@
 """Tensor functions of fast-weight programmers (no ``nn.Module``): feature maps, normalisations,
-recurrences. Layout ``[B, H, T, D]``; fast weight state ``[B, H, d_dot, d_v]``. See DESIGN.md §1."""
+recurrences. Layout ``[B, H, T, D]``; fast weight state ``[B, H, d_dot, d_v]``. See docs/attention.md."""
 
 from fwp.ops.bidirectional import read_memory, sum_rule_memory
 from fwp.ops.dispatch import BACKENDS, fast_weight_recurrence, load_backend, resolve_backend

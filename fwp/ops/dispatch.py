@@ -88,7 +88,7 @@ def fast_weight_recurrence(
     chunk_size: int = 64,
     check_finite: bool | None = None,
 ) -> tuple[Tensor, FastWeightState]:
-    """Run the fast-weight recurrence of DESIGN.md §1 over a sequence of feature-mapped keys/queries.
+    """Run the fast-weight recurrence of docs/attention.md over a sequence of feature-mapped keys/queries.
 
     q, k: ``[B, H, T, d_dot]``; v: ``[B, H, T, d_v]``; beta: ``[B, H, T]`` (``rule='delta'`` only);
     initial_state: ``W_0`` ``[B, H, d_dot, d_v]`` (+ ``z_0`` with ``denominator``), zeros if None.

@@ -1,4 +1,4 @@
-"""Feature maps φ : R^{d_k} → R^{d_dot}, applied to keys and queries alike (DESIGN.md §1).
+"""Feature maps φ : R^{d_k} → R^{d_dot}, applied to keys and queries alike (docs/attention.md).
 
 All functions act on the last dimension and keep every leading dimension, e.g. ``[B, H, T, d_k]``
 → ``[B, H, T, d_dot]``.

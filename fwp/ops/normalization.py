@@ -1,4 +1,4 @@
-"""Normalisations of fast-weight read-outs (DESIGN.md §1)."""
+"""Normalisations of fast-weight read-outs (docs/attention.md)."""
 
 from __future__ import annotations
 

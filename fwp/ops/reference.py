@@ -1,6 +1,6 @@
 """The plain recurrent form of every fast-weight rule: the oracle all faster backends are tested against.
 
-One time step (DESIGN.md §1), per batch row and head, with row vectors and ``W``: ``[d_dot, d_v]``:
+One time step (docs/attention.md), per batch row and head, with row vectors and ``W``: ``[d_dot, d_v]``:
 
 - ``sum``:   ``W_i = W_{i-1} + φ(k_i)^T v_i``
 - ``delta``: ``v̄_i = φ(k_i) W_{i-1}``; ``W_i = W_{i-1} + β_i φ(k_i)^T (v_i − v̄_i)``
