@@ -31,13 +31,9 @@ SHORT_FIT = [
 
 
 @pytest.fixture(autouse=True)
-def one_thread_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Runs write under ``tmp_path`` (the configs' ``runs/``), with one torch thread."""
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs write under ``tmp_path`` (the configs' ``runs/``)."""
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def task_args(task: str, tmp_path: Path) -> list[str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from fwp.cli import main
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
@@ -17,17 +15,12 @@ def test_lm_predict_prints_only_its_samples_on_stdout(tmp_path: Path, monkeypatc
     samples (and before that, the samples went to the log on stderr)."""
     monkeypatch.chdir(tmp_path)
     corpus = write_synthetic_corpus(tmp_path / "lm", train_lines=40, valid_lines=8, test_lines=8)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cli = main([
-            "predict", "--config", str(REPO / "conf/lm/synthetic_delta.yaml"),
-            "--data.init_args.data_dir", str(corpus), "--data.init_args.segment_length", "16",
-            "--model.init_args.num_samples", "3", "--model.init_args.max_new_tokens", "4",
-            "--trainer.enable_progress_bar", "true",
-        ])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    cli = main([
+        "predict", "--config", str(REPO / "conf/lm/synthetic_delta.yaml"),
+        "--data.init_args.data_dir", str(corpus), "--data.init_args.segment_length", "16",
+        "--model.init_args.num_samples", "3", "--model.init_args.max_new_tokens", "4",
+        "--trainer.enable_progress_bar", "true",
+    ])  # fmt: skip
     captured = capsys.readouterr()
     assert cli.trainer.progress_bar_callback is not None
     lines = captured.out.splitlines()
