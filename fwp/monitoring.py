@@ -16,7 +16,7 @@ import contextlib
 import math
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -24,8 +24,6 @@ from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
-
-BestMode = Literal["min", "max"]
 
 
 def gradient_norm(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> Tensor:
@@ -65,9 +63,9 @@ class TaskThroughput(ThroughputMonitor):
     """Lightning's ``ThroughputMonitor`` with the counts of the task: the module's
     ``throughput_counts(batch) -> (sequences, tokens)`` (every fwp task module has it). Logged every
     ``log_every_n_steps`` once ``window_size`` batches have run (rates over the last ``window_size``
-    batches), as ``<stage>/device/samples_per_sec``
-    (sequences per second per device), ``<stage>/device/items_per_sec`` (tokens per second per device;
-    without ``/device``: all devices together, when there are several) and the totals
+    batches), as ``<stage>/device/samples_per_sec`` (sequences per second per device),
+    ``<stage>/device/items_per_sec`` (tokens per second per device; without ``/device``: all devices
+    together, when there are several) and the totals
     ``<stage>/samples``, ``<stage>/lengths`` (tokens), ``<stage>/time`` (seconds), ``<stage>`` being
     ``train``, ``validate``, ``test`` or ``predict``."""
 
