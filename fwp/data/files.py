@@ -97,7 +97,7 @@ def text_lines(path: Path) -> Iterator[str]:
 
 
 @lru_cache(maxsize=64)
-def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+def _sha256_of_version(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while block := stream.read(HASH_BLOCK_BYTES):
@@ -106,10 +106,11 @@ def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of the file's bytes, read in blocks; remembered per (path, size, mtime) in this process."""
+    """SHA-256 of the file's bytes, read in blocks; remembered per (path, inode, size, modification
+    time) in this process."""
     path = require_nonempty_file(path).resolve()
     status = path.stat()
-    return _sha256_of_version(str(path), status.st_size, status.st_mtime_ns)
+    return _sha256_of_version(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def text_sha256(text: str) -> str:
