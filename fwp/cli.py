@@ -28,10 +28,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 from argparse import Namespace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
@@ -62,7 +63,13 @@ DATA_TO_MODEL_LINKS = (
 )
 
 USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
-RUN_ERRORS = (CheckpointLoadError, CheckpointMismatchError, FloatingPointError, DataError)
+
+
+class RunDirectoryError(ValueError):
+    """The directory a logger writes the run into cannot be created."""
+
+
+RUN_ERRORS = (CheckpointLoadError, CheckpointMismatchError, FloatingPointError, DataError, RunDirectoryError)
 # ``ckpt_path`` values that Lightning resolves itself (``"best"``, ...): no file to read beforehand.
 LIGHTNING_CHECKPOINT_KEYWORDS = ("best", "last", "hpc", "registry")
 
@@ -169,16 +176,39 @@ def claim_version_directory(logger: Logger) -> Path | None:
     if "://" in str(logger.root_dir):
         return None
     root = Path(logger.root_dir)
-    root.mkdir(parents=True, exist_ok=True)
     number = max(existing_versions(root), default=-1) + 1
     while True:
+        directory = root / f"version_{number}"
         try:
-            (root / f"version_{number}").mkdir()
+            root.mkdir(parents=True, exist_ok=True)
+            directory.mkdir()
         except FileExistsError:
+            if not root.is_dir():
+                raise RunDirectoryError(cannot_create(directory, f"{root} is not a directory")) from None
             number += 1
             continue
+        except OSError as error:
+            reason = f"{error.filename}: {error.strerror}" if error.filename else str(error)
+            raise RunDirectoryError(cannot_create(directory, reason)) from error
         logger._version = number
-        return root / f"version_{number}"
+        return directory
+
+
+def cannot_create(directory: Path, reason: str) -> str:
+    """The message of a run directory that cannot be created."""
+    return (
+        f"cannot create the run directory {directory} (the logger's save_dir and name, e.g. "
+        f"--trainer.logger.init_args.save_dir): {reason}"
+    )
+
+
+def one_line(message: str) -> str:
+    """``message`` with its lines joined by ``"; "`` (by a space after a line ending in ``:``; blank
+    lines and indentation dropped)."""
+    joined = ""
+    for line in (line.strip() for line in message.splitlines() if line.strip()):
+        joined += ("" if not joined else " " if joined.endswith(":") else "; ") + line
+    return joined
 
 
 def exit_with_user_error(error: BaseException) -> None:
@@ -186,9 +216,45 @@ def exit_with_user_error(error: BaseException) -> None:
     full trace)."""
     if os.environ.get("FWP_DEBUG") == "1":
         raise error
-    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    print(f"fwp: error: {type(error).__name__}: {message}", file=sys.stderr)
+    print(f"fwp: error: {type(error).__name__}: {one_line(str(error))}", file=sys.stderr)
     raise SystemExit(2) from error
+
+
+def failed_allocation(error: BaseException) -> str | None:
+    """If ``error`` or an exception it was raised from is an allocation failure (torch's "can't
+    allocate memory" or "out of memory", even when jsonargparse has reworded it into a type error):
+    the size asked for (``"64.0 TB"``, or ``"too much"`` when not stated); else None."""
+    messages = []
+    while error is not None and len(messages) < 10:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    text = " ".join(messages)
+    if not re.search(r"can't allocate memory|out of memory", text, re.IGNORECASE):
+        return None
+    size = re.search(r"tried to allocate (\d+) bytes", text)
+    return readable_bytes(int(size.group(1))) if size else "too much"
+
+
+def readable_bytes(count: int) -> str:
+    """``64000000000064`` → ``"64.0 TB"`` (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.1f} {unit}" if unit != "B" else f"{count} B"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+class FwpArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser whose errors (unknown option, wrong type, missing config file) end in one
+    line ``fwp: error: …`` and status 2, instead of the usage text and a message over several lines
+    (``FWP_DEBUG=1``: jsonargparse's own output)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("FWP_DEBUG") == "1":
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        print(f"fwp: error: {one_line(message)} (options: {prog} --help)", file=sys.stderr)
+        self.exit(2)
 
 
 class FwpCLI(LightningCLI):
@@ -263,10 +329,31 @@ class FwpCLI(LightningCLI):
         (set ``FWP_DEBUG=1`` to see the trace)."""
         try:
             super().instantiate_classes()
-        except USER_ERRORS as error:
+        except (*USER_ERRORS, RuntimeError, MemoryError) as error:
+            size = failed_allocation(error)
+            if size is not None:
+                exit_with_user_error(
+                    MemoryError(f"out of memory building the model ({size} asked for); {self.model_sizes()}")
+                )
+            if not isinstance(error, USER_ERRORS):
+                raise
             exit_with_user_error(error)
         if self.checkpoint_hparams:
             self.check_architecture(self.config[self.config.subcommand].ckpt_path)
+
+    def model_sizes(self) -> str:
+        """``"its sizes: --model.init_args.d_model=…, …"``: the model's integer architecture arguments
+        (``ARCHITECTURE_ARGUMENTS``; every integer argument of a model without it) as configured."""
+        model = self.config[self.config.subcommand].model
+        declared = getattr(import_class(model.class_path), "ARCHITECTURE_ARGUMENTS", None)
+        sizes = [
+            f"--model.init_args.{key}={value}"
+            for key, value in sorted(vars(model.init_args).items())
+            if isinstance(value, int)
+            and not isinstance(value, bool)
+            and (declared is None or key in declared)
+        ]
+        return "its sizes: " + ", ".join(sizes) + " (and the vocabulary size from the data)"
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the subcommand in version directories claimed for this run (``claim_version_directory``,
@@ -317,6 +404,7 @@ def main(args: ArgsType = None, run: bool = True) -> FwpCLI:
             subclass_mode_data=True,
             trainer_defaults=trainer_defaults(),
             save_config_kwargs={"overwrite": True},
+            parser_class=FwpArgumentParser,
             args=args,
             run=run,
         )
