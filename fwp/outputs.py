@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,3 +19,17 @@ def write_lines(lines: Iterable[str], path: str | Path | None) -> None:
     output = Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
+
+
+def check_output_file(option: str, path: str | Path | None) -> None:
+    """A ``ValueError`` naming ``option`` if ``path`` (None: stdout, always fine) cannot become a file:
+    it is a directory, or its nearest existing ancestor is a file or not writable. Checked when the
+    option is given, not after a long decoding run."""
+    if path is None:
+        return
+    output = Path(path)
+    if output.is_dir():
+        raise ValueError(f"{option} {output} is a directory: give a file name")
+    ancestor = next(parent for parent in output.absolute().parents if parent.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {output}: cannot create it under {ancestor}")

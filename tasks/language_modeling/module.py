@@ -60,7 +60,7 @@ from fwp.model.initialization import Init
 from fwp.model.positions import Positional
 from fwp.monitoring import GradientNormLogging, log_text
 from fwp.ops import FastWeightState
-from fwp.outputs import write_lines
+from fwp.outputs import check_output_file, write_lines
 
 Schedule = Literal["cosine", "constant", "inverse_sqrt"]
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
@@ -223,6 +223,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got max_steps={max_steps}")
         check_sampling_options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+        check_output_file("predict_output", predict_output)
         self.prompt_text = prompt_text(prompt, prompt_file)
         self.model = DecoderLM(
             vocab_size,

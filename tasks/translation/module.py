@@ -53,7 +53,7 @@ from fwp.model.beam_search import beam_search, greedy_decode
 from fwp.model.block import Norm
 from fwp.model.positions import Positional
 from fwp.monitoring import GradientNormLogging, log_text
-from fwp.outputs import write_lines
+from fwp.outputs import check_output_file, write_lines
 from tasks.translation.metrics import BleuVariant, CorpusBleuStatistics, SentenceSums, bleu_variants
 
 Batch = dict[str, Tensor]
@@ -222,6 +222,7 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
             raise ValueError(
                 f"TranslationModel: length_penalty must be finite, got length_penalty={length_penalty}"
             )
+        check_output_file("predict_output", predict_output)
         self.save_hyperparameters()
         self.model = EncoderDecoder(
             vocab_size,

@@ -68,6 +68,11 @@ CASES: list[Fault] = [
         lambda t: ["prompt", "not in the vocabulary", "'zebra'"],
     ),
     Fault(
+        "lm-predict-output-is-a-directory",
+        lambda t: lm_predict(t, "--model.init_args.predict_output", str(t)),
+        lambda t: ["predict_output", t, "is a directory"],
+    ),
+    Fault(
         "lm-negative-temperature",
         lambda t: lm_predict(t, "--model.init_args.temperature", "-1"),
         lambda t: ["temperature=-1"],

@@ -364,6 +364,7 @@ def test_a_prompt_too_long_for_learned_positions_is_refused_by_name(corpus: Path
         ({"prompt": "  \n "}, "prompt: the prompt is empty"),
         ({"prompt": "a", "prompt_file": "b"}, "not both"),
         ({"prompt_file": "/nonexistent/prompt.txt"}, "prompt_file /nonexistent/prompt.txt: no such file"),
+        ({"predict_output": "/"}, "predict_output / is a directory"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict, message: str) -> None:

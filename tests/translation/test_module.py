@@ -87,6 +87,20 @@ def test_bad_arguments_are_rejected() -> None:
         TranslationModel(vocab_size=12, length_penalty=float("nan"))
     with pytest.raises(ValueError, match=r"n_decoder_layers must be >= 1, got n_decoder_layers=0"):
         TranslationModel(vocab_size=12, n_decoder_layers=0)
+    with pytest.raises(ValueError, match=r"log_text_samples must be >= 0"):
+        TranslationModel(vocab_size=12, log_text_samples=-1)
+
+
+def test_a_predict_output_that_cannot_be_a_file_is_refused_at_construction(tmp_path: Path) -> None:
+    """It failed with a traceback after translating the whole input."""
+    with pytest.raises(ValueError, match=f"predict_output {tmp_path} is a directory"):
+        TranslationModel(vocab_size=12, predict_output=str(tmp_path))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"predict_output .*file/out.txt: cannot create it under"):
+        TranslationModel(vocab_size=12, predict_output=str(tmp_path / "file" / "out.txt"))
+    TranslationModel(
+        vocab_size=12, d_model=8, n_heads=2, d_ff=8, predict_output=str(tmp_path / "new" / "o.txt")
+    )
 
 
 def test_the_embedded_default_learns_the_synthetic_corpus(corpus: Path, tmp_path: Path) -> None:
