@@ -343,25 +343,32 @@ class FwpCLI(LightningCLI):
 
     def model_sizes(self) -> str:
         """``"its sizes: --model.init_args.d_model=…, …"``: the model's integer architecture arguments
-        (``ARCHITECTURE_ARGUMENTS``; every integer argument of a model without it) as configured."""
+        (``ARCHITECTURE_ARGUMENTS``; every integer argument of a model without it) as configured, then
+        the ones the model takes from the data (``DATA_TO_MODEL_LINKS``; not known before it is built)."""
         model = self.config[self.config.subcommand].model
-        declared = getattr(import_class(model.class_path), "ARCHITECTURE_ARGUMENTS", None)
+        model_class = import_class(model.class_path)
+        declared = getattr(model_class, "ARCHITECTURE_ARGUMENTS", None)
+        linked = [
+            target for _, target in DATA_TO_MODEL_LINKS if target in inspect.signature(model_class).parameters
+        ]
         sizes = [
             f"--model.init_args.{key}={value}"
             for key, value in sorted(vars(model.init_args).items())
             if isinstance(value, int)
             and not isinstance(value, bool)
+            and key not in linked
             and (declared is None or key in declared)
         ]
-        return "its sizes: " + ", ".join(sizes) + " (and the vocabulary size from the data)"
+        return f"its sizes: {', '.join(sizes)} (and from the data: {', '.join(linked)})"
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the subcommand in version directories claimed for this run (``claim_version_directory``,
-        by the process of global rank 0; the others learn the directory from it through the trainer);
+        by the process of global rank 0 (``NODE_RANK`` 0 too: a node's first process started by hand has
+        local rank 0); the others learn the directory from it through the trainer);
         a claimed directory that the run leaves empty because it fails is removed again."""
         claimed = (
             [claim_version_directory(logger) for logger in self.trainer.loggers]
-            if rank_zero_only.rank == 0
+            if rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
             else []
         )
         try:
