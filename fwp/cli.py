@@ -34,6 +34,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -69,7 +70,15 @@ class RunDirectoryError(ValueError):
     """The directory a logger writes the run into cannot be created."""
 
 
-RUN_ERRORS = (CheckpointLoadError, CheckpointMismatchError, FloatingPointError, DataError, RunDirectoryError)
+# MisconfigurationException: Lightning refusing trainer options (an accelerator this machine lacks, ...).
+RUN_ERRORS = (
+    CheckpointLoadError,
+    CheckpointMismatchError,
+    FloatingPointError,
+    DataError,
+    RunDirectoryError,
+    MisconfigurationException,
+)
 # ``ckpt_path`` values that Lightning resolves itself (``"best"``, ...): no file to read beforehand.
 LIGHTNING_CHECKPOINT_KEYWORDS = ("best", "last", "hpc", "registry")
 

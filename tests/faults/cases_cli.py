@@ -128,6 +128,11 @@ CASES: list[Fault] = [
         lambda t: [t / "nowhere.yaml"],
     ),
     Fault(
+        "accelerator-this-machine-lacks",
+        lambda t: retrieval("fit", "--trainer.accelerator", "mps" if torch.cuda.is_available() else "gpu"),
+        lambda t: ["MisconfigurationException"],
+    ),
+    Fault(
         "run-directory-cannot-be-created",
         save_dir_is_a_file,
         lambda t: [
