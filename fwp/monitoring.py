@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import math
 import sys
 from collections.abc import Callable
@@ -146,6 +147,12 @@ class StderrProgressBar(TQDMProgressBar):
 
     def init_predict_tqdm(self) -> Tqdm:
         return self.on_stderr(super().init_predict_tqdm)
+
+
+def labelled_text(label: str, text: str) -> str:
+    """``**label:** text`` for a Markdown text summary, with ``<``, ``>``, ``&`` escaped so that tokens
+    such as ``<eos>`` or ``<unk>`` stay visible (TensorBoard drops them as HTML tags otherwise)."""
+    return f"**{label}:** {html.escape(text, quote=False)}"
 
 
 def log_text(module: L.LightningModule, tag: str, text: str) -> None:

@@ -58,7 +58,7 @@ from fwp.model.block import Activation, Norm
 from fwp.model.generation import check_generation_fits, check_sampling_options
 from fwp.model.initialization import Init
 from fwp.model.positions import Positional
-from fwp.monitoring import GradientNormLogging, log_text
+from fwp.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.ops import FastWeightState
 from fwp.outputs import check_output_file, write_lines
 
@@ -334,12 +334,12 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         trainer = self.trainer
         if not count or prompt is None or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero:  # no collective inside: the other ranks go on
             return
         generator = torch.Generator(device=prompt.device).manual_seed(self.global_step)
         samples = self.generate(prompt.expand(count, -1), generator=generator)
-        lines = [f"**prompt:** {self.detokenize(prompt[0].tolist())}"]
-        lines += [f"**sample {i + 1}:** {sample['generated']}" for i, sample in enumerate(samples)]
+        lines = [labelled_text("prompt", self.detokenize(prompt[0].tolist()))]
+        lines += [labelled_text(f"sample {i + 1}", sample["generated"]) for i, sample in enumerate(samples)]
         log_text(self, "valid/samples", "  \n".join(lines))
 
     def on_test_epoch_end(self) -> None:

@@ -52,7 +52,7 @@ from fwp.model import EncoderDecoder
 from fwp.model.beam_search import beam_search, greedy_decode
 from fwp.model.block import Norm
 from fwp.model.positions import Positional
-from fwp.monitoring import GradientNormLogging, log_text
+from fwp.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.outputs import check_output_file, write_lines
 from tasks.translation.metrics import BleuVariant, CorpusBleuStatistics, SentenceSums, bleu_variants
 
@@ -428,9 +428,13 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
         src, mask = batch["src"][:count], batch["src_padding_mask"][:count]
         hypotheses = self.translate(src, mask, beam_size=self.hparams.val_beam_size)
         entries = [
-            f"**source:** {self.data.decode(row[~row_mask].tolist())}  \n"
-            f"**hypothesis:** {self.data.decode(hypothesis)}  \n"
-            f"**reference:** {self._references[i]}"
+            "  \n".join(
+                (
+                    labelled_text("source", self.data.decode(row[~row_mask].tolist())),
+                    labelled_text("hypothesis", self.data.decode(hypothesis)),
+                    labelled_text("reference", self._references[i]),
+                )
+            )
             for row, row_mask, hypothesis, i in zip(
                 src, mask, hypotheses, batch["ids"][:count].tolist(), strict=True
             )

@@ -95,6 +95,7 @@ def test_each_validation_logs_text_samples(task: str, tmp_path: Path) -> None:
         assert all(text.startswith("**prompt:** ") and "**sample 1:** " in text for text in samples)
         generated = samples[0].split("**sample 1:** ")[1].split()
         assert len(generated) == 5, "max_new_tokens words of the word tokenizer"
+        assert "&lt;eos&gt;" in samples[0] and "<eos>" not in samples[0], "TensorBoard hides raw <eos> tags"
     else:
         sentences = samples[0].split("\n\n")
         assert len(sentences) == 3
