@@ -26,7 +26,7 @@ def test_fit_checkpoint_reloads_through_the_cli(subcommand, tmp_path, monkeypatc
     ]  # fmt: skip
     main(["fit", *common, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"])
     checkpoint = next(tmp_path.rglob("last.ckpt"))
-    extra = ["--model.init_args.max_new_tokens", "3", "--trainer.limit_predict_batches", "1"]
+    extra = ["--model.init_args.max_new_tokens", "3"]
     cli = main(
         [subcommand, *common, "--ckpt_path", str(checkpoint), *(extra if subcommand == "predict" else [])]
     )
