@@ -1,6 +1,7 @@
 """Tensor functions of fast-weight programmers (no ``nn.Module``): feature maps, normalisations,
 recurrences. Layout ``[B, H, T, D]``; fast weight state ``[B, H, d_dot, d_v]``. See docs/attention.md."""
 
+from fwp.ops import chunk  # noqa: F401  (registers the fwp:: custom ops before any torch.compile)
 from fwp.ops.bidirectional import read_memory, sum_rule_memory
 from fwp.ops.dispatch import BACKENDS, fast_weight_recurrence, load_backend, resolve_backend
 from fwp.ops.feature_maps import (

@@ -1,5 +1,8 @@
 """The ``chunk`` backend: the chunkwise-parallel fast-weight recurrence with a hand-written backward.
 
+The forward and backward over the chunks are ``torch.library`` custom ops (``fwp::sum_rule_chunks``,
+``fwp::delta_rule_chunks`` and their ``_backward``s) with fake implementations and registered autograd,
+so that ``torch.compile(fullgraph=True)`` keeps them as single nodes instead of breaking the graph.
 The sequence is cut into chunks of ``C`` steps (zero-padded at the end); inside a chunk everything is
 a matrix product (``fwp.ops.chunk_math``), between chunks only the state ``S`` ``[d, d_v]`` is carried.
 No per-step state is ever stored. The Katharopoulos denominator is applied outside, with plain autograd.
@@ -20,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from fwp.ops.chunk_math import (
     add_product_,
@@ -64,57 +66,145 @@ def adjoint_scan_(
     return d_state
 
 
-class SumRuleChunks(torch.autograd.Function):
+def dense(*xs: Tensor) -> tuple[Tensor, ...]:
+    """The outputs of a chunk op, contiguous as its fake implementation promises (the compiled graph
+    relies on the strides; a no-op for the fresh products they already are)."""
+    return tuple(x.contiguous() for x in xs)
+
+
+@torch.library.custom_op("fwp::sum_rule_chunks", mutates_args=())
+def sum_rule_chunks(q: Tensor, k: Tensor, v: Tensor, initial: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Sum rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, initial ``[G, d, d_v]``
-    → outputs ``[G, N, C, d_v]`` and the final state ``[G, d, d_v]``."""
-
-    @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, initial: Tensor) -> tuple[Tensor, Tensor]:
-        starts, final = sum_rule_states(k, v, initial)
-        ctx.save_for_backward(q, k, v, starts)
-        return chunk_read(q, causal_scores(q, k), v, starts), final
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, d_out: Tensor, d_final: Tensor) -> tuple[Tensor, ...]:
-        q, k, v, starts = ctx.saved_tensors
-        d_out = d_out.contiguous()
-        d_q, d_k = read_gradients(q, k, v, starts, d_out)
-        d_v = transpose(causal_scores(q, k)) @ d_out
-        d_initial = adjoint_scan_(q, k, v, d_out, d_final, d_v, d_k)
-        return d_q, d_k, d_v, d_initial
+    → outputs ``[G, N, C, d_v]``, the final state ``[G, d, d_v]`` and the chunk-start states
+    ``[G, N, d, d_v]`` (kept for the backward; not differentiable)."""
+    starts, final = sum_rule_states(k, v, initial)
+    return dense(chunk_read(q, causal_scores(q, k), v, starts), final, starts)
 
 
-class DeltaRuleChunks(torch.autograd.Function):
+@sum_rule_chunks.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, initial: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    G, chunks, size, d = q.shape
+    d_v = v.shape[-1]
+    return q.new_empty(G, chunks, size, d_v), q.new_empty(G, d, d_v), q.new_empty(G, chunks, d, d_v)
+
+
+@torch.library.custom_op("fwp::sum_rule_chunks_backward", mutates_args=())
+def sum_rule_chunks_backward(
+    q: Tensor, k: Tensor, v: Tensor, starts: Tensor, d_out: Tensor, d_final: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``dQ, dK, dV, dS_0`` of ``sum_rule_chunks`` (formulas in the module docstring)."""
+    d_out = d_out.contiguous()
+    d_q, d_k = read_gradients(q, k, v, starts, d_out)
+    d_v = transpose(causal_scores(q, k)) @ d_out
+    d_initial = adjoint_scan_(q, k, v, d_out, d_final, d_v, d_k)
+    return dense(d_q, d_k, d_v, d_initial)
+
+
+@sum_rule_chunks_backward.register_fake
+def _(
+    q: Tensor, k: Tensor, v: Tensor, starts: Tensor, d_out: Tensor, d_final: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(x.new_empty(x.shape) for x in (q, k, v, d_final))
+
+
+def _save_inputs_and_residuals(ctx: Any, inputs: tuple[Tensor, ...], output: tuple[Tensor, ...]) -> None:
+    """Autograd context of a chunk op: its inputs but the initial state (the last input), then its
+    residual outputs (all after ``out`` and ``final``), which get no gradient. Gradients are not
+    materialised: the residuals would otherwise get zero tensors of their size in every backward."""
+    residuals = output[2:]
+    ctx.mark_non_differentiable(*residuals)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs[:-1], *residuals)
+    ctx.shapes = output[0].shape, output[1].shape
+
+
+def _output_gradients(ctx: Any, d_out: Tensor | None, d_final: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The gradients of ``out`` and ``final``, zeros for one that reached no loss."""
+    reference = ctx.saved_tensors[0]
+    d_out = reference.new_zeros(ctx.shapes[0]) if d_out is None else d_out
+    return d_out, reference.new_zeros(ctx.shapes[1]) if d_final is None else d_final
+
+
+def _sum_rule_backward(ctx: Any, d_out: Tensor | None, d_final: Tensor | None, _: None) -> tuple[Tensor, ...]:
+    return sum_rule_chunks_backward(*ctx.saved_tensors, *_output_gradients(ctx, d_out, d_final))
+
+
+sum_rule_chunks.register_autograd(_sum_rule_backward, setup_context=_save_inputs_and_residuals)
+
+
+@torch.library.custom_op("fwp::delta_rule_chunks", mutates_args=())
+def delta_rule_chunks(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, initial: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Delta rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, beta ``[G, N, C]``,
-    initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]`` and the final state ``[G, d, d_v]``.
+    initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]``, the final state ``[G, d, d_v]``, and for the
+    backward (not differentiable) ``T = A⁻¹`` ``[G, N, C, C]`` and the chunk-start states
+    ``[G, N, d, d_v]``."""
+    inverse = wy_inverse(beta.unsqueeze(-1) * k, k)
+    pseudo_values, starts, final = delta_rule_scan(k, v, beta, inverse, initial)
+    return dense(chunk_read(q, causal_scores(q, k), pseudo_values, starts), final, inverse, starts)
 
-    Saves the inputs, ``T`` and the chunk-start states; the backward walks the chunks in reverse
-    (``delta_chunk_backward``) and recomputes each chunk's pseudo-values and scores, so that beyond the
-    gradients it holds only one chunk's temporaries."""
 
-    @staticmethod
-    def forward(
-        ctx: Any, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, initial: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        inverse = wy_inverse(beta.unsqueeze(-1) * k, k)
-        pseudo_values, starts, final = delta_rule_scan(k, v, beta, inverse, initial)
-        ctx.save_for_backward(q, k, v, beta, inverse, starts)
-        return chunk_read(q, causal_scores(q, k), pseudo_values, starts), final
+@delta_rule_chunks.register_fake
+def _(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, initial: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    G, chunks, size, d = q.shape
+    d_v = v.shape[-1]
+    return (
+        q.new_empty(G, chunks, size, d_v),
+        q.new_empty(G, d, d_v),
+        q.new_empty(G, chunks, size, size),
+        q.new_empty(G, chunks, d, d_v),
+    )
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, d_out: Tensor, d_final: Tensor) -> tuple[Tensor, ...]:
-        q, k, v, beta, inverse, starts = ctx.saved_tensors
-        d_out = d_out.contiguous()
-        grads = tuple(torch.empty_like(x) for x in (q, k, v, beta))
-        d_state = d_final
-        for n in reversed(range(q.shape[1])):
-            chunk = (x[:, n] for x in (q, k, v, beta, inverse, starts, d_out))
-            *chunk_grads, d_state = delta_chunk_backward(*chunk, d_state)
-            for grad in grads:  # popped: each chunk gradient is freed as soon as it is copied
-                grad[:, n] = chunk_grads.pop(0)
-        return *grads, d_state
+
+@torch.library.custom_op("fwp::delta_rule_chunks_backward", mutates_args=())
+def delta_rule_chunks_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    inverse: Tensor,
+    starts: Tensor,
+    d_out: Tensor,
+    d_final: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``dQ, dK, dV, dβ, dS_0`` of ``delta_rule_chunks``: the chunks in reverse, each recomputing its
+    pseudo-values and scores (``delta_chunk_backward``), so that beyond the gradients it holds only one
+    chunk's temporaries."""
+    d_out = d_out.contiguous()
+    grads = tuple(x.new_empty(x.shape) for x in (q, k, v, beta))
+    d_state = d_final
+    for n in reversed(range(q.shape[1])):
+        chunk = (x[:, n] for x in (q, k, v, beta, inverse, starts, d_out))
+        *chunk_grads, d_state = delta_chunk_backward(*chunk, d_state)
+        for grad in grads:  # popped: each chunk gradient is freed as soon as it is copied
+            grad[:, n] = chunk_grads.pop(0)
+    return dense(*grads, d_state)
+
+
+@delta_rule_chunks_backward.register_fake
+def _(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    inverse: Tensor,
+    starts: Tensor,
+    d_out: Tensor,
+    d_final: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(x.new_empty(x.shape) for x in (q, k, v, beta, d_final))
+
+
+def _delta_rule_backward(
+    ctx: Any, d_out: Tensor | None, d_final: Tensor | None, *_: None
+) -> tuple[Tensor, ...]:
+    return delta_rule_chunks_backward(*ctx.saved_tensors, *_output_gradients(ctx, d_out, d_final))
+
+
+delta_rule_chunks.register_autograd(_delta_rule_backward, setup_context=_save_inputs_and_residuals)
 
 
 def delta_chunk_backward(
@@ -183,9 +273,9 @@ def chunk_backend(
     chunked = (split_chunks(q, size), split_chunks(k, size), split_chunks(v, size))
     initial = state.W.reshape(B * H, d_dot, d_v)
     if rule == "delta":
-        out, final = DeltaRuleChunks.apply(*chunked, split_beta_chunks(beta, size), initial)
+        out, final, *_ = delta_rule_chunks(*chunked, split_beta_chunks(beta, size), initial)
     else:
-        out, final = SumRuleChunks.apply(*chunked, initial)
+        out, final, _ = sum_rule_chunks(*chunked, initial)
     y = merge_chunks(out, B, H, T)
     z = state.z
     if denominator:

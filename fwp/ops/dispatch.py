@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable
-from functools import cache
 
 import torch
 from torch import Tensor
@@ -27,13 +27,14 @@ BACKENDS: dict[str, str] = {
 }
 
 
-@cache
 def load_backend(name: str) -> Callable[..., tuple[Tensor, FastWeightState]]:
-    """The backend function registered under ``name``."""
+    """The backend function registered under ``name`` (an imported module is looked up in
+    ``sys.modules``, which ``torch.compile`` traces; it cannot trace ``importlib``)."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got backend={name!r}")
     module_name, function_name = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module_name), function_name)
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    return getattr(module, function_name)
 
 
 def triton_usable(x: Tensor) -> bool:

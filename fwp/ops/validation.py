@@ -23,6 +23,11 @@ def _require_float(name: str, x: Tensor) -> None:
 
 
 def _require_finite(name: str, x: Tensor) -> None:
+    """A ValueError counting the non-finite values of ``x``; inside ``torch.compile`` (where a branch on
+    a tensor's values would break the graph) a RuntimeError from an assertion in the graph, uncounted."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(torch.isfinite(x).all(), f"{name} has non-finite values (shape {tuple(x.shape)})")
+        return
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{name} has {bad} non-finite values (shape {tuple(x.shape)})")
