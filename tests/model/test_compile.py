@@ -137,6 +137,22 @@ def test_performer_redraw_in_training_compiles_and_draws_like_eager() -> None:
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-9, atol=1e-10)
 
 
+def test_bf16_autocast_compiles_with_the_recurrence_in_float32() -> None:
+    """Under bf16 autocast the fast-weight layers switch autocast off around their float32 recurrence:
+    inside the graph too (bf16 output, float32 state, eager's values and gradients)."""
+    model = DecoderLM(VOCAB, d_model=16, n_layers=1, n_heads=2, d_ff=24, attention="delta", dropout=0.0)
+    model = model.eval()
+    x = tokens(length=9)
+    results = []
+    for candidate in (model, compiled(model)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, states = candidate(x)
+        out.float().sum().backward()
+        assert out.dtype == torch.bfloat16 and states[0].W.dtype == torch.float32
+        results.append((out.float().detach(), states[0].W.detach(), gradients(model)))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-2, atol=1e-2)
+
+
 def test_inductor_compiles_a_tiny_delta_lm(capsys: pytest.CaptureFixture[str]) -> None:
     """The one test with code generation (inductor, C++ on CPU): forward and backward of a delta-rule
     model equal eager in float32; prints the warm-up cost (first compiled call) for docs/ops.md."""
