@@ -2,7 +2,8 @@
 
 The forward and backward over the chunks are ``torch.library`` custom ops (``fwp::sum_rule_chunks``,
 ``fwp::delta_rule_chunks`` and their ``_backward``s) with fake implementations and registered autograd,
-so that ``torch.compile(fullgraph=True)`` keeps them as single nodes instead of breaking the graph.
+so that ``torch.compile`` keeps each as one node of the graph (traced, their loops over the chunks would
+be unrolled into it: the compile time would grow with ``T / C``).
 The sequence is cut into chunks of ``C`` steps (zero-padded at the end); inside a chunk everything is
 a matrix product (``fwp.ops.chunk_math``), between chunks only the state ``S`` ``[d, d_v]`` is carried.
 No per-step state is ever stored. The Katharopoulos denominator is applied outside, with plain autograd.
