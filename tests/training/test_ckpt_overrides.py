@@ -19,8 +19,8 @@ from tasks.translation.synthetic import write_synthetic_parallel_corpus
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-SHORT_FIT = ["fit", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
-SHORT_FIT += ["--trainer.limit_val_batches", "1"]
+# After --config (a later option wins): two steps, one evaluation of one batch.
+SHORT = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1"]
 
 # MT: the values the checkpoint is trained with, and other values given to test/predict.
 MT_TRAINED = {"beam_size": "3", "max_len_a": "2.0", "max_len_b": "30", "warmup_init_lr": "1e-05"}
@@ -62,7 +62,7 @@ def mt_run(tmp_path_factory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("mt")
     write_synthetic_parallel_corpus(directory / "corpus", n_train=120, n_valid=8, n_test=8)
     (directory / "source.txt").write_text("the cat sees a dog .\na man walks .\n")
-    main([*SHORT_FIT, *mt_args(directory), *model_options(MT_TRAINED)])
+    main(["fit", *mt_args(directory), *SHORT, *model_options(MT_TRAINED)])
     return directory, next(directory.rglob("last.ckpt"))
 
 
@@ -70,15 +70,22 @@ def mt_run(tmp_path_factory) -> tuple[Path, Path]:
 def lm_run(tmp_path_factory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("lm")
     write_synthetic_corpus(directory / "corpus", train_lines=60, valid_lines=10, test_lines=10)
-    main([*SHORT_FIT, *lm_args(directory), *model_options(LM_TRAINED)])
+    main(["fit", *lm_args(directory), *SHORT, *model_options(LM_TRAINED)])
     return directory, next(directory.rglob("last.ckpt"))
 
 
+TASKS = {"mt": ("mt_run", mt_args, MT_GIVEN), "lm": ("lm_run", lm_args, LM_GIVEN)}
+
+
 @pytest.mark.parametrize("subcommand", ["test", "predict"])
-def test_mt_decoding_options_given_win_over_the_checkpoint(mt_run, subcommand):
-    directory, checkpoint = mt_run
-    cli = main([subcommand, *mt_args(directory), "--ckpt_path", str(checkpoint), *model_options(MT_GIVEN)])
-    for key, value in MT_GIVEN.items():
+@pytest.mark.parametrize("task", list(TASKS))
+def test_inference_options_given_win_over_the_checkpoint(task, subcommand, request):
+    """MT decoding (``beam_size``, ``max_len_a``, ``max_len_b``), LM sampling (``max_new_tokens``,
+    ``temperature``, ``top_k``): the model is built with the values given, not the checkpoint's."""
+    fixture, arguments, given = TASKS[task]
+    directory, checkpoint = request.getfixturevalue(fixture)
+    cli = main([subcommand, *arguments(directory), "--ckpt_path", str(checkpoint), *model_options(given)])
+    for key, value in given.items():
         assert cli.model.hparams[key] == value, key
 
 
@@ -118,14 +125,6 @@ def test_mt_predict_obeys_length_limits_and_output_file_given(mt_run):
     limited_lines = limited.read_text().splitlines()
     assert len(limited_lines) == 2 and all(len(line.split()) <= 1 for line in limited_lines)
     assert limited_lines != unlimited.read_text().splitlines()
-
-
-@pytest.mark.parametrize("subcommand", ["test", "predict"])
-def test_lm_sampling_options_given_win_over_the_checkpoint(lm_run, subcommand):
-    directory, checkpoint = lm_run
-    cli = main([subcommand, *lm_args(directory), "--ckpt_path", str(checkpoint), *model_options(LM_GIVEN)])
-    for key, value in LM_GIVEN.items():
-        assert cli.model.hparams[key] == value, key
 
 
 def test_lm_predict_samples_with_the_options_given(lm_run, monkeypatch):
