@@ -90,7 +90,8 @@ def test_inference_options_given_win_over_the_checkpoint(task, subcommand, reque
 
 
 def test_mt_options_not_given_come_from_the_checkpoint(mt_run):
-    """What neither the command line nor the config names is the checkpoint's (not the class default)."""
+    """What neither the command line nor the config names is the checkpoint's (not the class default):
+    Lightning's behaviour, kept by the re-parse with the checkpoint's values as defaults."""
     directory, checkpoint = mt_run
     cli = main(["validate", *mt_args(directory), "--ckpt_path", str(checkpoint)])
     assert cli.model.hparams.warmup_init_lr == float(MT_TRAINED["warmup_init_lr"])
