@@ -27,7 +27,7 @@ def padding_mask() -> Tensor:
 
 
 def brute_force_features(core: FastWeightAttention, x: Tensor) -> Tensor:
-    """φ written out from DESIGN.md §1, independently of the core's own pipeline."""
+    """φ written out from docs/design.md §1, independently of the core's own pipeline."""
     phi = {
         "identity": lambda: x,
         "elu": lambda: elu_plus_one(x),
