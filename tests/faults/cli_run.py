@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "cli.py"
@@ -26,7 +26,9 @@ class Fault:
     expect_no_files: Callable[[Path], list[Path]] = field(default=lambda tmp_path: [])
 
 
-def run_cli(args: list[str], cwd: Path, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, stdin: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """``python cli.py ARGS`` in ``cwd`` with one thread and no debug traces."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("FWP_DEBUG", None)

@@ -10,15 +10,19 @@ import pytest
 
 from tests.faults.cli_run import Fault, error_line, run_cli
 
-CASES: list[Fault] = [
-    case
+AREAS = {
+    module.stem: importlib.import_module(f"tests.faults.{module.stem}").CASES
     for module in sorted(Path(__file__).parent.glob("cases_*.py"))
-    for case in importlib.import_module(f"tests.faults.{module.stem}").CASES
-]
+}
+CASES: list[Fault] = [case for cases in AREAS.values() for case in cases]
 
 
-def test_the_table_is_not_empty():
-    assert len(CASES) >= 10
+def test_every_area_has_cases_with_distinct_ids():
+    """A case module that lost its cases (or an area that was never written) would pass silently."""
+    assert set(AREAS) >= {"cases_cli", "cases_data", "cases_run", "cases_model"}
+    assert all(AREAS.values()), {name: len(cases) for name, cases in AREAS.items()}
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids)), sorted(ids)
 
 
 @pytest.mark.parametrize("fault", CASES, ids=lambda fault: fault.id)
