@@ -403,7 +403,13 @@ class FwpCLI(LightningCLI):
             isinstance(callback, ProgressBar) for callback in callbacks
         ):
             callbacks.append(StderrProgressBar())
-        return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
+        try:
+            return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
+        except ModuleNotFoundError as missing:  # e.g. accelerator 'tpu' without torch_xla
+            chosen = {key: config.get(key) for key in ("accelerator", "strategy", "precision")}
+            raise MisconfigurationException(
+                f"the trainer options {chosen} need a package that is not installed: {missing}"
+            ) from missing
 
 
 def main(args: ArgsType = None, run: bool = True) -> FwpCLI:

@@ -133,6 +133,11 @@ CASES: list[Fault] = [
         lambda t: ["MisconfigurationException"],
     ),
     Fault(
+        "accelerator-whose-package-is-missing",
+        lambda t: retrieval("fit", "--trainer.accelerator", "tpu"),
+        lambda t: ["MisconfigurationException", "'accelerator': 'tpu'", "torch_xla"],
+    ),
+    Fault(
         "run-directory-cannot-be-created",
         save_dir_is_a_file,
         lambda t: [
