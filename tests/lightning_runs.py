@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
+import torch
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread inside (tiny models run fastest so and leave the other core alone), the
+    previous number restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def quiet_trainer(**kwargs: Any) -> L.Trainer:

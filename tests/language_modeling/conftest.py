@@ -4,13 +4,11 @@ alone."""
 from __future__ import annotations
 
 import pytest
-import torch
+from lightning_runs import one_torch_thread
 
 
 @pytest.fixture
 def one_thread():
     """One torch thread for the test, the previous number restored after it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from lightning_runs import one_torch_thread
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
