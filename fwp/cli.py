@@ -31,6 +31,7 @@ import os
 import re
 import sys
 from argparse import Namespace
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -143,19 +144,23 @@ def comparable(value: Any) -> Any:
     return value
 
 
+def architecture_arguments(model_class: type, arguments: Iterable[str]) -> list[str]:
+    """Those of ``arguments`` that shape the weights or what they compute: the ones in the class's
+    ``ARCHITECTURE_ARGUMENTS``, or all of them for a class without that attribute (fail loudly)."""
+    declared = getattr(model_class, "ARCHITECTURE_ARGUMENTS", None)
+    return [key for key in arguments if declared is None or key in declared]
+
+
 def architecture_conflicts(
     model: Any, given: dict[str, Any], saved: dict[str, Any]
 ) -> list[tuple[str, Any, Any]]:
-    """``(argument, given value, checkpoint value)`` of every architecture argument of ``model`` (its
-    class's ``ARCHITECTURE_ARGUMENTS``; all of its arguments without that attribute) that ``given``
-    (the arguments the model was built with) and ``saved`` (the checkpoint's) both hold, with
-    different values."""
-    declared = getattr(type(model), "ARCHITECTURE_ARGUMENTS", None)
-    keys = given.keys() if declared is None else declared
+    """``(argument, given value, checkpoint value)`` of every architecture argument of ``model``
+    (``architecture_arguments``) that ``given`` (the arguments the model was built with) and ``saved``
+    (the checkpoint's) both hold, with different values."""
     return [
         (key, given[key], saved[key])
-        for key in sorted(keys)
-        if key in given and key in saved and comparable(given[key]) != comparable(saved[key])
+        for key in sorted(architecture_arguments(type(model), given))
+        if key in saved and comparable(given[key]) != comparable(saved[key])
     ]
 
 
@@ -209,6 +214,13 @@ def cannot_create(directory: Path, reason: str) -> str:
         f"cannot create the run directory {directory} (the logger's save_dir and name, e.g. "
         f"--trainer.logger.init_args.save_dir): {reason}"
     )
+
+
+def as_list(value: Any) -> list[Any]:
+    """A trainer option that takes one item or several (``plugins``, ``callbacks``) as a list."""
+    if not value:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def one_line(message: str) -> str:
@@ -356,17 +368,14 @@ class FwpCLI(LightningCLI):
         the ones the model takes from the data (``DATA_TO_MODEL_LINKS``; not known before it is built)."""
         model = self.config[self.config.subcommand].model
         model_class = import_class(model.class_path)
-        declared = getattr(model_class, "ARCHITECTURE_ARGUMENTS", None)
         linked = [
             target for _, target in DATA_TO_MODEL_LINKS if target in inspect.signature(model_class).parameters
         ]
+        arguments = vars(model.init_args)
         sizes = [
-            f"--model.init_args.{key}={value}"
-            for key, value in sorted(vars(model.init_args).items())
-            if isinstance(value, int)
-            and not isinstance(value, bool)
-            and key not in linked
-            and (declared is None or key in declared)
+            f"--model.init_args.{key}={arguments[key]}"
+            for key in sorted(architecture_arguments(model_class, arguments))
+            if isinstance(arguments[key], int) and not isinstance(arguments[key], bool) and key not in linked
         ]
         return f"its sizes: {', '.join(sizes)} (and from the data: {', '.join(linked)})"
 
@@ -393,12 +402,10 @@ class FwpCLI(LightningCLI):
         and the progress bar on stderr (``StderrProgressBar``) unless the YAML turns it off or
         chooses one."""
         config = self._get(self.config_init, "trainer", default={})
-        plugins = config.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        plugins = as_list(config.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
-        callbacks = config.get("callbacks") or []
-        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        callbacks = as_list(config.get("callbacks"))
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(callback, ProgressBar) for callback in callbacks
         ):

@@ -33,3 +33,13 @@ def check_output_file(option: str, path: str | Path | None) -> None:
     ancestor = next(parent for parent in output.absolute().parents if parent.exists())
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {output}: cannot create it under {ancestor}")
+
+
+def new_file(path: Path) -> Path:
+    """``path`` if no file has that name, else the first free ``<stem>-v1<suffix>``, ``-v2`` … (a run
+    writes its results beside its logs without replacing a file already there)."""
+    candidate, version = path, 0
+    while candidate.exists():
+        version += 1
+        candidate = path.with_name(f"{path.stem}-v{version}{path.suffix}")
+    return candidate

@@ -53,7 +53,7 @@ from fwp.model.beam_search import beam_search, greedy_decode
 from fwp.model.block import Norm
 from fwp.model.positions import Positional
 from fwp.monitoring import GradientNormLogging, labelled_text, log_text
-from fwp.outputs import check_output_file, write_lines
+from fwp.outputs import check_output_file, new_file, write_lines
 from tasks.translation.metrics import BleuVariant, CorpusBleuStatistics, SentenceSums, bleu_variants
 
 Batch = dict[str, Tensor]
@@ -410,12 +410,12 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
         """Every rank's hypotheses, detokenised, one line per sentence in input order, into a new file
         ``<log_dir>/<split>_hypotheses[-vN].txt`` beside the logged scores (rank 0), whose path is
         printed; nothing without a logger (no run directory)."""
-        hypotheses = gather_by_id(self._hypotheses)
+        hypotheses = in_input_order(self._hypotheses)
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if not self.trainer.is_global_zero or log_dir is None:
             return
         path = new_file(Path(log_dir) / f"{split}_hypotheses.txt")
-        write_lines((hypotheses[i] for i in sorted(hypotheses)), path)
+        write_lines(hypotheses, path)
         self.print(f"{split} hypotheses: {path}")
 
     def _log_validation_samples(self, batch: Batch) -> None:
@@ -478,25 +478,16 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
         return translations
 
     def on_predict_epoch_end(self) -> None:
-        predictions = gather_by_id(self._predictions)
+        predictions = in_input_order(self._predictions)
         if self.trainer.is_global_zero:
-            write_lines((predictions[i] for i in sorted(predictions)), self.hparams.predict_output)
+            write_lines(predictions, self.hparams.predict_output)
 
 
-def gather_by_id(texts: dict[int, str]) -> dict[int, str]:
-    """The union of every rank's ``{sentence id: text}`` (collective under torch.distributed; a
-    sentence a distributed sampler gave to two ranks appears once)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return texts
-    gathered: list[dict[int, str] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, texts)
-    return {i: text for part in gathered if part for i, text in part.items()}
-
-
-def new_file(path: Path) -> Path:
-    """``path`` if no file has that name, else the first free ``<stem>-v1<suffix>``, ``-v2`` …"""
-    candidate, version = path, 0
-    while candidate.exists():
-        version += 1
-        candidate = path.with_name(f"{path.stem}-v{version}{path.suffix}")
-    return candidate
+def in_input_order(texts: dict[int, str]) -> list[str]:
+    """Every rank's ``{sentence id: text}`` (gathered under torch.distributed, a collective; a sentence
+    a distributed sampler gave to two ranks counts once), as a list ordered by sentence id."""
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[dict[int, str] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, texts)
+        texts = {i: text for part in gathered if part for i, text in part.items()}
+    return [texts[i] for i in sorted(texts)]
