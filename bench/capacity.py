@@ -20,14 +20,13 @@ Commands that produced the sweeps (one process at a time, as on the shared CPU o
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.retrieval.sweep import Result, read_results
+from tasks.retrieval.sweep import Result, read_results, summarize
 
 CAPACITY_THRESHOLD = 0.01
 
@@ -62,24 +61,22 @@ def capacity(losses: dict[int, float]) -> int | None:
 
 def table(results: list[Result]) -> str:
     """The markdown comparison table (one row per config and S) and the capacities."""
-    runs: dict[tuple[str, int], list[Result]] = defaultdict(list)
+    stops: dict[tuple[str, int], list[str]] = defaultdict(list)
     for result in results:
-        runs[(Path(result.config).stem, result.num_keys)].append(result)
+        stops[(result.config, result.num_keys)].append(f"{result.stop_reason} ({result.steps})")
     lines = [
         "| system | config | S | ours: final loss (mean ± std, seeds) | stop (steps) | official log |",
         "|---|---|---|---|---|---|",
     ]
     ours_by_config: dict[str, dict[int, float]] = defaultdict(dict)
-    for (config, s), group in sorted(runs.items()):
-        losses = [r.final_eval_loss for r in group]
-        mean = statistics.fmean(losses)
-        std = statistics.stdev(losses) if len(losses) > 1 else 0.0
-        ours_by_config[config][s] = mean
-        stops = ", ".join(f"{r.stop_reason} ({r.steps})" for r in group)
+    for point in summarize(results):
+        config, s = Path(point.config).stem, point.num_keys
+        ours_by_config[config][s] = point.mean_final_eval_loss
         official = OFFICIAL_FINAL_LOSS.get(config, {}).get(s)
         official_text = f"{official:.4f}" if official is not None else "—"
         lines.append(
-            f"| {group[0].system} | {config} | {s} | {mean:.4f} ± {std:.4f} ({len(losses)}) | {stops} "
+            f"| {point.system} | {config} | {s} | {point.mean_final_eval_loss:.4f} ± "
+            f"{point.std_final_eval_loss:.4f} ({point.runs}) | {', '.join(stops[(point.config, s)])} "
             f"| {official_text} |"
         )
     lines += [
