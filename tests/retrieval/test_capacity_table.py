@@ -21,6 +21,11 @@ def test_capacity_is_the_first_s_above_the_threshold():
     assert capacity_script.capacity({20: 0.001}) is None
 
 
+def test_a_diverged_run_exceeds_the_threshold():
+    """A NaN final loss (a diverged run) is a failure, not a point within the capacity."""
+    assert capacity_script.capacity({20: 0.001, 40: float("nan"), 60: 0.2}) == 40
+
+
 def test_table_puts_the_official_value_and_the_capacity_ratio_next_to_ours():
     results = [result("setting1_linear", 40, 0.002), result("setting1_linear", 40, 0.004, seed=2)]
     results += [result("setting1_linear", 80, 0.05)]
