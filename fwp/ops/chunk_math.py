@@ -66,14 +66,20 @@ def add_product_(acc: Tensor, a: Tensor, b: Tensor, *, alpha: float = 1.0) -> Te
 
 
 def wy_inverse(scaled_keys: Tensor, k: Tensor) -> Tensor:
-    """``T = A⁻¹`` with ``A = I + tril(diag(β) K Kᵀ, −1)``, for all chunks at once by one batched
-    unit-triangular solve against the identity. scaled_keys ``diag(β) K`` and k: ``[G, N, C, d]``;
-    returns ``[G, N, C, C]`` (unit lower triangular), row-major: solved as ``T = ((Aᵀ)⁻¹)ᵀ``, because
+    """``T = A⁻¹`` with ``A = I + tril(diag(β) K Kᵀ, −1)``, for all chunks at once (``unit_lower_inverse``).
+    scaled_keys ``diag(β) K`` and k: ``[G, N, C, d]``; returns ``[G, N, C, C]``."""
+    return unit_lower_inverse((scaled_keys @ transpose(k)).tril_(diagonal=-1))
+
+
+def unit_lower_inverse(strictly_lower: Tensor) -> Tensor:
+    """``(I + L)⁻¹`` for strictly lower triangular ``L`` ``[…, C, C]`` by one batched unit-triangular
+    solve against the identity; unit lower triangular, row-major: solved as ``((I + L)ᵀ)⁻¹ᵀ``, because
     LAPACK returns column-major solutions."""
-    strictly_lower = (scaled_keys @ transpose(k)).tril_(diagonal=-1)
-    identity = torch.eye(k.shape[-2], dtype=k.dtype, device=k.device).expand_as(strictly_lower)
+    identity = torch.eye(strictly_lower.shape[-1], dtype=strictly_lower.dtype, device=strictly_lower.device)
     upper = transpose(strictly_lower)
-    return transpose(torch.linalg.solve_triangular(upper, identity, upper=True, unitriangular=True))
+    return transpose(
+        torch.linalg.solve_triangular(upper, identity.expand_as(upper), upper=True, unitriangular=True)
+    )
 
 
 def delta_chunk_values(

@@ -1,0 +1,257 @@
+"""Forward and backward pieces of the chunkwise gated sum and delta rules (Yang, Kautz & Hatamizadeh,
+"Gated Delta Networks", ICLR 2025, chunk form), written with plain tensor operations.
+
+Row vectors, one chunk of ``C`` steps: ``Q, K`` ``[C, d]``, ``V`` ``[C, d_v]``, ``β`` ``[C]``, the
+state ``S`` ``[d, d_v]`` before the chunk, log-decays ``a`` ``[C]`` and their cumulative sums inside
+the chunk ``g_i = Σ_{j≤i} a_j``. The decay pieces (``ChunkDecay``), all ``≤ 1``:
+``Γ_ij = exp(g_i − g_j)`` for ``i ≥ j`` (0 above the diagonal; the exponent is masked before ``exp``,
+so no positive number is ever exponentiated), ``γ_i = exp(g_i)`` (chunk start → step ``i``),
+``λ_j = exp(g_C − g_j)`` (step ``j`` → chunk end) and ``γ_C``. With ``P = tril(Q Kᵀ) ⊙ Γ``:
+
+- gated sum rule:   ``O = diag(γ) Q S + P V``;  ``S' = γ_C S + (diag(λ) K)ᵀ V``.
+- gated delta rule: pseudo-values ``U = T diag(β) X`` with residuals ``X = V − diag(γ) K S``,
+  ``T = A⁻¹``, ``A = I + diag(β) M``, ``M = tril(K Kᵀ ⊙ Γ, −1)``;
+  ``O = diag(γ) Q S + P U``;  ``S' = γ_C S + (diag(λ) K)ᵀ U``.
+
+With every ``a = 0`` all decay pieces are exactly 1 (0 above the diagonal) and these are the ungated
+forms of ``fwp.ops.chunk_math``, evaluated in the same order (the same floating-point results).
+
+Backward (``dS'`` the gradient of the state after the chunk): ``dU = Pᵀ dO + diag(λ) K dS'``;
+``dP = tril(dO Uᵀ)``; ``dQ = diag(γ) dO Sᵀ + (dP ⊙ Γ) K``;
+``dK = (dP ⊙ Γ)ᵀ Q + diag(λ) U dS'ᵀ`` (+ for the delta rule, with ``E = Tᵀ dU``,
+``L = tril(E Uᵀ, −1)``, ``R = diag(β)(L ⊙ Γ)``: ``− diag(γ) dV Sᵀ − R K − Rᵀ K``); ``dV = diag(β) E``;
+``dβ = rowsum(X ⊙ E) − rowsum(L ⊙ M)``; ``dS = γ_C dS' + (diag(γ) Q)ᵀ dO − (diag(γ) K)ᵀ dV``.
+Log-decays: with ``H = dP ⊙ P − diag(β)(L ⊙ M)`` (the gradient through ``Γ`` times ``Γ``),
+``dg = rowsum(H) − colsum(H) + γ ⊙ dγ − λ ⊙ dλ``, plus ``Σ_j λ_j dλ_j + γ_C ⟨S, dS'⟩`` at ``g_C``,
+where ``γ_i dγ_i = γ_i (q_i S)·dO_i − γ_i (k_i S)·dV_i`` and ``λ_j dλ_j = λ_j (k_j dS')·u_j``; then
+``da_i = Σ_{t≥i} dg_t``.
+
+Chunked tensors are ``[G, N, C, D]`` (``G = B H``, as in ``fwp.ops.chunk_math``); the backward
+helpers take one batch dimension, ``[b, C, D]`` (one chunk of every head, or all chunks flattened).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fwp.ops.chunk_math import causal_scores, chunk_read, delta_chunk_values, transpose, unit_lower_inverse
+
+
+@dataclass(frozen=True)
+class ChunkDecay:
+    """The decay pieces of chunks (module docstring): within ``Γ`` ``[…, C, C]``, from_start ``γ``
+    ``[…, C]``, to_end ``λ`` ``[…, C]``."""
+
+    within: Tensor
+    from_start: Tensor
+    to_end: Tensor
+
+    @classmethod
+    def of(cls, log_decay: Tensor) -> ChunkDecay:
+        """The pieces of chunked log-decays ``a`` ``[…, C]`` (every value finite and ``≤ 0``)."""
+        g = log_decay.cumsum(-1)
+        size = g.shape[-1]
+        above = torch.ones(size, size, dtype=torch.bool, device=g.device).triu_(diagonal=1)
+        within = (g.unsqueeze(-1) - g.unsqueeze(-2)).masked_fill_(above, float("-inf")).exp_()
+        return cls(within, g.exp(), (g[..., -1:] - g).exp())
+
+    @property
+    def total(self) -> Tensor:
+        """``γ_C``: the decay over the whole chunk, ``[…]``."""
+        return self.from_start[..., -1]
+
+    def chunk(self, n: int) -> ChunkDecay:
+        """Chunk ``n`` of ``[G, N, …]`` pieces."""
+        return ChunkDecay(self.within[:, n], self.from_start[:, n], self.to_end[:, n])
+
+    def flatten(self) -> ChunkDecay:
+        """``[G, N, …]`` pieces as ``[G N, …]``."""
+        return ChunkDecay(self.within.flatten(0, 1), self.from_start.flatten(0, 1), self.to_end.flatten(0, 1))
+
+
+def scaled_rows(x: Tensor, scale: Tensor) -> Tensor:
+    """``diag(scale) x``: row ``i`` of ``x`` ``[…, C, D]`` times ``scale[…, i]``."""
+    return scale.unsqueeze(-1) * x
+
+
+def per_matrix(scale: Tensor) -> Tensor:
+    """``[…]`` → ``[…, 1, 1]``: one factor per matrix of a stack."""
+    return scale[..., None, None]
+
+
+def gated_scores(q: Tensor, k: Tensor, decay: ChunkDecay) -> Tensor:
+    """``P = tril(Q Kᵀ) ⊙ Γ``: ``[…, C, C]``."""
+    return causal_scores(q, k).mul_(decay.within)
+
+
+def gated_chunk_read(q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, starts: Tensor) -> Tensor:
+    """``O = diag(γ) Q S + P values`` for all chunks: ``[G, N, C, d_v]`` (values ``V`` or ``U``)."""
+    return chunk_read(scaled_rows(q, decay.from_start), gated_scores(q, k, decay), values, starts)
+
+
+def gated_sum_rule_states(k: Tensor, v: Tensor, decay: ChunkDecay, initial: Tensor) -> tuple[Tensor, Tensor]:
+    """``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ V_n``: the states before every chunk ``[G, N, d, d_v]``
+    and the final state ``[G, d, d_v]``; k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, initial ``[G, d, d_v]``."""
+    increments = transpose(scaled_rows(k, decay.to_end)) @ v
+    state, starts = initial, []
+    for increment, total in zip(increments.unbind(1), decay.total.unbind(1), strict=True):
+        starts.append(state)
+        state = per_matrix(total) * state + increment
+    return torch.stack(starts, dim=1), state
+
+
+def gated_wy_inverse(k: Tensor, beta: Tensor, decay: ChunkDecay) -> Tensor:
+    """``T = A⁻¹``, ``A = I + tril(diag(β) K Kᵀ ⊙ Γ, −1)``, for all chunks at once: ``[G, N, C, C]``."""
+    return unit_lower_inverse((scaled_rows(k, beta) @ transpose(k)).mul_(decay.within).tril_(diagonal=-1))
+
+
+def gated_delta_rule_scan(
+    k: Tensor, v: Tensor, beta: Tensor, decay: ChunkDecay, inverse: Tensor, initial: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gated delta rule's recurrence over chunks: ``U_n = T_n diag(β_n)(V_n − diag(γ) K_n S_n)``,
+    ``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ U_n``. Shapes as ``fwp.ops.chunk_math.delta_rule_scan``;
+    returns ``U`` ``[G, N, C, d_v]``, the states before every chunk ``[G, N, d, d_v]`` and the final state."""
+    state, starts, pseudo_values = initial, [], []
+    chunks = zip(
+        scaled_rows(k, decay.from_start).unbind(1),
+        scaled_rows(k, decay.to_end).unbind(1),
+        v.unbind(1),
+        beta.unbind(1),
+        inverse.unbind(1),
+        decay.total.unbind(1),
+        strict=True,
+    )
+    for decayed_keys, end_keys, values, betas, inverse_n, total in chunks:
+        starts.append(state)
+        pseudo_values.append(delta_chunk_values(decayed_keys, values, betas, inverse_n, state)[1])
+        state = torch.baddbmm(per_matrix(total) * state, transpose(end_keys), pseudo_values[-1])
+    return torch.stack(pseudo_values, dim=1), torch.stack(starts, dim=1), state
+
+
+@dataclass
+class ChunkGradients:
+    """Gradients of chunks being accumulated (``[b, …]``): q, k, values (``V`` or ``U``) and the two
+    parts of the log-decay gradient, ``pair`` ``H`` ``[b, C, C]`` and ``own`` ``[b, C]`` (``γ ⊙ dγ``)."""
+
+    q: Tensor
+    k: Tensor
+    values: Tensor
+    pair: Tensor
+    own: Tensor
+
+
+def read_backward(
+    q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, start: Tensor, d_out: Tensor
+) -> ChunkGradients:
+    """The gradients of the read ``O = diag(γ) Q S + P values``, ``P = tril(Q Kᵀ) ⊙ Γ``: q, k ``[b, C, d]``,
+    values and d_out ``[b, C, d_v]``, start ``S`` ``[b, d, d_v]``."""
+    scores = gated_scores(q, k, decay)
+    d_scores = (d_out @ transpose(values)).tril_()
+    pair = d_scores * scores
+    d_values = transpose(scores) @ d_out
+    del scores
+    d_scores.mul_(decay.within)
+    d_q_state = torch.bmm(d_out, transpose(start))
+    own = (q * d_q_state).sum(-1).mul_(decay.from_start)
+    d_q = scaled_rows(d_q_state, decay.from_start).baddbmm_(d_scores, k)
+    return ChunkGradients(d_q, transpose(d_scores) @ q, d_values, pair, own)
+
+
+def write_backward_(
+    grads: ChunkGradients, k: Tensor, values: Tensor, decay: ChunkDecay, start: Tensor, d_next: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Adds the state write ``S' = γ_C S + (diag(λ) K)ᵀ values`` to ``grads.values`` and ``grads.k`` in
+    place (d_next ``dS'`` ``[b, d, d_v]``). Returns its log-decay parts ``λ ⊙ dλ`` ``[b, C]`` and
+    ``γ_C ⟨S, dS'⟩`` ``[b]``."""
+    keys_d_next = torch.bmm(scaled_rows(k, decay.to_end), d_next)
+    grads.values.add_(keys_d_next)
+    grads.k.addcmul_(decay.to_end.unsqueeze(-1), values @ transpose(d_next))
+    to_end = (keys_d_next * values).sum(-1)
+    return to_end, decay.total * (start * d_next).sum((-2, -1))
+
+
+def log_decay_gradient(grads: ChunkGradients, to_end: Tensor, total: Tensor) -> Tensor:
+    """``da`` ``[b, C]`` from the pieces' gradients (module docstring): ``dg = rowsum(H) − colsum(H) +
+    γ ⊙ dγ − λ ⊙ dλ``, ``dg_C += Σ λ ⊙ dλ + γ_C ⟨S, dS'⟩``, then ``da_i = Σ_{t≥i} dg_t``."""
+    d_g = grads.pair.sum(-1) - grads.pair.sum(-2) + grads.own - to_end
+    d_g[..., -1] += to_end.sum(-1) + total
+    return d_g.flip(-1).cumsum(-1).flip(-1)
+
+
+def gated_adjoint_scan(q: Tensor, d_out: Tensor, decay: ChunkDecay, d_final: Tensor) -> tuple[Tensor, Tensor]:
+    """The gated sum rule's state gradients, chunks in reverse: ``dS_n = γ_C dS_{n+1} + (diag(γ) Q_n)ᵀ dO_n``
+    from ``dS_N`` = d_final ``[G, d, d_v]``. Returns ``dS_{n+1}`` for every chunk ``[G, N, d, d_v]``
+    and ``dS_0``."""
+    decayed_queries = scaled_rows(q, decay.from_start)
+    G, chunks, _, d = q.shape
+    d_next = d_final.new_empty(G, chunks, d, d_final.shape[-1])
+    d_state = d_final
+    for n in reversed(range(chunks)):
+        d_next[:, n] = d_state
+        d_state = torch.baddbmm(
+            per_matrix(decay.total[:, n]) * d_state, transpose(decayed_queries[:, n]), d_out[:, n]
+        )
+    return d_next, d_state
+
+
+def gated_sum_rule_backward(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, starts: Tensor, d_out: Tensor, d_final: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``dQ, dK, dV, da, dS_0`` of the gated sum rule over chunks (``[G, N, …]`` as in the forward):
+    the adjoint scan, then every chunk at once."""
+    decay = ChunkDecay.of(log_decay)
+    d_next, d_initial = gated_adjoint_scan(q, d_out, decay, d_final)
+    flat = [x.flatten(0, 1) for x in (q, k, v, starts, d_out, d_next)]
+    q_f, k_f, v_f, starts_f, d_out_f, d_next_f = flat
+    flat_decay = decay.flatten()
+    grads = read_backward(q_f, k_f, v_f, flat_decay, starts_f, d_out_f)
+    to_end, total = write_backward_(grads, k_f, v_f, flat_decay, starts_f, d_next_f)
+    d_log_decay = log_decay_gradient(grads, to_end, total)
+    shaped = (
+        x.view(q.shape[0], q.shape[1], *x.shape[1:]) for x in (grads.q, grads.k, grads.values, d_log_decay)
+    )
+    return (*shaped, d_initial)
+
+
+def gated_delta_chunk_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    decay: ChunkDecay,
+    inverse: Tensor,
+    start: Tensor,
+    d_out: Tensor,
+    d_next: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``dQ, dK, dV, dβ, da, dS`` of one gated delta-rule chunk of every head (formulas in the module
+    docstring): q, k ``[G, C, d]``, v, d_out ``[G, C, d_v]``, beta ``[G, C]``, inverse ``T`` ``[G, C, C]``,
+    start ``S`` and d_next ``dS'`` ``[G, d, d_v]``."""
+    decayed_keys = scaled_rows(k, decay.from_start)
+    residuals, pseudo_values = delta_chunk_values(decayed_keys, v, beta, inverse, start)
+    grads = read_backward(q, k, pseudo_values, decay, start, d_out)
+    to_end, total = write_backward_(grads, k, pseudo_values, decay, start, d_next)
+    d_residuals = transpose(inverse) @ grads.values
+    d_v = scaled_rows(d_residuals, beta)
+    d_beta = (residuals * d_residuals).sum(-1)
+    del residuals
+    d_v_state = d_v @ transpose(start)
+    grads.own.sub_((decayed_keys * d_v_state).sum(-1))
+    grads.k.addcmul_(decay.from_start.unsqueeze(-1), d_v_state, value=-1)
+    del d_v_state
+    lower = (d_residuals @ transpose(pseudo_values)).tril_(diagonal=-1)
+    key_products = (k @ transpose(k)).mul_(decay.within).tril_(diagonal=-1)
+    lower_keys = lower * key_products
+    d_beta.sub_(lower_keys.sum(-1))
+    grads.pair.sub_(scaled_rows(lower_keys, beta))
+    del lower_keys, key_products
+    weights = scaled_rows(lower.mul_(decay.within), beta)
+    grads.k.baddbmm_(weights, k, alpha=-1).baddbmm_(transpose(weights), k, alpha=-1)
+    d_start = torch.baddbmm(
+        per_matrix(decay.total) * d_next, transpose(scaled_rows(q, decay.from_start)), d_out
+    )
+    d_start.baddbmm_(transpose(decayed_keys), d_v, alpha=-1)
+    return grads.q, grads.k, d_v, d_beta, log_decay_gradient(grads, to_end, total), d_start
