@@ -1,6 +1,6 @@
 """``python -m fwp …`` and the ``fwp`` console script: the same CLI as ``python cli.py …``."""
 
-from fwp.cli import main
+from fwp.training.cli import main
 
 
 def run() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fwp.cli import main
+from fwp.training.cli import main
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec
-from fwp.checkpointing import CheckpointLoadError
 from fwp.model.adaptive import (
     LEGACY_SOFTMAX_KEY,
     AdaptiveInput,
@@ -30,6 +29,7 @@ from fwp.model.block import Activation, Norm
 from fwp.model.initialization import INITS, Init, transformer_xl_init
 from fwp.model.positions import Positional
 from fwp.model.stack import InputEncoding, TransformerStack, token_embedding
+from fwp.training.checkpointing import CheckpointLoadError
 
 
 def check_tokens(name: str, tokens: Tensor) -> None:

@@ -29,7 +29,7 @@ to ``predict_output`` or to stdout (``write_lines``) and returned. A prompt that
 outside the vocabulary (word tokenizer; ``<unk>`` itself is allowed), or would need more positions than
 a learned position table has, is refused with an error naming the option.
 
-Monitoring (``fwp.monitoring``): ``train/grad_norm`` before clipping, throughput from
+Monitoring (``fwp.training.monitoring``): ``train/grad_norm`` before clipping, throughput from
 ``throughput_counts``, ``hp_metric`` = the best ``valid/ppl``, and at each validation of ``fit``
 ``log_text_samples`` continuations of the validation split's first ``prompt_length`` tokens as the
 TensorBoard text ``valid/samples`` (drawn with their own seeded generator: the run's random streams
@@ -38,10 +38,9 @@ are untouched).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -58,12 +57,11 @@ from fwp.model.block import Activation, Norm
 from fwp.model.generation import check_generation_fits, check_sampling_options
 from fwp.model.initialization import Init
 from fwp.model.positions import Positional
-from fwp.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.ops import FastWeightState
-from fwp.outputs import check_output_file, write_lines
+from fwp.training.monitoring import GradientNormLogging, labelled_text, log_text
+from fwp.training.optimization import SCHEDULES, Schedule, adam_with_schedule
+from fwp.training.outputs import check_output_file, write_lines
 
-Schedule = Literal["cosine", "constant", "inverse_sqrt"]
-SCHEDULES = ("cosine", "constant", "inverse_sqrt")
 CARRIED_STATE_KEY = "carried_train_state"
 
 
@@ -119,21 +117,6 @@ def prompt_text(prompt: str | None, prompt_file: str | None) -> str | None:
     return prompt
 
 
-def learning_rate_factor(step: int, *, schedule: Schedule, warmup_steps: int, total_steps: float) -> float:
-    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based): ``(step + 1) /
-    warmup_steps`` during warm-up; then 1 (``constant``), ``√(warmup_steps / (step + 1))``
-    (``inverse_sqrt``), or ``½(1 + cos(π·p))`` with ``p = (step − warmup_steps) / (total_steps −
-    warmup_steps)`` clipped to [0, 1] (``cosine``)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule == "inverse_sqrt":
-        return math.sqrt(max(warmup_steps, 1) / (step + 1))
-    progress = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 class LanguageModel(GradientNormLogging, L.LightningModule):
     """Decoder-only language model over ``vocab_size`` tokens (linked from the data module).
 
@@ -150,7 +133,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
     best_metric_mode = "min"
 
     # The arguments that shape the weights or what they compute: with --ckpt_path the run's values must
-    # be the checkpoint's (fwp.cli); any other argument (decoding, optimisation, dropout) may differ.
+    # be the checkpoint's (fwp.training.cli); any other argument (decoding, optimisation, dropout) may differ.
     ARCHITECTURE_ARGUMENTS = frozenset(
         {
             "vocab_size",
@@ -514,20 +497,13 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hparams = self.hparams
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=hparams.lr, betas=tuple(hparams.betas), weight_decay=hparams.weight_decay
+        return adam_with_schedule(
+            self.parameters(),
+            lr=hparams.lr,
+            betas=hparams.betas,
+            weight_decay=hparams.weight_decay,
+            decoupled_weight_decay=True,
+            schedule=hparams.schedule,
+            warmup_steps=hparams.warmup_steps,
+            total_steps=self.total_steps(),
         )
-        total_steps = self.total_steps()
-        if hparams.schedule == "cosine" and not math.isfinite(total_steps):
-            raise ValueError(
-                "schedule='cosine' needs a finite number of steps: set model max_steps or the Trainer's "
-                "max_steps/max_epochs"
-            )
-
-        def factor(step: int) -> float:
-            return learning_rate_factor(
-                step, schedule=hparams.schedule, warmup_steps=hparams.warmup_steps, total_steps=total_steps
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -16,6 +16,7 @@ the softmax model); the biases and the β row keep PyTorch's default U(±1/√fa
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec, build_attention
-from fwp.monitoring import GradientNormLogging
 from fwp.ops import FastWeightState
+from fwp.training.monitoring import GradientNormLogging
+from fwp.training.optimization import adam_with_schedule
 from tasks.retrieval.generator import RetrievalBatch
 
 
@@ -54,15 +56,15 @@ class RetrievalModel(GradientNormLogging, L.LightningModule):
         d_key: size of keys and queries before the feature map (the paper: 64).
         lr: Adam learning rate (the paper: 1e-3).
 
-    Monitoring (``fwp.monitoring``): ``train/grad_norm``, throughput from ``throughput_counts``, and
-    ``hp_metric`` = the lowest ``eval/loss`` so far.
+    Monitoring (``fwp.training.monitoring``): ``train/grad_norm``, throughput from ``throughput_counts``, and
+    ``hp_metric`` = the lowest ``valid/loss`` so far.
     """
 
-    best_metric = "eval/loss"
+    best_metric = "valid/loss"
     best_metric_mode = "min"
 
     # The arguments that shape the weights or what they compute: with --ckpt_path the run's values must
-    # be the checkpoint's (fwp.cli); any other argument (decoding, optimisation, dropout) may differ.
+    # be the checkpoint's (fwp.training.cli); any other argument (decoding, optimisation, dropout) may differ.
     ARCHITECTURE_ARGUMENTS = frozenset(
         {
             "num_keys",
@@ -140,7 +142,7 @@ class RetrievalModel(GradientNormLogging, L.LightningModule):
         return loss
 
     def validation_step(self, batch: RetrievalBatch, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, "eval")
+        return self._evaluate(batch, "valid")
 
     def test_step(self, batch: RetrievalBatch, batch_idx: int) -> Tensor:
         return self._evaluate(batch, "test")
@@ -149,5 +151,5 @@ class RetrievalModel(GradientNormLogging, L.LightningModule):
         output, _ = self(batch.keys, batch.values, batch.queries)
         return {"prediction": output.argmax(dim=-1), "target": batch.targets, "mask": batch.query_mask}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adam_with_schedule(self.parameters(), lr=self.hparams.lr)

@@ -127,7 +127,7 @@ def run_job(job: Job) -> Result:
     model on fresh sequences (the paper's "final evaluation loss")."""
     import torch
 
-    from fwp.cli import main
+    from fwp.training.cli import main
 
     torch.set_num_threads(job.threads)
     name = f"{Path(job.config).stem}_S{job.num_keys}_seed{job.seed}"
@@ -154,9 +154,9 @@ def run_job(job: Job) -> Result:
         num_keys=job.num_keys,
         seed=job.seed,
         overrides=" ".join(job.overrides),
-        final_eval_loss=final["eval/loss"],
-        best_eval_loss=float(best) if best is not None else final["eval/loss"],
-        final_eval_accuracy=final["eval/accuracy"],
+        final_eval_loss=final["valid/loss"],
+        best_eval_loss=float(best) if best is not None else final["valid/loss"],
+        final_eval_accuracy=final["valid/accuracy"],
         steps=trainer.global_step,
         stop_reason=stop_reason(trainer),
         seconds=time.perf_counter() - start,
@@ -336,7 +336,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sweep; a bad config path, size or output file ends in one ``fwp: error:`` line."""
-    from fwp.cli import exit_with_user_error
+    from fwp.training.cli import exit_with_user_error
 
     args, overrides = parse_args(argv)
     try:

@@ -19,7 +19,7 @@ Outputs: standalone ``test`` (and ``validate``) writes the detokenised hypothese
 Predict: the batches of the data module's predict dataloader (source lines) are translated with
 ``beam_size``; translations are written in input order to ``predict_output`` (a path) or stdout.
 
-Monitoring (``fwp.monitoring``): ``train/grad_norm`` (after the loss normalisation, before clipping),
+Monitoring (``fwp.training.monitoring``): ``train/grad_norm`` (after the loss normalisation, before clipping),
 throughput from ``throughput_counts`` (target tokens), ``hp_metric`` = the best ``valid/sacrebleu``
 (``valid/loss`` when ``bleu_every_n_validations`` is 0), and at each validation of ``fit`` the first
 ``log_text_samples`` sentences of the first validation batch (source, hypothesis decoded with
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -52,8 +51,9 @@ from fwp.model import EncoderDecoder
 from fwp.model.beam_search import beam_search, greedy_decode
 from fwp.model.block import Norm
 from fwp.model.positions import Positional
-from fwp.monitoring import GradientNormLogging, labelled_text, log_text
-from fwp.outputs import check_output_file, new_file, write_lines
+from fwp.training.monitoring import GradientNormLogging, labelled_text, log_text
+from fwp.training.optimization import adam_with_schedule
+from fwp.training.outputs import check_output_file, new_file, write_lines
 from tasks.translation.metrics import BleuVariant, CorpusBleuStatistics, SentenceSums, bleu_variants
 
 Batch = dict[str, Tensor]
@@ -95,14 +95,6 @@ def label_smoothed_token_losses(
     return (1.0 - epsilon - other) * nll + other * smooth, nll, keep
 
 
-def inverse_sqrt_factor(step: int, *, warmup_steps: int, warmup_init_factor: float) -> float:
-    """Learning-rate multiplier at optimiser step ``step`` (0-based): linear from ``warmup_init_factor``
-    to 1 over ``warmup_steps`` steps, then ``sqrt(warmup_steps / step)``."""
-    if step < warmup_steps:
-        return warmup_init_factor + (1.0 - warmup_init_factor) * step / warmup_steps
-    return math.sqrt(warmup_steps / max(step, 1))
-
-
 class TranslationModel(GradientNormLogging, L.LightningModule):
     """Encoder-decoder translation model.
 
@@ -136,7 +128,7 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
     """
 
     # The arguments that shape the weights or what they compute: with --ckpt_path the run's values must
-    # be the checkpoint's (fwp.cli); any other argument (decoding, optimisation, dropout) may differ.
+    # be the checkpoint's (fwp.training.cli); any other argument (decoding, optimisation, dropout) may differ.
     ARCHITECTURE_ARGUMENTS = frozenset(
         {
             "vocab_size",
@@ -335,14 +327,16 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         h = self.hparams
-        optimizer = torch.optim.Adam(
-            self.parameters(), lr=h.lr, betas=tuple(h.betas), eps=h.adam_eps, weight_decay=h.weight_decay
+        return adam_with_schedule(
+            self.parameters(),
+            lr=h.lr,
+            betas=h.betas,
+            eps=h.adam_eps,
+            weight_decay=h.weight_decay,
+            schedule="inverse_sqrt",
+            warmup_steps=h.warmup_steps,
+            warmup_init_factor=h.warmup_init_lr / h.lr,
         )
-        schedule = partial(
-            inverse_sqrt_factor, warmup_steps=h.warmup_steps, warmup_init_factor=h.warmup_init_lr / h.lr
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------------- evaluation
     def _decoding_beam_size(self) -> int | None:

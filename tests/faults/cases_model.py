@@ -26,7 +26,7 @@ def lm_fit_with_attention(tmp_path: Path, attention: str) -> list[str]:
 def legacy_softmax_checkpoint_test(tmp_path: Path) -> list[str]:
     """``test`` from a checkpoint whose adaptive softmax has ``nn.AdaptiveLogSoftmaxWithLoss``'s layout
     (the layout before Transformer-XL's): the weights are refused by name, not half-loaded."""
-    from fwp.cli import main
+    from fwp.training.cli import main
 
     data = write_lm_corpus(tmp_path / "wiki")
     args = [*config(LM_FIT[1:3]), "--data.init_args.data_dir", str(data)]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fwp.cli import main
+from fwp.training.cli import main
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "lm"

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from fwp.attention import FastWeightAttention, build_attention
-from fwp.cli import main
+from fwp.training.cli import main
 from tasks.language_modeling.data import SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 

@@ -13,12 +13,12 @@ from lightning_runs import quiet_trainer
 from fwp.data.files import DataError
 from fwp.data.tokenizer import EOS_ID
 from fwp.model import sample, step_log_probs
+from fwp.training.optimization import learning_rate_factor
 from tasks.language_modeling.data import LanguageModelingDataModule, SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.module import (
     CARRIED_STATE_KEY,
     LanguageModel,
     TokenNLL,
-    learning_rate_factor,
 )
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
@@ -235,19 +235,6 @@ def test_token_nll_accumulates_sums_not_batch_means() -> None:
     metric.update(torch.log(torch.tensor([0.5, 0.25])))
     metric.update(torch.log(torch.tensor([[0.125]])))
     assert metric.compute().item() == pytest.approx(math.log(2) * (1 + 2 + 3) / 3)
-
-
-def test_schedule_warms_up_then_follows_its_shape() -> None:
-    factor = lambda step, schedule: learning_rate_factor(  # noqa: E731
-        step, schedule=schedule, warmup_steps=10, total_steps=110
-    )
-    assert factor(0, "cosine") == pytest.approx(0.1)
-    assert factor(9, "cosine") == pytest.approx(1.0)
-    assert factor(60, "cosine") == pytest.approx(0.5)
-    assert factor(110, "cosine") == pytest.approx(0.0)
-    assert factor(500, "cosine") == pytest.approx(0.0)
-    assert factor(50, "constant") == 1.0
-    assert factor(39, "inverse_sqrt") == pytest.approx(0.5)
 
 
 def test_trainer_follows_the_schedule(corpus: Path) -> None:

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fwp.checkpointing import CheckpointLoadError
 from fwp.model import DecoderLM
 from fwp.model.adaptive import AdaptiveLogSoftmax
+from fwp.training.checkpointing import CheckpointLoadError
 
 
 def projected_adaptive_log_softmax(hidden, targets, softmax: AdaptiveLogSoftmax, cutoffs, vocab):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fwp.cli import main
+from fwp.training.cli import main
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "retrieval"
 EXPERIMENTS = sorted(p for p in CONF.glob("*.yaml") if p.name != "trainer.yaml")

@@ -152,7 +152,7 @@ def test_data_module_evaluation_chunks_queries_by_the_training_batch_size():
 
 def test_evaluation_chunks_follow_the_global_batch_size():
     """2 ranks of batch_size 4 evaluate like one process of batch_size 8 (the DDP twin in
-    tests/scale/test_ddp.py); chunks of the per-rank size gave another loss."""
+    tests/training/test_ddp.py); chunks of the per-rank size gave another loss."""
 
     class TwoRanks:
         world_size, global_rank, global_step = 2, 0, 0

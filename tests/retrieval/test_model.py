@@ -48,9 +48,9 @@ def test_delta_rule_learns_setting1_at_small_s():
         max_steps=300, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=1, val_check_interval=300,
     )  # fmt: skip
-    initial = trainer.validate(model, datamodule=data, verbose=False)[0]["eval/loss"]
+    initial = trainer.validate(model, datamodule=data, verbose=False)[0]["valid/loss"]
     trainer.fit(model, datamodule=data)
-    final = trainer.validate(model, datamodule=data, verbose=False)[0]["eval/loss"]
+    final = trainer.validate(model, datamodule=data, verbose=False)[0]["valid/loss"]
     assert final < initial / 5, (initial, final)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from fwp import cli
+from fwp.training import cli
 from tasks.retrieval import sweep
 from tasks.retrieval.data import EVAL_STREAM, EvaluationBatch
 from tasks.retrieval.module import RetrievalModel, squared_error

@@ -1,4 +1,7 @@
-"""Run-time tests train tiny models in-process with one thread, each in its own working directory."""
+"""Run-time tests train tiny models in-process with one thread: it is fastest for them, leaves the
+other core to the DDP subprocesses and to whatever else shares the machine, and keeps runs that are
+compared bit for bit on the same reduction order. Each test runs in its own temporary directory (runs
+without a logger write checkpoints and config.yaml into the working directory)."""
 
 from __future__ import annotations
 
@@ -10,3 +13,8 @@ from lightning_runs import one_torch_thread
 def _one_thread():
     with one_torch_thread():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _in_a_temporary_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fwp.cli import main
+from fwp.training.cli import main
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 from tasks.translation.synthetic import write_synthetic_parallel_corpus
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fwp.cli import main
+from fwp.training.cli import main
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -63,7 +63,7 @@ def test_fit_ending_between_checkpoints_leaves_the_final_state_in_last_ckpt(tmp_
 
 def test_resuming_from_a_preemption_checkpoint_keeps_writing_last_ckpt(tmp_path, monkeypatch):
     """Preempted at step 3, before the first checkpoint (step 4); resumed to step 6 (evaluation at 4)."""
-    monkeypatch.setattr("fwp.cli.trainer_defaults", with_callback(SignalAt(3)))
+    monkeypatch.setattr("fwp.training.cli.trainer_defaults", with_callback(SignalAt(3)))
     first = main(retrieval_fit(tmp_path / "runs", max_steps=100))
     monkeypatch.undo()
     checkpoints = Path(first.trainer.logger.log_dir) / "checkpoints"
@@ -80,8 +80,8 @@ def test_resuming_from_a_preemption_checkpoint_keeps_writing_last_ckpt(tmp_path,
 
 
 def with_callback(callback: L.Callback):
-    """``fwp.cli.trainer_defaults`` with ``callback`` among the always-on callbacks."""
-    from fwp.cli import trainer_defaults
+    """``fwp.training.cli.trainer_defaults`` with ``callback`` among the always-on callbacks."""
+    from fwp.training.cli import trainer_defaults
 
     def defaults():
         settings = trainer_defaults()

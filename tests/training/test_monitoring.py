@@ -1,4 +1,4 @@
-"""What a user watches in TensorBoard (``fwp.monitoring``) and what ``test`` writes, for every task:
+"""What a user watches in TensorBoard (``fwp.training.monitoring``) and what ``test`` writes, for every task:
 the gradient norm before clipping, throughput, text samples at each validation, ``hp_metric`` = the
 best validation metric, MT test hypotheses beside the scores; the SLURM preset's small logs."""
 
@@ -13,8 +13,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fwp.cli import main
-from fwp.monitoring import gradient_norm
+from fwp.training.cli import main
+from fwp.training.monitoring import gradient_norm
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 from tasks.translation.synthetic import write_synthetic_parallel_corpus
 
@@ -65,7 +65,7 @@ def texts(accumulator: EventAccumulator, tag: str) -> list[str]:
     return [event.tensor_proto.string_val[0].decode() for event in accumulator.Tensors(f"{tag}/text_summary")]
 
 
-VALIDATION_METRIC = {"retrieval": ("eval/loss", min), "language_modeling": ("valid/ppl", min)}
+VALIDATION_METRIC = {"retrieval": ("valid/loss", min), "language_modeling": ("valid/ppl", min)}
 VALIDATION_METRIC["translation"] = ("valid/sacrebleu", max)
 
 

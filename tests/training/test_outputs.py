@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fwp.cli import main
+from fwp.training.cli import main
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 REPO = Path(__file__).resolve().parents[2]

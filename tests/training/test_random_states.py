@@ -1,5 +1,5 @@
-"""Capturing and restoring every random number generator (``fwp.checkpointing``): torch's CPU generator,
-numpy's and python's global generators, and the CUDA generators when there are any.
+"""Capturing and restoring every random number generator (``fwp.training.checkpointing``): torch's
+CPU generator, numpy's and python's global generators, and the CUDA generators when there are any.
 
 Nothing in the project draws from numpy or python ``random`` during training, so the end-to-end resume
 tests cannot see whether those states come back; these tests draw from each generator themselves.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fwp.checkpointing import RandomStateCheckpoint, capture_random_states, restore_random_states
+from fwp.training.checkpointing import RandomStateCheckpoint, capture_random_states, restore_random_states
 
 
 def draw_from_every_generator() -> dict[str, list[float]]:

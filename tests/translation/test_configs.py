@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fwp.cli import main
+from fwp.training.cli import main
 from tasks.translation.synthetic import write_synthetic_parallel_corpus
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "mt"

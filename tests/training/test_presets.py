@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from scale_runs import REPO, build, retrieval_args
+from cli_runs import REPO, build, retrieval_args
 
-from fwp.cli import main
+from fwp.training.cli import main
 
 PRESETS = sorted((REPO / "conf" / "trainer").glob("*.yaml"))
 TASKS = {

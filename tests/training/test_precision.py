@@ -9,7 +9,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from scale_runs import LossRecorder, build, fit, lm_args
+from cli_runs import LossRecorder, build, fit, lm_args
 
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 

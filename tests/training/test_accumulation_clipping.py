@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from scale_runs import ParameterRecorder, build, fit, retrieval_args
+from cli_runs import ParameterRecorder, build, fit, retrieval_args
 
 from tasks.retrieval.data import TrainingBatches
 from tasks.retrieval.module import squared_error

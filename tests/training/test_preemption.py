@@ -11,9 +11,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from scale_runs import LossRecorder, build, cli_command, fit, retrieval_args
+from cli_runs import LossRecorder, build, cli_command, fit, retrieval_args
 
-from fwp.preemption import PreemptionCheckpoint
+from fwp.training.preemption import PreemptionCheckpoint
 
 
 def wait_for(predicate, process: subprocess.Popen, timeout: float) -> None:

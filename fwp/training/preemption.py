@@ -35,7 +35,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 
-from fwp.checkpointing import save_last_checkpoints
+from fwp.training.checkpointing import save_last_checkpoints
 
 HANDLED_SIGNALS = ("SIGTERM", "SIGUSR1")
 

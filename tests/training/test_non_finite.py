@@ -5,9 +5,9 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from scale_runs import ParameterRecorder, PoisonLoss, build, fit, retrieval_args
+from cli_runs import ParameterRecorder, PoisonLoss, build, fit, retrieval_args
 
-from fwp.callbacks import NonFiniteLossGuard
+from fwp.training.callbacks import NonFiniteLossGuard
 
 
 def run(tmp_path, *options: str, poison: set[int] | range, steps: int = 4):

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 import torch
-from scale_runs import build, checkpoints_every, fit, retrieval_args
+from cli_runs import build, checkpoints_every, fit, retrieval_args
 
-from fwp.checkpointing import AtomicCheckpointIO, CheckpointLoadError, write_atomically
-from fwp.cli import main
+from fwp.training.checkpointing import AtomicCheckpointIO, CheckpointLoadError, write_atomically
+from fwp.training.cli import main
 
 
 def digest(path) -> str:

@@ -15,9 +15,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from scale_runs import LossRecorder, build, checkpoints_every, fit, lm_args, retrieval_args
+from cli_runs import LossRecorder, build, checkpoints_every, fit, lm_args, retrieval_args
 
-from fwp.cli import main
+from fwp.training.cli import main
 from tasks.language_modeling.synthetic import write_synthetic_corpus
 
 STEPS = 6

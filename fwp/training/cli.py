@@ -43,8 +43,9 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from fwp.callbacks import LearningRateLogger, NonFiniteLossGuard, RunDirectoryReport
-from fwp.checkpointing import (
+from fwp.data.files import DataError
+from fwp.training.callbacks import LearningRateLogger, NonFiniteLossGuard, RunDirectoryReport
+from fwp.training.checkpointing import (
     AtomicCheckpointIO,
     CheckpointLoadError,
     CheckpointMismatchError,
@@ -52,9 +53,8 @@ from fwp.checkpointing import (
     RandomStateCheckpoint,
     read_checkpoint_hyperparameters,
 )
-from fwp.data.files import DataError
-from fwp.monitoring import BestMetricLogger, StderrProgressBar, TaskThroughput
-from fwp.preemption import PreemptionCheckpoint
+from fwp.training.monitoring import BestMetricLogger, StderrProgressBar, TaskThroughput
+from fwp.training.preemption import PreemptionCheckpoint
 
 # Every task model that a data module with the source attribute can be paired with must take the
 # target argument: jsonargparse stores a link whose target is missing as an extra keyword, which then

@@ -13,9 +13,9 @@ import csv
 import numpy as np
 import pytest
 import torch
-from scale_runs import build, fit, lm_args, parameters, retrieval_args, run_cli_process
+from cli_runs import build, fit, lm_args, parameters, retrieval_args, run_cli_process
 
-from fwp.cli import main
+from fwp.training.cli import main
 from tasks.language_modeling.data import sliding_windows
 from tasks.language_modeling.module import TokenNLL
 from tasks.language_modeling.synthetic import write_synthetic_corpus
@@ -39,7 +39,7 @@ callbacks:
   - class_path: lightning.pytorch.callbacks.ModelCheckpoint
     init_args: {{dirpath: {directory}/ckpt, filename: final, every_n_train_steps: {steps}}}
   - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-    init_args: {{dirpath: {directory}/ckpt, filename: best, monitor: eval/loss}}
+    init_args: {{dirpath: {directory}/ckpt, filename: best, monitor: valid/loss}}
 """
 
 
@@ -52,7 +52,7 @@ def trainer_file(directory, devices: int, strategy: str):
 
 def best_eval_loss(checkpoint) -> float:
     states = torch.load(checkpoint, weights_only=True)["callbacks"]
-    (score,) = [s["best_model_score"] for key, s in states.items() if "eval/loss" in key]
+    (score,) = [s["best_model_score"] for key, s in states.items() if "valid/loss" in key]
     return float(score)
 
 

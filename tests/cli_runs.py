@@ -1,4 +1,5 @@
-"""Small retrieval and language-model runs through the project CLI, shared by the scale tests."""
+"""Small retrieval and language-model runs through the project CLI, shared by the run-time tests
+(``tests/training``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fwp.cli import FwpCLI, main
+from fwp.training.cli import FwpCLI, main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 RETRIEVAL = REPO / "conf" / "retrieval"
 LANGUAGE_MODELING = REPO / "conf" / "lm"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
