@@ -4,11 +4,15 @@ A *core* works on already projected heads; projections, output scaling and dropo
 ``MultiHeadAttention``. Shapes: q ``[B, H, T_q, d_head]``, k ``[B, H, T_k, d_head]``, v ``[B, H, T_k,
 d_head]``, beta ``[B, H, T_k]`` (cores with ``uses_beta``), key_padding_mask ``[B, T_k]`` (True = pad).
 
-Two modes that agree to float tolerance:
+Two ways of running causally that agree to float tolerance:
 - parallel: ``forward`` over a whole sequence (training, evaluation, prefill);
 - step: ``forward`` on ``T = 1`` with the state returned by the previous call (generation).
 ``forward`` with a state continues that state (segment carry; KV cache for softmax).
-``read(q, state)`` queries a memory without writing to it (retrieval queries, cached cross-attention).
+
+The modes a core may run (``fwp.ops.MODES``): ``causal`` (``forward``), ``bidirectional``
+(``forward(causal=False)``: every query sees every key; encoders and cross-attention) and ``read``
+(``read(q, state)`` queries a memory without writing to it: retrieval queries, cached cross-attention).
+A core lists the modes it cannot run in ``refused_modes``, each with the reason.
 """
 
 from __future__ import annotations
@@ -37,13 +41,13 @@ class AttentionCore(nn.Module, ABC):
 
     Class attributes tell the surrounding module what the core needs:
     ``uses_beta`` — consumes a per-head, per-position write strength β (delta rule);
-    ``supports_bidirectional`` — accepts ``causal=False`` (softmax and sum-rule cores);
+    ``refused_modes`` — the modes it cannot run, mode → reason (e.g. the delta rule: bidirectional);
     ``is_fast_weight`` — a fast-weight layer, whose output the paper scales by 1/√d_head
     (``output_scale``, applied by ``MultiHeadAttention``; a core may set its own).
     """
 
     uses_beta: bool = False
-    supports_bidirectional: bool = True
+    refused_modes: dict[str, str] = {}  # noqa: RUF012  (read-only; a core replaces it, never mutates it)
     is_fast_weight: bool = False
 
     def __init__(self, d_head: int) -> None:
@@ -52,6 +56,15 @@ class AttentionCore(nn.Module, ABC):
             raise ValueError(f"d_head must be >= 1, got d_head={d_head}")
         self.d_head = d_head
         self.output_scale = d_head**-0.5 if self.is_fast_weight else 1.0
+
+    def require_mode(self, mode: str, use: str) -> None:
+        """A ValueError naming ``use`` (what needs the mode, e.g. ``cross-attention``) and the reason when
+        this core refuses ``mode``."""
+        if mode in self.refused_modes:
+            raise ValueError(
+                f"{use} needs the {mode} mode, which {type(self).__name__} cannot run: "
+                f"{self.refused_modes[mode]}"
+            )
 
     @abstractmethod
     def forward(

@@ -1,9 +1,10 @@
 """Fast Weight Memory attention: the FWM update rule (``fwp.ops.fwm``) behind the ``AttentionCore``
-interface, for the retrieval task's update setting (Schlag et al. 2021, Figure 3).
+interface, for the retrieval task's update setting (Schlag et al. 2021, Figure 3); registered as ``fwm``.
 
 ``φ`` is ``tanh`` (the FWM paper's choice) or DPFP of order ``nu`` (the official code also ran FWM with
-DPFP features); keys are not normalised; the write strength β comes from the module (sigmoid); a query
-reads ``LayerNorm(φ(q) W)``. Causal only; parallel and step mode run the same recurrence.
+DPFP features), a ``fwp.ops.FeatureMap``; keys are not normalised; the write strength β comes from the
+module (sigmoid); a query reads ``LayerNorm(φ(q) W)``. Causal and read modes only (``refused_modes``);
+parallel and step mode run the same recurrence.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from torch import Tensor
 
 from fwp.attention.base import AttentionCore
-from fwp.ops import FastWeightState, dpfp
+from fwp.ops import FastWeightState, build_feature_map
 from fwp.ops.dispatch import compute_dtype
+from fwp.ops.feature_maps import require_at_least, require_choice
 from fwp.ops.fwm import fwm_read, fwm_recurrence
 from fwp.ops.validation import validate_state
 
@@ -32,29 +34,26 @@ class FastWeightMemoryAttention(AttentionCore):
 
     is_fast_weight = True
     uses_beta = True
-    supports_bidirectional = False
+    refused_modes = {  # noqa: RUF012  (read-only)
+        "bidirectional": "the FWM rule rescales W after every write, so its memory depends on their order"
+    }
     rule = "fwm"
 
     def __init__(self, d_head: int, *, feature_map: Literal["tanh", "dpfp"] = "tanh", nu: int = 1) -> None:
         super().__init__(d_head)
-        if feature_map not in FWM_FEATURE_MAPS:
-            raise ValueError(
-                f"feature_map must be one of {list(FWM_FEATURE_MAPS)}, got feature_map={feature_map!r}"
-            )
-        if nu < 1:
-            raise ValueError(f"nu must be >= 1, got nu={nu}")
-        self.feature_map = feature_map
-        self.nu = nu
+        require_choice("feature_map", feature_map, FWM_FEATURE_MAPS)
+        require_at_least("nu", nu, 1)
+        self.phi = build_feature_map(feature_map, d_head, **({"nu": nu} if feature_map == "dpfp" else {}))
+        self.feature_map, self.nu = feature_map, nu
 
     def extra_repr(self) -> str:
-        order = f", nu={self.nu}" if self.feature_map == "dpfp" else ""
-        return f"d_head={self.d_head}, feature_map={self.feature_map!r}{order}, rule='fwm'"
+        return f"d_head={self.d_head}, feature_map={self.feature_map!r}, rule='fwm'"
 
     def features(self, x: Tensor) -> Tensor:
         """``φ(x)``: ``[B, H, T, d_head]`` → ``[B, H, T, d_dot]`` in the compute dtype, autocast off."""
         x = x.to(compute_dtype(x))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return torch.tanh(x) if self.feature_map == "tanh" else dpfp(x, self.nu)
+            return self.phi(x)
 
     def forward(
         self,
@@ -72,12 +71,10 @@ class FastWeightMemoryAttention(AttentionCore):
         if beta is None:
             raise ValueError("FastWeightMemoryAttention requires beta of shape [B, H, T], got None")
         if not causal:
-            raise ValueError("FastWeightMemoryAttention is causal only, got causal=False")
+            self.require_mode("bidirectional", "causal=False")
         phi_q, phi_k = self.features(q), self.features(k)
         if state is not None:
-            validate_state(
-                state, phi_k.shape[0], phi_k.shape[1], phi_k.shape[-1], v.shape[-1], denominator=False
-            )
+            self.check_state(phi_k, v.shape[-1], state)
         keep = None if key_padding_mask is None else ~key_padding_mask
         with torch.autocast(device_type=phi_k.device.type, enabled=False):
             y, state = fwm_recurrence(
@@ -94,8 +91,6 @@ class FastWeightMemoryAttention(AttentionCore):
     def read(self, q: Tensor, state: FastWeightState) -> Tensor:
         """``LayerNorm(φ(q) W)`` without writing: ``[B, H, T_q, d_v]`` in ``q``'s dtype."""
         phi_q = self.features(q)
-        validate_state(
-            state, phi_q.shape[0], phi_q.shape[1], phi_q.shape[-1], state.W.shape[-1], denominator=False
-        )
+        self.check_state(phi_q, state.W.shape[-1], state)
         with torch.autocast(device_type=phi_q.device.type, enabled=False):
             return fwm_read(phi_q, state.W.to(phi_q.dtype)).to(q.dtype)

@@ -67,9 +67,10 @@ class MultiHeadAttention(nn.Module):
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
         self.cross = cross
         self.causal = causal and not cross
-        if not self.causal and not self.core.supports_bidirectional:
-            mode = "cross-attention" if cross else "causal=False"
-            raise ValueError(f"{mode} needs a bidirectional core; attention={attention!r} is causal only")
+        modes = ("bidirectional", "read") if cross else ("causal" if causal else "bidirectional",)
+        use = "cross-attention" if cross else f"causal={causal}"
+        for mode in modes:
+            self.core.require_mode(mode, f"{use} with attention={attention!r}")
         self.beta_sizes = (1,) if self.core.uses_beta else ()
         if cross:
             self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=False)

@@ -12,6 +12,7 @@ the preset's. The built-in presets are the paper's systems:
 | ``dpfp`` | DPFP ν = 2 | denominator | sum |
 | ``delta`` | DPFP ν = 2 | sum | delta (β) |
 | ``fast_weight`` | any combination, defaults = ``delta`` | | |
+| ``fwm`` | tanh (or DPFP) | LayerNorm of the read | FWM (β, rescaled ``W``; causal only) |
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from fwp.attention.base import AttentionCore, AttentionSpec
 from fwp.attention.fast_weight import FastWeightAttention
+from fwp.attention.fwm import FastWeightMemoryAttention
 from fwp.attention.softmax import SoftmaxAttention
 
 
@@ -150,3 +152,4 @@ register_attention(
 )
 register_attention("delta", FastWeightAttention, feature_map="dpfp", nu=2, normalization="sum", rule="delta")
 register_attention("fast_weight", FastWeightAttention)
+register_attention("fwm", FastWeightMemoryAttention)

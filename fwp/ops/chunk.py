@@ -6,7 +6,7 @@ so that ``torch.compile`` keeps each as one node of the graph (traced, their loo
 be unrolled into it: the compile time would grow with ``T / C``).
 The sequence is cut into chunks of ``C`` steps (zero-padded at the end); inside a chunk everything is
 a matrix product (``fwp.ops.chunk_math``), between chunks only the state ``S`` ``[d, d_v]`` is carried.
-No per-step state is ever stored. The Katharopoulos denominator is applied outside, with plain autograd.
+No per-step state is ever stored. The Katharopoulos denominator is ``fwp.ops.fast_weight_attention``'s.
 
 - Sum rule: saves the inputs and the ``N`` chunk-start states; the backward recomputes ``P`` and forms
   every gradient for all chunks at once, but for the adjoint state scan over the chunks in reverse.
@@ -38,7 +38,6 @@ from fwp.ops.chunk_math import (
     transpose,
     wy_inverse,
 )
-from fwp.ops.normalization import causal_denominator
 from fwp.ops.state import FastWeightState
 
 
@@ -258,15 +257,13 @@ def chunk_backend(
     state: FastWeightState,
     *,
     rule: str,
-    denominator: bool,
-    eps: float,
     chunk_size: int,
 ) -> tuple[Tensor, FastWeightState]:
-    """The recurrence of ``fwp.ops.reference`` computed chunkwise (backend signature of ``fwp.ops.dispatch``).
+    """The recurrence of ``fwp.ops.reference`` computed chunkwise (``Backend`` of ``fwp.ops.dispatch``).
 
     q, k: ``[B, H, T, d_dot]``; v: ``[B, H, T, d_v]``; beta: ``[B, H, T]`` (delta rule) or None;
-    state: ``W`` ``[B, H, d_dot, d_v]`` (+ ``z`` ``[B, H, d_dot]`` with the denominator).
-    The chunk length is ``min(chunk_size, T)``. Returns ``y``: ``[B, H, T, d_v]`` and the final state.
+    state: ``W`` ``[B, H, d_dot, d_v]``. The chunk length is ``min(chunk_size, T)``. Returns the
+    numerator ``y_t = q_t W_t``: ``[B, H, T, d_v]`` and the final ``W``.
     """
     B, H, T, d_dot = q.shape
     d_v = v.shape[-1]
@@ -277,9 +274,4 @@ def chunk_backend(
         out, final, *_ = delta_rule_chunks(*chunked, split_beta_chunks(beta, size), initial)
     else:
         out, final, _ = sum_rule_chunks(*chunked, initial)
-    y = merge_chunks(out, B, H, T)
-    z = state.z
-    if denominator:
-        den, z = causal_denominator(q, k, state.z)
-        y = y / (den + eps).unsqueeze(-1)
-    return y, FastWeightState(final.view(B, H, d_dot, d_v), z)
+    return merge_chunks(out, B, H, T), FastWeightState(final.view(B, H, d_dot, d_v))

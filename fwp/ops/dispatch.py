@@ -1,10 +1,10 @@
-"""One entry point for every fast-weight recurrence, and the choice of backend.
+"""The backends of the causal recurrence, and the choice among them.
 
-Backends share one signature ``(q, k, v, beta, state, *, rule, denominator, eps, chunk_size)`` on
-feature-mapped ``q, k: [B, H, T, d_dot]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T] | None`` and a
-non-empty ``FastWeightState``, all in the compute dtype; they return ``y: [B, H, T, d_v]`` and the
-final state. They are imported lazily so that a missing optional dependency (Triton) costs nothing
-until asked for.
+A backend computes, for feature-mapped ``q, k: [B, H, T, d_dot]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T]
+| None`` and an initial memory ``state.W: [B, H, d_dot, d_v]`` (all in the compute dtype, autocast off),
+the read-out numerator ``y_t = φ(q_t) W_t`` ``[B, H, T, d_v]`` and the final ``W`` (``z`` stays None:
+normalisations are ``fwp.ops.fast_weight_attention``'s). ``Backend`` is that signature. Backends are
+imported lazily so that a missing optional dependency (Triton) costs nothing until asked for.
 """
 
 from __future__ import annotations
@@ -12,13 +12,29 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from fwp.ops.state import FastWeightState
-from fwp.ops.validation import check_finite_enabled, validate_recurrence_inputs
+
+
+class Backend(Protocol):
+    """What ``reference``, ``chunk`` and ``triton`` implement (module docstring)."""
+
+    def __call__(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor | None,
+        state: FastWeightState,
+        *,
+        rule: str,
+        chunk_size: int,
+    ) -> tuple[Tensor, FastWeightState]: ...
+
 
 BACKENDS: dict[str, str] = {
     "reference": "fwp.ops.reference:reference_backend",
@@ -27,7 +43,7 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def load_backend(name: str) -> Callable[..., tuple[Tensor, FastWeightState]]:
+def load_backend(name: str) -> Backend:
     """The backend function registered under ``name`` (an imported module is looked up in
     ``sys.modules``, which ``torch.compile`` traces; it cannot trace ``importlib``)."""
     if name not in BACKENDS:
@@ -73,59 +89,3 @@ def resolve_backend(name: str, q: Tensor) -> str:
 def compute_dtype(*xs: Tensor | None) -> torch.dtype:
     """The recurrence runs in float64 when any input is float64, else float32 (also under bf16/fp16)."""
     return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in xs) else torch.float32
-
-
-def fast_weight_recurrence(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor | None = None,
-    *,
-    rule: str = "sum",
-    denominator: bool = False,
-    eps: float = 1e-6,
-    initial_state: FastWeightState | None = None,
-    backend: str = "auto",
-    chunk_size: int = 64,
-    check_finite: bool | None = None,
-) -> tuple[Tensor, FastWeightState]:
-    """Run the fast-weight recurrence of docs/attention.md over a sequence of feature-mapped keys/queries.
-
-    q, k: ``[B, H, T, d_dot]``; v: ``[B, H, T, d_v]``; beta: ``[B, H, T]`` (``rule='delta'`` only);
-    initial_state: ``W_0`` ``[B, H, d_dot, d_v]`` (+ ``z_0`` with ``denominator``), zeros if None.
-    Returns ``y``: ``[B, H, T, d_v]`` in ``v``'s dtype and the final state in the compute dtype
-    (float32, or float64 for float64 inputs), with autocast off inside.
-    """
-    validate_recurrence_inputs(
-        q,
-        k,
-        v,
-        beta,
-        initial_state,
-        rule=rule,
-        denominator=denominator,
-        check_finite=check_finite_enabled(check_finite),
-    )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got chunk_size={chunk_size}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got eps={eps}")
-    dtype = compute_dtype(q, k, v, beta)
-    B, H, _, d_dot = q.shape
-    state = initial_state or FastWeightState.zeros(
-        B, H, d_dot, v.shape[-1], denominator=denominator, dtype=dtype, device=q.device
-    )
-    run = load_backend(resolve_backend(backend, q))
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        y, final_state = run(
-            q.to(dtype),
-            k.to(dtype),
-            v.to(dtype),
-            None if beta is None else beta.to(dtype),
-            state.to(dtype),
-            rule=rule,
-            denominator=denominator,
-            eps=eps,
-            chunk_size=chunk_size,
-        )
-    return y.to(v.dtype), final_state

@@ -1,16 +1,21 @@
 """Feature maps φ : R^{d_k} → R^{d_dot}, applied to keys and queries alike (docs/attention.md).
 
-All functions act on the last dimension and keep every leading dimension, e.g. ``[B, H, T, d_k]``
-→ ``[B, H, T, d_dot]``.
+Two forms: tensor functions (``elu_plus_one``, ``dpfp``, ``favor`` …) and, around them, the small
+``FeatureMap`` modules of the table ``FEATURE_MAPS`` (name → class) that the fast-weight layers hold:
+each knows its options, its ``d_dot`` and, for FAVOR+, its random projection ``Ω`` (a buffer) and the
+redraw hook ``start_sequence``. Everything acts on the last dimension and keeps every leading one,
+e.g. ``[B, H, T, d_k]`` → ``[B, H, T, d_dot]``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def identity(x: Tensor) -> Tensor:
@@ -81,9 +86,156 @@ def transposed_orthogonal_projection(
     return orthogonal_random_projection(d, m, generator=generator, dtype=dtype).transpose(0, 1).contiguous()
 
 
-def feature_dim(name: str, d_k: int, *, nu: int = 1, m: int = 16) -> int:
-    """``d_dot`` of the named feature map for head size ``d_k``."""
-    dims = {"identity": d_k, "elu": d_k, "dpfp": 2 * d_k * nu, "favor": 2 * m}
-    if name not in dims:
-        raise ValueError(f"feature map: unknown name {name!r}; known: {sorted(dims)}")
-    return dims[name]
+REDRAW_POLICIES = ("train", "always", "never")
+OMEGA_DRAWS: dict[str, Callable[..., Tensor]] = {
+    "orthogonal": orthogonal_random_projection,
+    "transposed": transposed_orthogonal_projection,
+}
+
+
+def require_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
+    """A ValueError naming ``option`` and the allowed values unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{option} must be one of {list(choices)}, got {option}={value!r}")
+
+
+def require_at_least(option: str, value: float, minimum: float) -> None:
+    """A ValueError naming ``option`` unless ``value >= minimum``."""
+    if value < minimum:
+        raise ValueError(f"{option} must be >= {minimum}, got {option}={value}")
+
+
+class FeatureMap(nn.Module):
+    """φ for keys of size ``d_k``, as a module. Subclasses set ``name`` and ``options`` (their keyword
+    options), implement ``forward`` ``[..., d_k]`` → ``[..., d_dot]`` and, if it is not ``d_k``,
+    ``d_dot``; ``start_sequence`` is the hook called when a sequence starts (FAVOR+ redraws Ω)."""
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, d_k: int) -> None:
+        super().__init__()
+        require_at_least("d_k", d_k, 1)
+        self.d_k = d_k
+
+    @property
+    def d_dot(self) -> int:
+        """The feature dimension."""
+        return self.d_k
+
+    def start_sequence(self) -> None:
+        """Called at the start of every sequence (a write without a carried state); nothing here."""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{option}={getattr(self, option)!r}" for option in self.options)
+
+
+class Identity(FeatureMap):
+    """``φ(x) = x`` (tests and ablations)."""
+
+    name = "identity"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return identity(x)
+
+
+class EluPlusOne(FeatureMap):
+    """``φ(x) = elu(x) + 1`` (Katharopoulos et al. 2020)."""
+
+    name = "elu"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return elu_plus_one(x)
+
+
+class Tanh(FeatureMap):
+    """``φ(x) = tanh(x)``, the Fast Weight Memory's keys (Schlag, Munkhdalai & Schmidhuber 2021)."""
+
+    name = "tanh"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(x)
+
+
+class Dpfp(FeatureMap):
+    """DPFP of order ``nu`` (``dpfp``); ``d_dot = 2 d_k ν``."""
+
+    name = "dpfp"
+    options = ("nu",)
+
+    def __init__(self, d_k: int, *, nu: int = 1) -> None:
+        super().__init__(d_k)
+        require_at_least("nu", nu, 1)
+        self.nu = nu
+
+    @property
+    def d_dot(self) -> int:
+        return 2 * self.d_k * self.nu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dpfp(x, self.nu)
+
+
+class Favor(FeatureMap):
+    """FAVOR+ with ``m`` random features (``favor``; ``d_dot = 2m``) and its projection ``Ω`` ``[m, d_k]``,
+    a persistent buffer drawn by ``omega_draw`` (``orthogonal`` or ``transposed``).
+
+    ``redraw`` decides what ``start_sequence`` does: ``train`` — a new Ω while training, frozen in
+    eval; ``always`` — eval included; ``never``. ``feature_eps`` is added to every feature before the
+    ``1/√(2m)`` scaling.
+    """
+
+    name = "favor"
+    options = ("m", "redraw", "omega_draw", "feature_eps")
+    omega: Tensor
+
+    def __init__(
+        self,
+        d_k: int,
+        *,
+        m: int = 16,
+        redraw: str = "train",
+        omega_draw: str = "orthogonal",
+        feature_eps: float = 0.0,
+    ) -> None:
+        super().__init__(d_k)
+        require_at_least("m", m, 1)
+        require_choice("redraw", redraw, REDRAW_POLICIES)
+        require_choice("omega_draw", omega_draw, tuple(OMEGA_DRAWS))
+        require_at_least("feature_eps", feature_eps, 0.0)
+        self.m, self.redraw, self.omega_draw, self.feature_eps = m, redraw, omega_draw, feature_eps
+        self.register_buffer("omega", OMEGA_DRAWS[omega_draw](m, d_k), persistent=True)
+
+    @property
+    def d_dot(self) -> int:
+        return 2 * self.m
+
+    def forward(self, x: Tensor) -> Tensor:
+        return favor(x, self.omega, self.feature_eps)
+
+    def redraw_projection(self) -> None:
+        """Draw a new Ω from the global RNG, in place (the buffer keeps its device and dtype)."""
+        omega = OMEGA_DRAWS[self.omega_draw](self.m, self.d_k)
+        self.omega.copy_(omega.to(device=self.omega.device, dtype=self.omega.dtype))
+
+    def start_sequence(self) -> None:
+        """Apply the redraw policy."""
+        if self.redraw == "always" or (self.redraw == "train" and self.training):
+            self.redraw_projection()
+
+
+FEATURE_MAPS: dict[str, type[FeatureMap]] = {
+    cls.name: cls for cls in (Identity, EluPlusOne, Dpfp, Favor, Tanh)
+}
+"""Every feature map by name; a new one is a ``FeatureMap`` subclass added here."""
+
+
+def build_feature_map(name: str, d_k: int, **options: Any) -> FeatureMap:
+    """The feature map ``name`` for keys of size ``d_k`` with ``options`` (a subset of its class's
+    ``options``; any other is refused by name)."""
+    require_choice("feature_map", name, tuple(FEATURE_MAPS))
+    cls = FEATURE_MAPS[name]
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        raise ValueError(f"feature_map {name!r} takes the options {list(cls.options)}, got {unknown}")
+    return cls(d_k, **options)

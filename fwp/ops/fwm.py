@@ -31,14 +31,13 @@ def fwm_read(phi_q: Tensor, W: Tensor) -> Tensor:
     return F.layer_norm(y, y.shape[-1:], eps=LAYER_NORM_EPS)
 
 
-def fwm_step(W: Tensor, phi_k: Tensor, v: Tensor, beta: Tensor, *, rescale: bool) -> Tensor:
-    """One write: W ``[B, H, d_dot, d_v]``, phi_k ``[B, H, d_dot]``, v ``[B, H, d_v]``, beta ``[B, H]``."""
+def fwm_step(W: Tensor, phi_k: Tensor, v: Tensor, beta: Tensor, *, rescale: Tensor) -> Tensor:
+    """One write: W ``[B, H, d_dot, d_v]``, phi_k ``[B, H, d_dot]``, v ``[B, H, d_v]``, beta ``[B, H]``;
+    rescale ``[B]``: whether the rows' memories are rescaled after this write."""
     retrieved = (phi_k.unsqueeze(-2) @ W).squeeze(-2)
     W = W + phi_k.unsqueeze(-1) * (beta.unsqueeze(-1) * (v - retrieved)).unsqueeze(-2)
-    if rescale:
-        norm = W.flatten(-2).norm(dim=-1).clamp(min=1.0)
-        W = W / norm[..., None, None]
-    return W
+    norm = W.flatten(-2).norm(dim=-1).clamp(min=1.0)
+    return W / torch.where(rescale[:, None], norm, torch.ones_like(norm))[..., None, None]
 
 
 def fwm_recurrence(
@@ -52,20 +51,22 @@ def fwm_recurrence(
 ) -> tuple[Tensor, FastWeightState]:
     """Write every step, then read it: phi_q, phi_k ``[B, H, T, d_dot]``, v ``[B, H, T, d_v]``, beta
     ``[B, H, T]``, write_mask ``[B, T]`` (False: the step writes nothing) → y ``[B, H, T, d_v]`` and the
-    final state. Without ``initial_state`` the memory starts at 0 and the first write is not rescaled
-    (as in the official code); a carried state continues, rescaling every write."""
+    final state. Without ``initial_state`` the memory starts at 0 and a row's first write is not
+    rescaled (as in the official code; with a write mask, its first unmasked write, so that left
+    padding changes nothing); a carried state continues, rescaling every write."""
     B, H, T, d_dot = phi_k.shape
     if initial_state is None:
         W = phi_k.new_zeros(B, H, d_dot, v.shape[-1])
-        first = 0
     else:
         W = initial_state.W.to(phi_k.dtype)
-        first = -1
+    written = torch.full((B,), initial_state is not None, dtype=torch.bool, device=phi_k.device)
     outputs = []
     for t in range(T):
-        updated = fwm_step(W, phi_k[:, :, t], v[:, :, t], beta[:, :, t], rescale=t != first)
-        if write_mask is not None:
-            updated = torch.where(write_mask[:, t, None, None, None], updated, W)
-        W = updated
+        updated = fwm_step(W, phi_k[:, :, t], v[:, :, t], beta[:, :, t], rescale=written)
+        if write_mask is None:
+            W, written = updated, torch.ones_like(written)
+        else:
+            W = torch.where(write_mask[:, t, None, None, None], updated, W)
+            written = written | write_mask[:, t]
         outputs.append(fwm_read(phi_q[:, :, t : t + 1], W))
     return torch.cat(outputs, dim=2), FastWeightState(W)

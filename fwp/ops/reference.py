@@ -6,6 +6,9 @@ One time step (docs/attention.md), per batch row and head, with row vectors and 
 - ``delta``: ``v̄_i = φ(k_i) W_{i-1}``; ``W_i = W_{i-1} + β_i φ(k_i)^T (v_i − v̄_i)``
 - read-out:  ``y_i = φ(q_i) W_i``, divided by ``φ(q_i) · z_i + ε`` with ``z_i = z_{i-1} + φ(k_i)``
   when the denominator normalisation is on.
+
+``fast_weight_step`` writes all of it out, the denominator included (the formula tests compare with);
+``reference_backend``, like every backend, returns the numerator and ``W`` only (``fwp.ops.dispatch``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ def fast_weight_step(
     state: FastWeightState,
     *,
     rule: str,
-    denominator: bool,
-    eps: float,
+    denominator: bool = False,
+    eps: float = 0.0,
 ) -> tuple[Tensor, FastWeightState]:
-    """One step of the recurrence: the generation mode of every fast-weight layer.
+    """One step of the recurrence.
 
     q, k: ``[B, H, d_dot]`` (feature-mapped); v: ``[B, H, d_v]``; beta: ``[B, H]`` (delta rule);
     state: ``W`` ``[B, H, d_dot, d_v]`` (and ``z`` ``[B, H, d_dot]``).
@@ -56,11 +59,10 @@ def reference_backend(
     state: FastWeightState,
     *,
     rule: str,
-    denominator: bool,
-    eps: float,
     chunk_size: int,
 ) -> tuple[Tensor, FastWeightState]:
-    """The recurrence run step by step over ``T``; inputs ``[B, H, T, D]``, output ``[B, H, T, d_v]``.
+    """The recurrence run step by step over ``T`` (``Backend`` of ``fwp.ops.dispatch``); inputs
+    ``[B, H, T, D]``, output the numerator ``φ(q_t) W_t`` ``[B, H, T, d_v]`` and the final ``W``.
 
     ``chunk_size`` is accepted for a uniform backend signature and unused.
     """
@@ -68,8 +70,6 @@ def reference_backend(
     outputs = []
     for t in range(q.shape[2]):
         beta_t = None if beta is None else beta[:, :, t]
-        y, state = fast_weight_step(
-            q[:, :, t], k[:, :, t], v[:, :, t], beta_t, state, rule=rule, denominator=denominator, eps=eps
-        )
+        y, state = fast_weight_step(q[:, :, t], k[:, :, t], v[:, :, t], beta_t, state, rule=rule)
         outputs.append(y)
     return torch.stack(outputs, dim=2), state

@@ -1,9 +1,9 @@
 """The ``triton`` backend of ``fwp.ops``: the chunkwise sum and delta rules as fused Triton kernels.
 
 Feature maps are applied before the kernels (q and k arrive feature-mapped); the Katharopoulos
-denominator is computed outside them by ``causal_denominator`` with plain autograd. Importing this
-module never imports Triton: a missing Triton, or tensors on a device Triton cannot run on, fail
-with a clear error when the backend is called.
+denominator is ``fwp.ops.fast_weight_attention``'s. Importing this module never imports Triton: a
+missing Triton, or tensors on a device Triton cannot run on, fail with a clear error when the backend
+is called.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 
 from torch import Tensor
 
-from fwp.ops.normalization import causal_denominator
 from fwp.ops.state import FastWeightState
 from fwp.ops.triton_tiles import Tiles
 
@@ -45,19 +44,16 @@ def triton_backend(
     state: FastWeightState,
     *,
     rule: str,
-    denominator: bool,
-    eps: float,
     chunk_size: int,
     tiles: Tiles | None = None,
 ) -> tuple[Tensor, FastWeightState]:
     """The chunkwise recurrence of ``fwp.ops.reference`` on Triton kernels, differentiable in every input.
 
     q, k: ``[B, H, T, d_dot]`` (feature-mapped); v: ``[B, H, T, d_v]``; beta: ``[B, H, T]``
-    (``rule='delta'``) or None; state: ``W`` ``[B, H, d_dot, d_v]`` (+ ``z`` ``[B, H, d_dot]`` with
-    ``denominator``). Inputs may be float32, float64, bfloat16 or float16; the state and every
-    accumulation are float32 (float64 for float64 inputs). ``chunk_size`` is rounded up to a power of
-    two in ``[16, 64]``; ``tiles`` overrides the tile sizes.
-    Returns ``y``: ``[B, H, T, d_v]`` in ``v``'s dtype and the final state.
+    (``rule='delta'``) or None; state: ``W`` ``[B, H, d_dot, d_v]``. Inputs may be float32, float64,
+    bfloat16 or float16; the state and every accumulation are float32 (float64 for float64 inputs).
+    ``chunk_size`` is rounded up to a power of two in ``[16, 64]``; ``tiles`` overrides the tile sizes.
+    Returns the numerator ``y_t = q_t W_t``: ``[B, H, T, d_v]`` in ``v``'s dtype and the final ``W``.
     """
     if rule not in ("sum", "delta"):
         raise ValueError(f"rule must be 'sum' or 'delta', got rule={rule!r}")
@@ -77,9 +73,4 @@ def triton_backend(
         state.W.reshape(B * H, d_dot, d_v),
         tiles,
     )
-    y = y.reshape(B, H, T, d_v)
-    z = None
-    if denominator:
-        den, z = causal_denominator(q.to(y.dtype), k.to(y.dtype), state.z)
-        y = y / (den.unsqueeze(-1) + eps)
-    return y.to(v.dtype), FastWeightState(W.reshape(B, H, d_dot, d_v), z)
+    return y.reshape(B, H, T, d_v).to(v.dtype), FastWeightState(W.reshape(B, H, d_dot, d_v))

@@ -7,9 +7,8 @@ import os
 import torch
 from torch import Tensor
 
+from fwp.ops.rules import RULES, get_rule
 from fwp.ops.state import FastWeightState
-
-RULES = ("sum", "delta")
 
 
 def check_finite_enabled(flag: bool | None) -> bool:
@@ -17,7 +16,8 @@ def check_finite_enabled(flag: bool | None) -> bool:
     return flag if flag is not None else os.environ.get("FWP_DEBUG", "") == "1"
 
 
-def _require_float(name: str, x: Tensor) -> None:
+def require_float(name: str, x: Tensor) -> None:
+    """A ValueError naming ``name`` unless ``x`` holds floating-point numbers."""
     if not torch.is_floating_point(x):
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
@@ -44,14 +44,13 @@ def validate_recurrence_inputs(
     denominator: bool,
     check_finite: bool,
 ) -> None:
-    """Check the shapes ``q, k: [B, H, T, d_dot]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T]``
-    (delta rule only), ``state.W: [B, H, d_dot, d_v]``, ``state.z: [B, H, d_dot]`` (denominator only)."""
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got rule={rule!r}")
+    """Check the shapes ``q, k: [B, H, T, d_dot]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T]`` (rules
+    that use β only), ``state.W: [B, H, d_dot, d_v]``, ``state.z: [B, H, d_dot]`` (denominator only)."""
+    uses_beta = get_rule(rule).uses_beta
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 4:
             raise ValueError(f"{name} must be [B, H, T, D], got shape {tuple(x.shape)}")
-        _require_float(name, x)
+        require_float(name, x)
     if q.shape != k.shape:
         raise ValueError(f"q and k must have the same shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
@@ -60,14 +59,17 @@ def validate_recurrence_inputs(
     d_v = v.shape[-1]
     if T < 1:
         raise ValueError(f"q, k, v must hold at least one time step, got T={T} (q shape {tuple(q.shape)})")
-    if rule == "delta":
+    if uses_beta:
         if beta is None:
-            raise ValueError("beta is required by rule='delta' (shape [B, H, T]), got None")
+            raise ValueError(f"beta is required by rule={rule!r} (shape [B, H, T]), got None")
         if tuple(beta.shape) != (B, H, T):
             raise ValueError(f"beta must be [B, H, T] = {(B, H, T)}, got shape {tuple(beta.shape)}")
-        _require_float("beta", beta)
+        require_float("beta", beta)
     elif beta is not None:
-        raise ValueError(f"beta is only used by rule='delta', got beta with rule={rule!r}")
+        users = [name for name, entry in RULES.items() if entry.uses_beta]
+        raise ValueError(
+            f"beta is only used by rule={' or '.join(map(repr, users))}, got beta with rule={rule!r}"
+        )
     if state is not None:
         validate_state(state, B, H, d_dot, d_v, denominator=denominator)
     named = {"q": q, "k": k, "v": v, "beta": beta}

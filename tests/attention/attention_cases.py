@@ -51,12 +51,21 @@ FAST_WEIGHT_SPECS: dict[str, dict] = {
     "dpfp+denominator+sum+scores": {"name": "dpfp", "scale": "scores", "eps": 1e-5},
 }
 BACKENDS = ("reference", "auto")
-
-ALL_SPECS: dict[str, dict] = {"softmax": {"name": "softmax"}} | {
-    f"{label}-{backend}": {**spec, "backend": backend}
-    for label, spec in FAST_WEIGHT_SPECS.items()
-    for backend in BACKENDS
+FWM_SPECS: dict[str, dict] = {
+    "fwm": {"name": "fwm"},
+    "fwm+dpfp": {"name": "fwm", "feature_map": "dpfp", "nu": 2},
 }
+"""The Fast Weight Memory core (one recurrence, no backend choice)."""
+
+ALL_SPECS: dict[str, dict] = (
+    {"softmax": {"name": "softmax"}}
+    | {
+        f"{label}-{backend}": {**spec, "backend": backend}
+        for label, spec in FAST_WEIGHT_SPECS.items()
+        for backend in BACKENDS
+    }
+    | FWM_SPECS
+)
 """Every registered preset (each fast-weight one with every backend) and a few extra combinations."""
 
 BIDIRECTIONAL_SPECS: dict[str, dict] = {

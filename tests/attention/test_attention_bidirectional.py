@@ -32,7 +32,7 @@ def brute_force_features(core: FastWeightAttention, x: Tensor) -> Tensor:
         "identity": lambda: x,
         "elu": lambda: elu_plus_one(x),
         "dpfp": lambda: dpfp(x, core.nu),
-        "favor": lambda: favor(x, core.omega, core.feature_eps),
+        "favor": lambda: favor(x, core.phi.omega, core.feature_eps),
     }[core.feature_map]()
     if core.normalization == "sum":
         phi = phi / (phi.sum(-1, keepdim=True) + core.eps)
@@ -96,7 +96,9 @@ def test_delta_rule_refuses_bidirectional() -> None:
     with pytest.raises(ValueError, match="cross-attention"):
         MultiHeadAttention(16, 2, "delta", cross=True)
     core = build_attention("delta", d_head=D)
-    with pytest.raises(ValueError, match="causal=False needs the sum rule, got rule='delta'"):
+    with pytest.raises(
+        ValueError, match=r"causal=False\) needs a rule whose memory .*\(sum\), got rule='delta'"
+    ):
         core(heads(T), heads(T), heads(T), torch.rand(B, H, T), causal=False)
 
 

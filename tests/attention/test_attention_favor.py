@@ -12,9 +12,9 @@ from fwp.ops import favor, orthogonal_random_projection, transposed_orthogonal_p
 
 def omega_after_new_sequence(mha: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor]:
     """Ω before and after a forward call that starts a sequence."""
-    before = mha.core.omega.clone()
+    before = mha.core.phi.omega.clone()
     mha(sequence())
-    return before, mha.core.omega.clone()
+    return before, mha.core.phi.omega.clone()
 
 
 @pytest.mark.parametrize(
@@ -35,11 +35,11 @@ def test_no_redraw_within_a_carried_state_or_a_read() -> None:
     mha = build_mha({"name": "performer", "redraw": "always", "backend": "reference"}).train()
     x = sequence(length=6)
     _, state = mha(x[:, :3])
-    omega = mha.core.omega.clone()
+    omega = mha.core.phi.omega.clone()
     mha(x[:, 3:], state=state)
-    assert torch.equal(mha.core.omega, omega)
+    assert torch.equal(mha.core.phi.omega, omega)
     mha.core.read(torch.randn(2, 2, 3, 8, dtype=torch.float64), state)
-    assert torch.equal(mha.core.omega, omega)
+    assert torch.equal(mha.core.phi.omega, omega)
 
 
 def test_cross_attention_reads_with_the_omega_it_wrote_with() -> None:
@@ -55,11 +55,32 @@ def test_omega_is_saved_so_a_checkpoint_reproduces_evaluation() -> None:
     trained = build_mha(spec).train()
     trained(sequence())
     restored = build_mha(spec)
-    assert "core.omega" in trained.state_dict()
+    assert "core.phi.omega" in trained.state_dict()
     restored.load_state_dict(trained.state_dict())
     trained.eval()
     x = sequence()
     torch.testing.assert_close(restored(x)[0], trained(x)[0], rtol=0, atol=0)
+
+
+def test_a_checkpoint_with_omega_in_the_old_place_loads_and_gives_the_same_outputs() -> None:
+    """Before the feature maps became modules of ``fwp.ops``, Ω was the core's own buffer, saved as
+    ``core.omega``; such a checkpoint (here: a state dict in that layout, loaded strictly into a model
+    that nests the core) must load into ``core.phi.omega`` and reproduce the outputs exactly."""
+    spec = {"name": "performer", "backend": "reference"}
+    trained = build_mha(spec).train()
+    trained(sequence())
+    old_layout = {
+        key.replace("core.phi.omega", "core.omega"): value for key, value in trained.state_dict().items()
+    }
+    assert "core.omega" in old_layout and "core.phi.omega" not in old_layout
+    model, restored = (
+        torch.nn.ModuleDict({"attention": trained}),
+        torch.nn.ModuleDict({"attention": build_mha(spec)}),
+    )
+    restored.load_state_dict({f"attention.{key}": value for key, value in old_layout.items()})
+    model.eval(), restored.eval()
+    x = sequence()
+    torch.testing.assert_close(restored["attention"](x)[0], model["attention"](x)[0], rtol=0, atol=0)
 
 
 def test_feature_eps_is_added_before_the_scaling() -> None:
@@ -92,6 +113,6 @@ def test_the_two_omega_draws(m: int, d: int) -> None:
     assert orthogonal_within_blocks(omega, d) and orthogonal_within_blocks(official.T, m)
     assert not orthogonal_within_blocks(official, d)
     core = FastWeightAttention(d, feature_map="favor", m=m, omega_draw="transposed")
-    before = core.omega.clone()
-    core.redraw_projection()
-    assert not torch.equal(before, core.omega) and orthogonal_within_blocks(core.omega.T, m, 1e-4)
+    before = core.phi.omega.clone()
+    core.phi.redraw_projection()
+    assert not torch.equal(before, core.phi.omega) and orthogonal_within_blocks(core.phi.omega.T, m, 1e-4)

@@ -92,7 +92,7 @@ def test_d_head_and_shape_checks() -> None:
 def test_delta_core_needs_beta() -> None:
     core = build_attention("delta", d_head=4)
     q = torch.randn(1, 1, 3, 4)
-    with pytest.raises(ValueError, match="requires beta"):
+    with pytest.raises(ValueError, match="beta is required by rule='delta'"):
         core(q, q, q)
 
 

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_cases import ALL_SPECS, FAST_WEIGHT_SPECS, assert_states_close, build_mha, sequence
+from attention_cases import (
+    ALL_SPECS,
+    BIDIRECTIONAL_SPECS,
+    D_MODEL,
+    FAST_WEIGHT_SPECS,
+    FWM_SPECS,
+    N_HEADS,
+    assert_states_close,
+    build_mha,
+    sequence,
+)
 
-from fwp.attention import MultiHeadAttention, available_attentions
+from fwp.attention import MultiHeadAttention, available_attentions, build_attention
+from fwp.ops import MODES
 
 SEGMENTATIONS = {"steps": (1,) * 7, "carry": (4, 3), "prefill+steps": (4, 1, 1, 1)}
 
@@ -14,7 +25,41 @@ SEGMENTATIONS = {"steps": (1,) * 7, "carry": (4, 3), "prefill+steps": (4, 1, 1, 
 def test_every_preset_is_covered() -> None:
     names = {spec["name"] for spec in ALL_SPECS.values()}
     assert names == set(available_attentions())
-    assert set(FAST_WEIGHT_SPECS) >= set(available_attentions()) - {"softmax"}
+    assert set(FAST_WEIGHT_SPECS) | set(FWM_SPECS) >= set(available_attentions()) - {"softmax"}
+    bidirectional = {spec["name"] for spec in BIDIRECTIONAL_SPECS.values()}
+    for name in available_attentions():
+        if "bidirectional" not in build_attention(name, d_head=4).refused_modes:
+            assert name in bidirectional, name
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS.values(), ids=ALL_SPECS.keys())
+def test_every_mode_runs_or_is_refused_with_its_reason(spec: dict) -> None:
+    """A core declares the modes it cannot run (``refused_modes``, each with a reason); asking for one
+    fails with that reason, at construction (``MultiHeadAttention``) and at the call (the core); every
+    other mode runs. The registry-wide parallel/step/padding tests cover the causal mode of all."""
+    core = build_mha(spec).core
+    assert set(core.refused_modes) <= set(MODES) and all(core.refused_modes.values())
+    assert "causal" not in core.refused_modes
+    x = sequence(length=4)
+    for options in ({"causal": False}, {"cross": True}):
+        refused = (
+            {"bidirectional", "read"} & set(core.refused_modes)
+            if options.get("cross")
+            else ({"bidirectional"} & set(core.refused_modes))
+        )
+        if refused:
+            (mode,) = refused
+            with pytest.raises(ValueError, match=rf"needs the {mode} mode, .*: {core.refused_modes[mode]}"):
+                MultiHeadAttention(D_MODEL, N_HEADS, spec, **options)
+            continue
+        mha = build_mha(spec, **options)
+        y, _ = mha(x, memory=x) if options.get("cross") else mha(x)
+        assert y.shape == x.shape and torch.isfinite(y).all()
+    if "bidirectional" in core.refused_modes:
+        q = torch.randn(2, N_HEADS, 4, core.d_head, dtype=torch.float64)
+        beta = torch.rand(2, N_HEADS, 4, dtype=torch.float64) if core.uses_beta else None
+        with pytest.raises(ValueError, match="causal=False"):
+            core(q, q, q, beta, causal=False)
 
 
 @pytest.mark.parametrize("segments", SEGMENTATIONS.values(), ids=SEGMENTATIONS.keys())

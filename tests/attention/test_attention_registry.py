@@ -13,6 +13,7 @@ from fwp.attention import (
     register_attention,
     registry,
 )
+from fwp.attention.fwm import FastWeightMemoryAttention
 
 PRESETS = {
     "linear": ("elu", "denominator", "sum"),
@@ -23,8 +24,9 @@ PRESETS = {
 }
 
 
-def test_the_paper_presets_are_registered() -> None:
-    assert available_attentions() == sorted(["softmax", *PRESETS])
+def test_the_paper_presets_and_fwm_are_registered() -> None:
+    assert available_attentions() == sorted(["softmax", "fwm", *PRESETS])
+    assert isinstance(build_attention("fwm", d_head=8), FastWeightMemoryAttention)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -33,20 +35,20 @@ def test_fast_weight_presets_build_their_system(name: str) -> None:
     assert isinstance(core, FastWeightAttention)
     assert (core.feature_map, core.normalization, core.rule) == PRESETS[name]
     assert core.uses_beta == (core.rule == "delta")
-    assert core.supports_bidirectional == (core.rule == "sum")
+    assert ("bidirectional" in core.refused_modes) == (core.rule == "delta")
     assert core.is_fast_weight
 
 
 def test_softmax_preset_builds() -> None:
     core = build_attention("softmax", d_head=8)
     assert isinstance(core, SoftmaxAttention)
-    assert not core.uses_beta and core.supports_bidirectional and not core.is_fast_weight
+    assert not core.uses_beta and not core.refused_modes and not core.is_fast_weight
 
 
 def test_preset_defaults_of_the_paper() -> None:
     performer = build_attention("performer", d_head=8)
     assert (performer.m, performer.redraw, performer.feature_eps) == (16, "train", 1e-4)
-    assert tuple(performer.omega.shape) == (16, 8)
+    assert tuple(performer.phi.omega.shape) == (16, 8)
     assert build_attention("dpfp", d_head=8).nu == 2
     assert build_attention("delta", d_head=8).nu == 2
 
@@ -54,7 +56,7 @@ def test_preset_defaults_of_the_paper() -> None:
 def test_spec_options_override_preset_defaults() -> None:
     core = build_attention({"name": "performer", "m": 64, "redraw": "always"}, d_head=8)
     assert (core.m, core.redraw, core.normalization) == (64, "always", "denominator")
-    assert tuple(core.omega.shape) == (64, 8)
+    assert tuple(core.phi.omega.shape) == (64, 8)
 
 
 def test_class_path_spec() -> None:

@@ -123,7 +123,7 @@ def test_performer_redraw_in_training_compiles_and_draws_like_eager() -> None:
     the buffer): inside the graph, with the same draw as eager for the same seed."""
     model = DecoderLM(VOCAB, d_model=16, n_layers=1, n_heads=2, d_ff=24, attention="performer", dropout=0.0)
     model = model.double().train()
-    omega = model.stack.blocks[0].self_attention.core.omega
+    omega = model.stack.blocks[0].self_attention.core.phi.omega
     x = tokens(length=6)
     draws, outputs = [], []
     for candidate in (model, compiled(model)):

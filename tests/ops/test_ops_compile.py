@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 import tests.ops.ops_cases as cases
-from fwp.ops import fast_weight_recurrence, read_memory, sum_rule_memory
+from fwp.ops import Normalization, fast_weight_attention, fast_weight_recurrence
 from fwp.ops.chunk import delta_rule_chunks, sum_rule_chunks
 from tests.ops.ops_cases import assert_all_close, make_problem, outputs_and_gradients
 
@@ -94,7 +94,8 @@ def test_recurrence_compiles_to_one_graph_and_equals_eager(
 
 @pytest.mark.parametrize("denominator", [False, True])
 def test_bidirectional_memory_compiles_to_one_graph_and_equals_eager(denominator: bool) -> None:
-    """``sum_rule_memory`` with a key padding mask, then ``read_memory``: output and gradients."""
+    """``fast_weight_attention`` in bidirectional mode with a key padding mask, then in read mode on the
+    memory it wrote: outputs and gradients."""
     g = torch.Generator().manual_seed(8)
     q, k = (torch.rand(2, 2, 5, D, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
     v = torch.randn(2, 2, 5, D_V, generator=g, dtype=torch.float64).requires_grad_()
@@ -102,8 +103,11 @@ def test_bidirectional_memory_compiles_to_one_graph_and_equals_eager(denominator
     mask[1, 3:] = True
 
     def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        memory = sum_rule_memory(k, v, denominator=denominator, key_padding_mask=mask)
-        return read_memory(q, memory, eps=1e-6)
+        normalization = Normalization(denominator=denominator)
+        y, memory = fast_weight_attention(
+            q, k, v, mode="bidirectional", normalization=normalization, key_padding_mask=mask
+        )
+        return y + fast_weight_attention(q, mode="read", normalization=normalization, state=memory)[0]
 
     results = []
     for function in (attend, compiled(attend)):

@@ -74,7 +74,7 @@ def test_half_precision_inputs_match_reference(interpreted) -> None:
     assert_matches_reference(
         interpreted,
         [
-            {"rule": rule, "dtype": dtype, "denominator": rule == "sum"}
+            {"rule": rule, "dtype": dtype}  # direct backend calls: half-precision kernel inputs
             for rule in ("sum", "delta")
             for dtype in ("bfloat16", "float16")
         ],
@@ -113,7 +113,7 @@ def small_inputs(device: str = "cpu") -> tuple:
 def test_cpu_tensors_need_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="device cpu"):
-        triton_backend(*small_inputs(), rule="sum", denominator=False, eps=1e-6, chunk_size=16)
+        triton_backend(*small_inputs(), rule="sum", chunk_size=16)
 
 
 def test_missing_triton_fails_when_called_not_when_imported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,7 +123,7 @@ def test_missing_triton_fails_when_called_not_when_imported(monkeypatch: pytest.
     from fwp.ops.triton_backend import triton_backend as fresh_backend
 
     with pytest.raises(ImportError, match=r"pip install 'fwp\[triton\]'"):
-        fresh_backend(*small_inputs(), rule="sum", denominator=False, eps=1e-6, chunk_size=16)
+        fresh_backend(*small_inputs(), rule="sum", chunk_size=16)
 
 
 def test_tiles_follow_the_shapes() -> None:

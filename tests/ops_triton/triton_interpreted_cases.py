@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from fwp.ops import FastWeightState, fast_weight_recurrence, reference_backend
+from fwp.ops import FastWeightState, fast_weight_recurrence
 from fwp.ops.triton_backend import triton_backend
 from fwp.ops.triton_tiles import Tiles
 
@@ -63,15 +63,22 @@ def outputs_and_gradients(case: dict, inputs: dict[str, torch.Tensor], *, refere
     state = FastWeightState(leaves["W0"], leaves.get("z0"))
     options = {"rule": case["rule"], "denominator": case["denominator"], "eps": 1e-6}
     q, k, v, beta = leaves["q"], leaves["k"], leaves["v"], leaves.get("beta")
-    if reference:
-        y, final = reference_backend(q, k, v, beta, state, chunk_size=case["chunk_size"], **options)
-    elif case["via_dispatch"]:
+    if reference or case["via_dispatch"] or case["denominator"]:  # the denominator is the dispatch's
         y, final = fast_weight_recurrence(
-            q, k, v, beta, initial_state=state, backend="triton", chunk_size=case["chunk_size"], **options
+            q,
+            k,
+            v,
+            beta,
+            initial_state=state,
+            backend="reference" if reference else "triton",
+            chunk_size=case["chunk_size"],
+            **options,
         )
     else:
         tiles = None if case["tiles"] is None else Tiles(*case["tiles"])
-        y, final = triton_backend(q, k, v, beta, state, chunk_size=case["chunk_size"], tiles=tiles, **options)
+        y, final = triton_backend(
+            q, k, v, beta, state, rule=case["rule"], chunk_size=case["chunk_size"], tiles=tiles
+        )
     generator = torch.Generator().manual_seed(case["seed"] + 1)
     results = {"y": y, "W": final.W} | ({"z": final.z} if case["denominator"] else {})
     loss = sum(

@@ -263,7 +263,7 @@ def framework_block(path: Path, kind: Official, p) -> TransformerBlock:
         attention.qkv_proj.weight.copy_(framework_qkv_weight(kind, p))
         attention.out_proj.weight.copy_(p["o_net"])
         if kind.feature == "favor":
-            attention.core.omega.copy_(p["proj_matrix"].T)
+            attention.core.phi.omega.copy_(p["proj_matrix"].T)
         block.self_attention_norm.weight.copy_(p["ln_attn_w"])
         block.self_attention_norm.bias.copy_(p["ln_attn_b"])
         block.feed_forward.expand.weight.copy_(p["ff1_w"])

@@ -193,7 +193,7 @@ def test_outputs_and_memory_equal_the_official_model(config):
     batch = make_batch(S, setting, B, generator, all_queries=False)
     model = our_model(config, S, p).train()  # training mode: a fresh FAVOR+ Ω for the call
     output, state = model(batch.keys, batch.values, batch.queries)
-    omega = model.attention.omega.T if system.attention_type == "favor" else None
+    omega = model.attention.phi.omega.T if system.attention_type == "favor" else None
     x = torch.stack([batch.keys, batch.values + S], dim=1)
     key_eps = 1e-6 if system.update_rule == "ours" else 0.0
     expected, memory = official_forward(p, x, batch.queries, system, omega, key_eps)

@@ -1,0 +1,265 @@
+"""One entry point for the maths of a fast-weight layer: causal, bidirectional and read-only use.
+
+``fast_weight_attention`` takes projected heads ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``, β
+``[B, H, T]`` (rules that use it) and, in this order:
+
+1. starts a sequence (``feature_map.start_sequence()``, e.g. FAVOR+'s redraw) when a write has no state;
+2. maps keys and queries, ``φ(x)`` then the ``sum`` normalisation, in the compute dtype (float32, or
+   float64 when any input is float64) with autocast off;
+3. zeroes padded keys (and their β), so that they write nothing;
+4. computes the read-out numerator ``φ(q_t) W_t`` and the memory after the call by mode:
+   ``causal`` — the recurrence of ``rule`` on a backend (``denominator_write`` rescales keys and β first);
+   ``bidirectional`` — ``W = W_0 + Σ_j φ(k_j)ᵀ v_j`` read by every query (order-free rules only);
+   ``read`` — the memory of ``state`` is read, nothing is written;
+5. divides by the denominator ``φ(q_t) · z_t + ε`` when it is on: here, once, for every mode and backend.
+
+Backends (``fwp.ops.dispatch``) compute only the numerator and ``W``; ``z`` is the entry point's.
+``fast_weight_recurrence`` is the causal mode on keys and queries that are already feature-mapped.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fwp.ops.dispatch import BACKENDS, compute_dtype, load_backend, resolve_backend
+from fwp.ops.feature_maps import FeatureMap, require_at_least, require_choice
+from fwp.ops.normalization import Normalization, causal_denominator, normalized_write, sum_normalize
+from fwp.ops.rules import RULES, get_rule
+from fwp.ops.state import FastWeightState
+from fwp.ops.validation import (
+    check_finite_enabled,
+    require_float,
+    validate_recurrence_inputs,
+    validate_state,
+)
+
+Mode = Literal["causal", "bidirectional", "read"]
+MODES = ("causal", "bidirectional", "read")
+NO_NORMALIZATION = Normalization()
+
+
+def fast_weight_attention(
+    q: Tensor,
+    k: Tensor | None = None,
+    v: Tensor | None = None,
+    beta: Tensor | None = None,
+    *,
+    feature_map: FeatureMap | None = None,
+    rule: str = "sum",
+    normalization: Normalization = NO_NORMALIZATION,
+    mode: Mode = "causal",
+    state: FastWeightState | None = None,
+    key_padding_mask: Tensor | None = None,
+    backend: str = "auto",
+    chunk_size: int = 64,
+    check_finite: bool | None = None,
+) -> tuple[Tensor, FastWeightState]:
+    """A fast-weight layer's read-out and memory (module docstring).
+
+    q ``[B, H, T_q, d_k]``; k ``[B, H, T, d_k]``, v ``[B, H, T, d_v]`` (None in ``read`` mode); beta
+    ``[B, H, T]``; feature_map: φ (None: q and k are already features); state: the memory to continue
+    (``causal``), add to (``bidirectional``) or read (``read``, required), ``W`` ``[B, H, d_dot, d_v]``
+    and ``z`` ``[B, H, d_dot]`` exactly when the denominator is on; key_padding_mask ``[B, T]`` (True =
+    padding). Returns ``y`` ``[B, H, T_q, d_v]`` in ``v``'s dtype (``q``'s when reading) and the memory
+    in the compute dtype.
+    """
+    require_choice("mode", mode, MODES)
+    require_choice("backend", backend, ("auto", *BACKENDS))
+    require_at_least("chunk_size", chunk_size, 1)
+    _check_mode(mode, rule, normalization, k, v, beta, state, key_padding_mask)
+    for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta)):
+        if x is not None:
+            require_float(name, x)
+    dtype = state.W.dtype if mode == "read" else compute_dtype(q, k, v, beta)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if mode != "read" and state is None and feature_map is not None:
+            feature_map.start_sequence()
+        phi_q = features(q, feature_map, normalization, dtype)
+        if mode == "read":
+            numerator, memory, den = _read(phi_q, state, normalization)
+        else:
+            phi_k = features(k, feature_map, normalization, dtype)
+            phi_k, beta = _without_padding(phi_k, None if beta is None else beta.to(dtype), key_padding_mask)
+            if mode == "bidirectional":
+                numerator, memory, den = _bidirectional(phi_q, phi_k, v.to(dtype), state, normalization)
+            else:
+                numerator, memory, den = _causal(
+                    phi_q,
+                    phi_k,
+                    v.to(dtype),
+                    beta,
+                    state,
+                    rule=rule,
+                    normalization=normalization,
+                    key_padding_mask=key_padding_mask,
+                    backend=backend,
+                    chunk_size=chunk_size,
+                    check_finite=check_finite_enabled(check_finite),
+                )
+        y = numerator if den is None else numerator / (den.unsqueeze(-1) + normalization.eps)
+    return y.to(q.dtype if v is None else v.dtype), memory
+
+
+def fast_weight_recurrence(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor | None = None,
+    *,
+    rule: str = "sum",
+    denominator: bool = False,
+    eps: float = 1e-6,
+    initial_state: FastWeightState | None = None,
+    backend: str = "auto",
+    chunk_size: int = 64,
+    check_finite: bool | None = None,
+) -> tuple[Tensor, FastWeightState]:
+    """The causal fast-weight recurrence of docs/design.md §1 over feature-mapped keys and queries.
+
+    q, k: ``[B, H, T, d_dot]``; v: ``[B, H, T, d_v]``; beta: ``[B, H, T]`` (``rule='delta'`` only);
+    initial_state: ``W_0`` ``[B, H, d_dot, d_v]`` (+ ``z_0`` with ``denominator``), zeros if None.
+    Returns ``y``: ``[B, H, T, d_v]`` in ``v``'s dtype and the final state in the compute dtype
+    (float32, or float64 for float64 inputs), with autocast off inside.
+    """
+    return fast_weight_attention(
+        q,
+        k,
+        v,
+        beta,
+        rule=rule,
+        normalization=Normalization(denominator=denominator, eps=eps),
+        state=initial_state,
+        backend=backend,
+        chunk_size=chunk_size,
+        check_finite=check_finite,
+    )
+
+
+def features(
+    x: Tensor, feature_map: FeatureMap | None, normalization: Normalization, dtype: torch.dtype
+) -> Tensor:
+    """``φ(x)``, sum-normalised when that normalisation is on: ``[B, H, T, d_k]`` → ``[B, H, T, d_dot]``
+    in ``dtype`` (call with autocast off)."""
+    phi = x.to(dtype)
+    if feature_map is not None:
+        phi = feature_map(phi)
+    return sum_normalize(phi, normalization.sum_eps) if normalization.sum else phi
+
+
+def _check_mode(
+    mode: str,
+    rule: str,
+    normalization: Normalization,
+    k: Tensor | None,
+    v: Tensor | None,
+    beta: Tensor | None,
+    state: FastWeightState | None,
+    key_padding_mask: Tensor | None,
+) -> None:
+    """A ValueError naming the argument when ``mode`` does not fit the rule or the arguments given (the
+    causal mode's shapes are checked by ``validate_recurrence_inputs``)."""
+    entry = get_rule(rule)
+    if mode == "read":
+        if state is None or any(x is not None for x in (k, v, beta, key_padding_mask)):
+            raise ValueError(
+                "mode='read' reads the memory of a state without writing: give q and state only, "
+                f"got state={'None' if state is None else 'given'} and k, v, beta or key_padding_mask"
+            )
+        return
+    if k is None or v is None:
+        raise ValueError(f"mode={mode!r} writes k and v into the memory, got k or v None")
+    if mode == "bidirectional":
+        order_free = [name for name, candidate in RULES.items() if candidate.order_free]
+        if not entry.order_free:
+            raise ValueError(
+                f"mode='bidirectional' (causal=False) needs a rule whose memory does not depend on the "
+                f"order of the writes ({', '.join(order_free)}), got rule={rule!r}"
+            )
+        if beta is not None:
+            raise ValueError(f"beta is not used by rule={rule!r}, got a beta tensor")
+    if normalization.denominator_write and (mode != "causal" or rule != "delta"):
+        raise ValueError(f"denominator_write needs the causal delta rule, got rule={rule!r}, mode={mode!r}")
+
+
+def _without_padding(
+    phi_k: Tensor, beta: Tensor | None, key_padding_mask: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Padded keys (key_padding_mask ``[B, T]`` True) and their β set to zero: they write nothing."""
+    if key_padding_mask is None:
+        return phi_k, beta
+    keep = (~key_padding_mask)[:, None, :].to(phi_k.dtype)
+    return phi_k * keep.unsqueeze(-1), None if beta is None else beta * keep
+
+
+def _read(
+    phi_q: Tensor, state: FastWeightState, normalization: Normalization
+) -> tuple[Tensor, FastWeightState, Tensor | None]:
+    """``φ(q) W`` of a memory and ``φ(q) · z`` when the denominator is on."""
+    B, H, _, d_dot = phi_q.shape
+    validate_state(state, B, H, d_dot, state.W.shape[-1], denominator=normalization.denominator)
+    return _read_memory(phi_q, state.to(phi_q.dtype), normalization)
+
+
+def _read_memory(
+    phi_q: Tensor, memory: FastWeightState, normalization: Normalization
+) -> tuple[Tensor, FastWeightState, Tensor | None]:
+    den = torch.einsum("bhtd,bhd->bht", phi_q, memory.z) if normalization.denominator else None
+    return torch.einsum("bhtd,bhdv->bhtv", phi_q, memory.W), memory, den
+
+
+def _bidirectional(
+    phi_q: Tensor, phi_k: Tensor, v: Tensor, state: FastWeightState | None, normalization: Normalization
+) -> tuple[Tensor, FastWeightState, Tensor | None]:
+    """Every query reads ``W = W_0 + Σ_j φ(k_j)ᵀ v_j`` (and ``z = z_0 + Σ_j φ(k_j)``)."""
+    B, H, _, d_dot = phi_q.shape
+    if state is not None:
+        validate_state(state, B, H, d_dot, v.shape[-1], denominator=normalization.denominator)
+    W = torch.einsum("bhsd,bhsv->bhdv", phi_k, v)
+    z = phi_k.sum(dim=2) if normalization.denominator else None
+    if state is not None:
+        W = W + state.W.to(W.dtype)
+        z = None if z is None else z + state.z.to(z.dtype)
+    return _read_memory(phi_q, FastWeightState(W, z), normalization)
+
+
+def _causal(
+    phi_q: Tensor,
+    phi_k: Tensor,
+    v: Tensor,
+    beta: Tensor | None,
+    state: FastWeightState | None,
+    *,
+    rule: str,
+    normalization: Normalization,
+    key_padding_mask: Tensor | None,
+    backend: str,
+    chunk_size: int,
+    check_finite: bool,
+) -> tuple[Tensor, FastWeightState, Tensor | None]:
+    """The recurrence on a backend: ``φ(q_t) W_t``, ``W_T`` and, with the denominator, ``φ(q_t) · z_t``
+    and ``z_T``."""
+    validate_recurrence_inputs(
+        phi_q,
+        phi_k,
+        v,
+        beta,
+        state,
+        rule=rule,
+        denominator=normalization.denominator,
+        check_finite=check_finite,
+    )
+    B, H, _, d_dot = phi_q.shape
+    W0 = state.W.to(phi_q.dtype) if state is not None else phi_q.new_zeros(B, H, d_dot, v.shape[-1])
+    z0 = None if state is None or state.z is None else state.z.to(phi_q.dtype)
+    keys = phi_k
+    if normalization.denominator_write:
+        keys, beta = normalized_write(phi_k, beta, z0, key_padding_mask, normalization.write_eps)
+    run = load_backend(resolve_backend(backend, phi_q))
+    numerator, written = run(phi_q, keys, v, beta, FastWeightState(W0), rule=rule, chunk_size=chunk_size)
+    if not normalization.denominator:
+        return numerator, written, None
+    den, z = causal_denominator(phi_q, phi_k, z0)
+    return numerator, FastWeightState(written.W, z), den
