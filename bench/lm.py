@@ -1,5 +1,6 @@
 """Benchmark of the WikiText-103 *small* language model on this CPU: training throughput and generation
-latency, softmax vs fast-weight attention, measured side by side in one run.
+latency, softmax vs fast-weight attention, eager vs ``torch.compile``, measured side by side in one run;
+and greedy decoding of the synthetic translation test set, softmax vs delta.
 
 Model: the paper's small setting (``conf/lm/wt103_small_*.yaml``): 16 layers, d_model 128, 8 heads of
 16, d_ff 2048, post-norm, sinusoidal positions, adaptive input + tied adaptive softmax with cutoffs
@@ -14,13 +15,26 @@ about the work it does on real text.
    prefill of ``C`` tokens, one step = one token through the 16 layers with the states of the previous
    step (fast weights: fixed size; softmax: a key/value cache of ``C + i`` entries). The adaptive
    softmax over the 267k vocabulary (the same for every attention and context) is timed on its own.
+3. Greedy decoding of one batch of the synthetic translation corpus's test split (the batch with the
+   most sentences, as ``conf/mt/data/synthetic.yaml`` packs it), with the models of
+   ``conf/mt/synthetic_{softmax,delta}.yaml`` (untrained weights: every sentence is decoded to its
+   length limit ``⌊1.2 S + 10⌋ + 1`` steps, so both models do the same number of steps; a trained
+   model stops earlier, at its EOS).
+
+Modes (``--modes``): ``eager``, and ``compiled``: the same model (same seed, same weights) whose
+Transformer stack is compiled with ``torch.compile(fullgraph=True)`` (inductor; training with static
+shapes, one graph per T; generation with the default automatic dynamic shapes). The adaptive input and
+softmax stay eager: their data-dependent cluster selection (``nonzero``, a branch on an empty cluster)
+breaks the graph. A compiled arm's first call(s) compile: that warm-up is printed, and excluded from
+the rates.
 
 Every configuration is warmed up, then the rounds interleave them (one step of each per round) and
 medians are reported, so that a load change on a shared machine hits all of them alike. One torch
 thread by default: on a CPU shared with other jobs, multi-threaded small ops stall at OpenMP barriers
 whenever a thread is descheduled, which made 2-thread figures swing by 10× between runs here.
 
-Run ``python bench/lm.py`` (about 10 minutes on 2 cores) or ``python bench/lm.py --quick`` (smoke run).
+Run ``python bench/lm.py`` (about an hour on 2 shared cores, most of it compiling) or
+``python bench/lm.py --quick`` (smoke run); ``--modes eager`` skips the compiled arms.
 """
 
 from __future__ import annotations
@@ -31,19 +45,29 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import yaml
 from torch import Tensor
 
-from fwp.model import DecoderLM
+from fwp.model import DecoderLM, EncoderDecoder
+from fwp.model.beam_search import max_target_lengths, next_token_log_probs
+from tasks.translation.data import TranslationDataModule
+from tasks.translation.module import TranslationModel
 
 VOCAB_SIZE = 267_738
 CUTOFFS = [20_000, 40_000, 200_000]
+MODES = ("eager", "compiled")
+CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "mt"
+MT_ATTENTIONS = ("softmax", "delta")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attentions", nargs="+", default=["softmax", "linear", "delta"])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
         "--lengths", type=int, nargs="+", default=[256, 2048], help="training segment lengths"
     )
@@ -51,6 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per configuration")
     parser.add_argument("--contexts", type=int, nargs="+", default=[256, 4096], help="generation contexts")
     parser.add_argument("--new-tokens", type=int, default=32, help="timed generation steps per configuration")
+    parser.add_argument("--mt-rounds", type=int, default=9, help="timed greedy decodings per MT model")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: no OpenMP stalls on a shared CPU)"
     )
@@ -58,9 +83,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def small_model(attention: str, n_layers: int) -> DecoderLM:
-    """The paper's small WikiText-103 model (``n_layers`` = 16) with the given attention preset."""
-    return DecoderLM(
+def small_model(
+    attention: str, n_layers: int, mode: str = "eager", *, dynamic: bool | None = None
+) -> DecoderLM:
+    """The paper's small WikiText-103 model (``n_layers`` = 16) with the given attention preset, the
+    same weights for every mode (seed 0); ``compiled``: its stack under ``torch.compile(fullgraph=True,
+    dynamic=dynamic)``."""
+    torch.manual_seed(0)
+    model = DecoderLM(
         VOCAB_SIZE,
         d_model=128,
         n_layers=n_layers,
@@ -74,6 +104,9 @@ def small_model(attention: str, n_layers: int) -> DecoderLM:
         tie_embeddings=True,
         adaptive_cutoffs=CUTOFFS,
     )
+    if mode == "compiled":
+        model.stack.compile(fullgraph=True, dynamic=dynamic)
+    return model
 
 
 def zipf_tokens(batch: int, length: int, generator: torch.Generator) -> Tensor:
@@ -83,17 +116,24 @@ def zipf_tokens(batch: int, length: int, generator: torch.Generator) -> Tensor:
     return ids.view(batch, length)
 
 
-def interleaved_medians(runs: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median wall time (s) of each run over ``rounds`` rounds that call every run once, after
-    ``warmup`` untimed rounds."""
+@dataclass(frozen=True)
+class Timing:
+    """Median seconds per call over the timed rounds, and seconds of the untimed warm-up calls (for a
+    compiled arm: compiling)."""
+
+    median: float
+    warmup: float
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, Timing]:
+    """``warmup`` untimed rounds, then ``rounds`` timed rounds; every round calls every run once."""
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_index in range(warmup + rounds):
+    for _ in range(warmup + rounds):
         for name, run in runs.items():
             start = time.perf_counter()
             run()
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(statistics.median(t[warmup:]), sum(t[:warmup])) for name, t in times.items()}
 
 
 def training_step(model: DecoderLM, optimizer: torch.optim.Optimizer, tokens: Tensor) -> Callable[[], None]:
@@ -110,35 +150,37 @@ def training_step(model: DecoderLM, optimizer: torch.optim.Optimizer, tokens: Te
     return step
 
 
-def training_tokens_per_second(
-    attentions: list[str], lengths: list[int], tokens_per_step: int, rounds: int, n_layers: int
-) -> dict[tuple[str, int], float]:
-    """Tokens/s of every (attention, T); one model and optimiser per attention, shared by the lengths."""
+def training_timings(
+    attentions: list[str],
+    modes: list[str],
+    lengths: list[int],
+    tokens_per_step: int,
+    rounds: int,
+    n_layers: int,
+) -> tuple[dict[str, Timing], dict[int, int]]:
+    """Timings of every ``attention/mode/T`` (one model and optimiser per attention and mode, shared by
+    the lengths; static shapes when compiled) and the tokens per step of every T."""
     runs, tokens_per_run = {}, {}
     for attention in attentions:
-        torch.manual_seed(0)
-        model = small_model(attention, n_layers).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
-        for length in lengths:
-            batch = max(1, tokens_per_step // length)
-            tokens = zipf_tokens(batch, length + 1, torch.Generator().manual_seed(length))
-            runs[f"{attention}/{length}"] = training_step(model, optimizer, tokens)
-            tokens_per_run[f"{attention}/{length}"] = batch * length
-    seconds = interleaved_medians(runs, rounds, warmup=1)
-    return {
-        (attention, length): tokens_per_run[f"{attention}/{length}"] / seconds[f"{attention}/{length}"]
-        for attention in attentions
-        for length in lengths
-    }
+        for mode in modes:
+            model = small_model(attention, n_layers, mode, dynamic=False).train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
+            for length in lengths:
+                batch = max(1, tokens_per_step // length)
+                tokens = zipf_tokens(batch, length + 1, torch.Generator().manual_seed(length))
+                runs[f"{attention}/{mode}/{length}"] = training_step(model, optimizer, tokens)
+                tokens_per_run[length] = batch * length
+    return interleaved(runs, rounds, warmup=1), tokens_per_run
 
 
 class Generator:
-    """Step-mode generation from a prefilled context; ``step()`` feeds one more token."""
+    """Step-mode generation from a prefilled context; ``step()`` feeds one more token. The prefill runs
+    eagerly in every mode (only the steps are timed)."""
 
     def __init__(self, model: DecoderLM, context: int) -> None:
         self.model = model
         prompt = zipf_tokens(1, context, torch.Generator().manual_seed(context))
-        with torch.no_grad():
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             _, self.states = model(prompt)
         self.token, self.position = prompt[:, -1:], context
 
@@ -148,19 +190,18 @@ class Generator:
         self.position += 1
 
 
-def generation_seconds_per_token(
-    attentions: list[str], contexts: list[int], rounds: int, n_layers: int
-) -> dict[tuple[str, int], float]:
-    """Median seconds per generated token of every (attention, context)."""
+def generation_timings(
+    attentions: list[str], modes: list[str], contexts: list[int], rounds: int, n_layers: int
+) -> dict[str, Timing]:
+    """Seconds per generated token of every ``attention/mode/C``. Three warm-up rounds: a compiled step
+    compiles for its first position and again, with dynamic sizes, for the next."""
     runs = {}
     for attention in attentions:
-        torch.manual_seed(0)
-        model = small_model(attention, n_layers).eval()
-        for context in contexts:
-            runs[(attention, context)] = Generator(model, context).step
-    named = {f"{attention}/{context}": run for (attention, context), run in runs.items()}
-    seconds = interleaved_medians(named, rounds, warmup=2)
-    return {(attention, context): seconds[f"{attention}/{context}"] for attention, context in runs}
+        for mode in modes:
+            model = small_model(attention, n_layers, mode).eval()
+            for context in contexts:
+                runs[f"{attention}/{mode}/{context}"] = Generator(model, context).step
+    return interleaved(runs, rounds, warmup=3)
 
 
 @torch.no_grad()
@@ -168,42 +209,122 @@ def output_layer_seconds(n_layers: int, repeats: int) -> float:
     """One token's full log-distribution over the vocabulary from the adaptive softmax."""
     model = small_model("linear", n_layers).eval()
     hidden = torch.randn(1, 1, 128)
-    return interleaved_medians({"output": lambda: model.log_probs(hidden)}, repeats, warmup=1)["output"]
+    return interleaved({"output": lambda: model.log_probs(hidden)}, repeats, warmup=1)["output"].median
+
+
+def config_options(path: Path) -> dict:
+    """The ``init_args`` of a configuration file's ``model`` (or of a data file)."""
+    config = yaml.safe_load(path.read_text())
+    return config.get("model", config)["init_args"]
+
+
+def translation_models(vocab_size: int) -> dict[str, tuple[EncoderDecoder, dict]]:
+    """The untrained ``EncoderDecoder`` of ``conf/mt/synthetic_<attention>.yaml`` (seed 1) and its
+    options, per attention."""
+    models = {}
+    for attention in MT_ATTENTIONS:
+        options = config_options(CONFIGS / f"synthetic_{attention}.yaml")
+        torch.manual_seed(1)
+        models[attention] = TranslationModel(vocab_size, **options).model.eval(), options
+    return models
+
+
+@torch.no_grad()
+def greedy_steps(model: EncoderDecoder, src: Tensor, padding_mask: Tensor, steps: int, bos_id: int) -> Tensor:
+    """``steps`` greedy decoding steps of the batch ``src`` ``[B, S]`` (the work of ``greedy_decode``
+    when no sentence stops early): encode once, then one argmax token per sentence and step."""
+    memory = model.encode(src, padding_mask)
+    tokens = torch.full((src.shape[0],), bos_id, dtype=torch.long)
+    states = None
+    for step in range(steps):
+        log_probs, states = next_token_log_probs(model, tokens, states, step, memory, padding_mask)
+        tokens = log_probs.argmax(dim=-1)
+    return tokens
+
+
+def translation_decoding(rounds: int) -> None:
+    """Greedy decoding of the synthetic test split's largest batch, softmax vs delta, interleaved."""
+    data = TranslationDataModule(**config_options(CONFIGS / "data" / "synthetic.yaml"))
+    batches = data.batches("test")
+    batch = max((batches[i] for i in range(len(batches))), key=lambda b: b["src"].shape[0])
+    src, mask = batch["src"], batch["src_padding_mask"]
+    runs, steps = {}, {}
+    for attention, (model, options) in translation_models(data.vocab_size).items():
+        limits = max_target_lengths(mask, max_len_a=options["max_len_a"], max_len_b=options["max_len_b"])
+        steps[attention] = int(limits.max()) + 1
+        runs[attention] = lambda m=model, n=steps[attention]: greedy_steps(m, src, mask, n, data.bos_id)
+    seconds = interleaved(runs, rounds, warmup=1)
+    print(
+        f"\n## MT greedy decoding: synthetic test batch of {src.shape[0]} sentences (source width "
+        f"{src.shape[1]}), {steps['delta']} steps, conf/mt/synthetic_*.yaml, median of {rounds}"
+    )
+    for attention in MT_ATTENTIONS:
+        ratio = seconds[attention].median / seconds["softmax"].median
+        print(f"{attention:<10}{seconds[attention].median:>10.3f} s{ratio:>10.2f}x softmax")
+
+
+def print_table(
+    title: str,
+    values: dict[str, float],
+    timings: dict[str, Timing],
+    columns: list[int],
+    unit: str,
+    args: argparse.Namespace,
+) -> None:
+    """One row per attention and mode: ``values[f"{attention}/{mode}/{column}"]`` per column, the ratio
+    to softmax in the same mode, the ratio compiled / eager and the warm-up seconds of the row."""
+    print(f"\n## {title}")
+    header = "".join(f"{f'{unit}={c}':>12}" for c in columns)
+    ratios = f"{'vs softmax (same mode)':>26}{'vs eager':>18}"
+    print(f"{'attention':<10}{'mode':<10}{header}{ratios}{'warm-up s':>11}")
+    for attention in args.attentions:
+        for mode in args.modes:
+            row = [values[f"{attention}/{mode}/{c}"] for c in columns]
+            softmax = [values.get(f"softmax/{mode}/{c}", v) for c, v in zip(columns, row, strict=True)]
+            eager = [values.get(f"{attention}/eager/{c}", v) for c, v in zip(columns, row, strict=True)]
+            to_softmax = " ".join(f"{v / s:.2f}x" for v, s in zip(row, softmax, strict=True))
+            to_eager = " ".join(f"{v / e:.2f}x" for v, e in zip(row, eager, strict=True))
+            warmup = sum(timings[f"{attention}/{mode}/{c}"].warmup for c in columns)
+            cells = "".join(f"{v:>12.2f}" for v in row)
+            print(f"{attention:<10}{mode:<10}{cells}{to_softmax:>26}{to_eager:>18}{warmup:>11.1f}")
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    torch._dynamo.config.recompile_limit = 64  # one code object serves every arm's graphs
     n_layers = 16
     if args.quick:
         n_layers, args.lengths, args.contexts, args.steps, args.new_tokens = 2, [64, 128], [64, 256], 1, 4
-        args.tokens_per_step = 128
+        args.tokens_per_step, args.mt_rounds = 128, 1
     print(
         f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; small model, {n_layers} layers"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; small model, {n_layers} layers; "
+        f"{load()}",
+        flush=True,
     )
-    throughput = training_tokens_per_second(
-        args.attentions, args.lengths, args.tokens_per_step, args.steps, n_layers
+    timings, tokens = training_timings(
+        args.attentions, args.modes, args.lengths, args.tokens_per_step, args.steps, n_layers
     )
-    print(f"\n## training: {args.tokens_per_step} tokens/step (batch = tokens / T), median of {args.steps}")
-    header = "".join(f"{f'T={t} tok/s':>16}" for t in args.lengths)
-    print(f"{'attention':<10}{header}{'vs softmax':>24}")
-    for attention in args.attentions:
-        values = [throughput[attention, t] for t in args.lengths]
-        baseline = [throughput.get(("softmax", t), throughput[attention, t]) for t in args.lengths]
-        ratios = " ".join(f"{a / s:.2f}x" for a, s in zip(values, baseline, strict=True))
-        print(f"{attention:<10}" + "".join(f"{v:>16.0f}" for v in values) + f"{ratios:>24}")
-    latency = generation_seconds_per_token(args.attentions, args.contexts, args.new_tokens, n_layers)
-    print(f"\n## generation: ms per token after a prefill of C tokens (median of {args.new_tokens} steps)")
-    header = "".join(f"{f'C={c} ms':>14}" for c in args.contexts)
-    print(f"{'attention':<10}{header}{'growth':>10}")
-    for attention in args.attentions:
-        values = [1e3 * latency[attention, c] for c in args.contexts]
-        print(
-            f"{attention:<10}" + "".join(f"{v:>14.2f}" for v in values) + f"{values[-1] / values[0]:>9.2f}x"
-        )
+    throughput = {name: tokens[int(name.split("/")[-1])] / t.median for name, t in timings.items()}
+    title = (
+        f"training tokens/s: {args.tokens_per_step} tokens/step (batch = tokens / T), median of {args.steps}"
+    )
+    print_table(title, throughput, timings, args.lengths, "T", args)
+    print(load(), flush=True)
+    timings = generation_timings(args.attentions, args.modes, args.contexts, args.new_tokens, n_layers)
+    latency = {name: 1e3 * t.median for name, t in timings.items()}
+    title = f"generation ms/token after a prefill of C tokens (median of {args.new_tokens} steps)"
+    print_table(title, latency, timings, args.contexts, "C", args)
     output_ms = 1e3 * output_layer_seconds(n_layers, 10)
     print(f"adaptive softmax, log-distribution over {VOCAB_SIZE} ids: {output_ms:.2f} ms/token")
+    print(load(), flush=True)
+    translation_decoding(args.mt_rounds)
+    print(load(), flush=True)
 
 
 if __name__ == "__main__":
