@@ -43,39 +43,62 @@ from fwp.ops.state import FastWeightState
 @torch.library.custom_op("fwp::gated_sum_rule_chunks", mutates_args=())
 def gated_sum_rule_chunks(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gated sum rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, log_decay
-    ``[G, N, C]``, initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]``, the final state ``[G, d, d_v]``
-    and the chunk-start states ``[G, N, d, d_v]`` (kept for the backward; not differentiable)."""
+    ``[G, N, C]``, initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]``, the final state ``[G, d, d_v]``,
+    and for the backward (not differentiable) the chunk-start states ``[G, N, d, d_v]`` and the decay
+    products ``Γ`` ``[G, N, C, C]``."""
     decay = ChunkDecay.of(log_decay)
     starts, final = gated_sum_rule_states(k, v, decay, initial)
-    return dense(gated_chunk_read(q, k, v, decay, starts), final, starts)
+    return dense(gated_chunk_read(q, k, v, decay, starts), final, starts, decay.within)
 
 
 @gated_sum_rule_chunks.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     G, chunks, size, d = q.shape
     d_v = v.shape[-1]
-    return q.new_empty(G, chunks, size, d_v), q.new_empty(G, d, d_v), q.new_empty(G, chunks, d, d_v)
+    return (
+        q.new_empty(G, chunks, size, d_v),
+        q.new_empty(G, d, d_v),
+        q.new_empty(G, chunks, d, d_v),
+        q.new_empty(G, chunks, size, size),
+    )
 
 
 @torch.library.custom_op("fwp::gated_sum_rule_chunks_backward", mutates_args=())
 def gated_sum_rule_chunks_backward(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, starts: Tensor, d_out: Tensor, d_final: Tensor
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    starts: Tensor,
+    within: Tensor,
+    d_out: Tensor,
+    d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``dQ, dK, dV, d log_decay, dS_0`` of ``gated_sum_rule_chunks``."""
-    return dense(*gated_sum_rule_backward(q, k, v, log_decay, starts, d_out.contiguous(), d_final))
+    decay = ChunkDecay.of(log_decay, within)
+    return dense(*gated_sum_rule_backward(q, k, v, decay, starts, d_out.contiguous(), d_final))
 
 
 @gated_sum_rule_chunks_backward.register_fake
 def _(
-    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, starts: Tensor, d_out: Tensor, d_final: Tensor
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    starts: Tensor,
+    within: Tensor,
+    d_out: Tensor,
+    d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return tuple(x.new_empty(x.shape) for x in (q, k, v, log_decay, d_final))
 
 
 def _gated_sum_rule_backward(
-    ctx: Any, d_out: Tensor | None, d_final: Tensor | None, _: None
+    ctx: Any, d_out: Tensor | None, d_final: Tensor | None, *_: None
 ) -> tuple[Tensor, ...]:
     return gated_sum_rule_chunks_backward(*ctx.saved_tensors, *_output_gradients(ctx, d_out, d_final))
 
@@ -86,21 +109,21 @@ gated_sum_rule_chunks.register_autograd(_gated_sum_rule_backward, setup_context=
 @torch.library.custom_op("fwp::gated_delta_rule_chunks", mutates_args=())
 def gated_delta_rule_chunks(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gated delta rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, beta and
     log_decay ``[G, N, C]``, initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]``, the final state
-    ``[G, d, d_v]``, and for the backward (not differentiable) ``T = A⁻¹`` ``[G, N, C, C]`` and the
-    chunk-start states ``[G, N, d, d_v]``."""
+    ``[G, d, d_v]``, and for the backward (not differentiable) ``T = A⁻¹`` ``[G, N, C, C]``, the
+    chunk-start states ``[G, N, d, d_v]`` and the decay products ``Γ`` ``[G, N, C, C]``."""
     decay = ChunkDecay.of(log_decay)
     inverse = gated_wy_inverse(k, beta, decay)
     pseudo_values, starts, final = gated_delta_rule_scan(k, v, beta, decay, inverse, initial)
-    return dense(gated_chunk_read(q, k, pseudo_values, decay, starts), final, inverse, starts)
+    return dense(gated_chunk_read(q, k, pseudo_values, decay, starts), final, inverse, starts, decay.within)
 
 
 @gated_delta_rule_chunks.register_fake
 def _(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     G, chunks, size, d = q.shape
     d_v = v.shape[-1]
     return (
@@ -108,6 +131,7 @@ def _(
         q.new_empty(G, d, d_v),
         q.new_empty(G, chunks, size, size),
         q.new_empty(G, chunks, d, d_v),
+        q.new_empty(G, chunks, size, size),
     )
 
 
@@ -120,13 +144,14 @@ def gated_delta_rule_chunks_backward(
     log_decay: Tensor,
     inverse: Tensor,
     starts: Tensor,
+    within: Tensor,
     d_out: Tensor,
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``dQ, dK, dV, dβ, d log_decay, dS_0`` of ``gated_delta_rule_chunks``: the chunks in reverse,
     each recomputing its temporaries (``gated_delta_chunk_backward``)."""
     d_out = d_out.contiguous()
-    decay = ChunkDecay.of(log_decay)
+    decay = ChunkDecay.of(log_decay, within)
     grads = tuple(x.new_empty(x.shape) for x in (q, k, v, beta, log_decay))
     d_state = d_final
     for n in reversed(range(q.shape[1])):
@@ -147,6 +172,7 @@ def _(
     log_decay: Tensor,
     inverse: Tensor,
     starts: Tensor,
+    within: Tensor,
     d_out: Tensor,
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -190,7 +216,7 @@ def gated_chunk_backend(
     decays = split_beta_chunks(log_decay, size)
     initial = state.W.reshape(B * H, d_dot, d_v)
     if beta is None:
-        out, final, _ = gated_sum_rule_chunks(*chunked, decays, initial)
+        out, final, *_ = gated_sum_rule_chunks(*chunked, decays, initial)
     else:
         out, final, *_ = gated_delta_rule_chunks(*chunked, split_beta_chunks(beta, size), decays, initial)
     return merge_chunks(out, B, H, T), FastWeightState(final.view(B, H, d_dot, d_v))
