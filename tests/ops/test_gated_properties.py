@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from fwp.ops import fast_weight_recurrence
-from fwp.ops.gated_reference import gated_step
+from fwp.ops.gated_reference import gated_step, validate_gated_options
 from fwp.ops.state import FastWeightState
 from tests.ops.gated_cases import ALPHA_MIN_LOG, gated_recurrence
 
@@ -241,3 +241,17 @@ def test_invalid_log_decay_is_refused(backend: str, value: float, shape: tuple |
         x["log_decay"] = torch.zeros(shape, dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
         gated(backend, x, denominator=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"mode": "bidirectional", "denominator_write": False}, "no bidirectional form"),
+        ({"mode": "causal", "denominator_write": True}, "cannot be combined with denominator_write"),
+    ],
+)
+def test_options_without_a_gated_form_are_refused(options: dict, match: str) -> None:
+    """The check the entry point runs when a log_decay is given: the bidirectional mode and
+    ``denominator_write`` have no gated form and are refused with the reason."""
+    with pytest.raises(ValueError, match=match):
+        validate_gated_options(**options)
