@@ -52,7 +52,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from fwp.model import DecoderLM, EncoderDecoder
+from fwp.model import DecoderLM, DecoderLMConfig, EncoderDecoder
 from fwp.model.beam_search import max_target_lengths, next_token_log_probs
 from tasks.translation.data import TranslationDataModule
 from tasks.translation.module import TranslationModel
@@ -107,20 +107,8 @@ def small_model(
     same weights for every mode (seed 0); ``compiled``: its stack under ``torch.compile(fullgraph=True,
     dynamic=dynamic)``."""
     torch.manual_seed(0)
-    model = DecoderLM(
-        VOCAB_SIZE,
-        d_model=128,
-        n_layers=n_layers,
-        n_heads=8,
-        d_head=16,
-        d_ff=2048,
-        attention=attention,
-        dropout=0.1,
-        positional="sinusoidal",
-        norm="post",
-        tie_embeddings=True,
-        adaptive_cutoffs=CUTOFFS,
-    )
+    config = DecoderLMConfig(preset="wt103-small", n_layers=n_layers, attention=attention, init="torch")
+    model = DecoderLM(VOCAB_SIZE, config)
     if mode == "compiled":
         model.stack.compile(fullgraph=True, dynamic=dynamic)
     return model

@@ -10,51 +10,24 @@ the activation dropout ``Dropout_a`` at the residual rate unless ``activation_dr
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec, AttentionState, MultiHeadAttention
+from fwp.model.config import ACTIVATIONS, BlockConfig
 from fwp.model.states import CrossBlockState
-
-Norm = Literal["pre", "post"]
-Activation = Literal["relu", "gelu"]
-NORMS = ("pre", "post")
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
-
-
-def check_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
-    """A ValueError naming ``option`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{option} must be one of {list(choices)}, got {option}={value!r}")
 
 
 class FeedForward(nn.Module):
-    """Position-wise ``[B, T, d_model] → [B, T, d_model]`` through ``d_ff`` hidden units."""
+    """Position-wise ``[B, T, d_model] → [B, T, d_model]`` through ``config.d_ff`` hidden units."""
 
-    def __init__(
-        self,
-        d_model: int,
-        d_ff: int,
-        *,
-        dropout: float,
-        activation: Activation,
-        activation_dropout: float | None = None,
-    ) -> None:
+    def __init__(self, config: BlockConfig) -> None:
         super().__init__()
-        check_choice("activation", activation, tuple(ACTIVATIONS))
-        if d_ff < 1:
-            raise ValueError(f"d_ff must be >= 1, got d_ff={d_ff}")
-        if activation_dropout is not None and not 0.0 <= activation_dropout < 1.0:
-            raise ValueError(
-                f"activation_dropout must be in [0, 1), got activation_dropout={activation_dropout}"
-            )
-        self.expand = nn.Linear(d_model, d_ff)
-        self.contract = nn.Linear(d_ff, d_model)
-        self.activation = ACTIVATIONS[activation]
-        self.activation_dropout = nn.Dropout(dropout if activation_dropout is None else activation_dropout)
-        self.dropout = nn.Dropout(dropout)
+        hidden_dropout = config.dropout if config.activation_dropout is None else config.activation_dropout
+        self.expand = nn.Linear(config.d_model, config.d_ff)
+        self.contract = nn.Linear(config.d_ff, config.d_model)
+        self.activation = ACTIVATIONS[config.activation]
+        self.activation_dropout = nn.Dropout(hidden_dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.contract(self.activation_dropout(self.activation(self.expand(x)))))
@@ -62,7 +35,8 @@ class FeedForward(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Self-attention (core from ``attention``) + optional cross-attention (core from
-    ``cross_attention``, None = no cross-attention) + feed-forward, each residual and normalised.
+    ``cross_attention``, None = no cross-attention) + feed-forward, each residual and normalised, with
+    the sizes, dropout, activation and norm of ``config``.
 
     ``forward(x [B, T, d_model], *, state, key_padding_mask, memory, memory_padding_mask)`` returns
     ``[B, T, d_model]`` and the block's state: the self-attention state, or with cross-attention a
@@ -72,36 +46,27 @@ class TransformerBlock(nn.Module):
 
     def __init__(
         self,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
+        config: BlockConfig,
         attention: AttentionSpec = "softmax",
         *,
-        d_head: int | None = None,
-        dropout: float = 0.1,
-        activation_dropout: float | None = None,
-        activation: Activation = "relu",
-        norm: Norm = "post",
         causal: bool = True,
         cross_attention: AttentionSpec | None = None,
     ) -> None:
         super().__init__()
-        check_choice("norm", norm, NORMS)
-        self.norm = norm
+        self.norm = config.norm
+        heads = {"d_head": config.d_head, "dropout": config.dropout}
         self.self_attention = MultiHeadAttention(
-            d_model, n_heads, attention, d_head=d_head, dropout=dropout, causal=causal
+            config.d_model, config.n_heads, attention, causal=causal, **heads
         )
-        self.self_attention_norm = nn.LayerNorm(d_model)
+        self.self_attention_norm = nn.LayerNorm(config.d_model)
         self.cross_attention: MultiHeadAttention | None = None
         if cross_attention is not None:
             self.cross_attention = MultiHeadAttention(
-                d_model, n_heads, cross_attention, d_head=d_head, dropout=dropout, cross=True
+                config.d_model, config.n_heads, cross_attention, cross=True, **heads
             )
-            self.cross_attention_norm = nn.LayerNorm(d_model)
-        self.feed_forward = FeedForward(
-            d_model, d_ff, dropout=dropout, activation=activation, activation_dropout=activation_dropout
-        )
-        self.feed_forward_norm = nn.LayerNorm(d_model)
+            self.cross_attention_norm = nn.LayerNorm(config.d_model)
+        self.feed_forward = FeedForward(config)
+        self.feed_forward_norm = nn.LayerNorm(config.d_model)
 
     def sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
         """What a sub-layer reads: ``LayerNorm(x)`` with pre-norm, ``x`` with post-norm."""

@@ -10,14 +10,13 @@ adaptive softmax (``adaptive_cutoffs``) the final hidden states ``[B, T, d_model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fwp.attention import AttentionSpec
 from fwp.model.adaptive import (
     LEGACY_SOFTMAX_KEY,
     AdaptiveInput,
@@ -25,10 +24,10 @@ from fwp.model.adaptive import (
     adaptive_embedding,
     check_cutoffs,
 )
-from fwp.model.block import Activation, Norm
-from fwp.model.initialization import INITS, Init, transformer_xl_init
-from fwp.model.positions import Positional
+from fwp.model.config import DecoderLMConfig
+from fwp.model.initialization import transformer_xl_init
 from fwp.model.stack import InputEncoding, TransformerStack, token_embedding
+from fwp.model.states import export_fast_weights, import_fast_weights, keep
 from fwp.training.checkpointing import CheckpointLoadError
 
 
@@ -39,10 +38,11 @@ def check_tokens(name: str, tokens: Tensor) -> None:
 
 
 class DecoderLM(nn.Module):
-    """Causal Transformer language model over a vocabulary of ``vocab_size`` tokens.
+    """Causal Transformer language model over a vocabulary of ``vocab_size`` tokens, shaped by
+    ``config`` (``DecoderLMConfig``; None: its defaults).
 
-    ``attention`` is any registry spec (``"delta"``, ``{"name": "performer", "m": 64}``, …), the same
-    for every layer. ``tie_embeddings`` shares the input embedding with the output layer (with an
+    ``config.attention`` is any registry spec (``"delta"``, ``{"name": "performer", "m": 64}``, …), the
+    same for every layer. ``tie_embeddings`` shares the input embedding with the output layer (with an
     adaptive softmax: the cluster tables and projections). ``adaptive_cutoffs`` (e.g. the paper's
     ``[20000, 40000, 200000]``) switch to adaptive input + Transformer-XL's adaptive softmax
     (``AdaptiveLogSoftmax``) with cluster widths ``d_model / adaptive_div_value^i``. ``init``: ``torch``
@@ -50,65 +50,33 @@ class DecoderLM(nn.Module):
     ``fwp.model.initialization.transformer_xl_init``).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        *,
-        d_model: int = 128,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_head: int | None = None,
-        d_ff: int = 512,
-        attention: AttentionSpec = "delta",
-        dropout: float = 0.1,
-        positional: Positional = "sinusoidal",
-        norm: Norm = "post",
-        tie_embeddings: bool = False,
-        max_positions: int = 4096,
-        adaptive_cutoffs: Sequence[int] | None = None,
-        adaptive_div_value: float = 1.0,
-        activation: Activation = "relu",
-        init: Init = "torch",
-    ) -> None:
+    def __init__(self, vocab_size: int, config: DecoderLMConfig | None = None) -> None:
         super().__init__()
+        config = DecoderLMConfig.of(config)
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got vocab_size={vocab_size}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {list(INITS)}, got init={init!r}")
+        self.config = config
         self.vocab_size = vocab_size
-        self.tie_embeddings = tie_embeddings
+        self.tie_embeddings = config.tie_embeddings
+        d_model = config.d_model
         self.adaptive_softmax: AdaptiveLogSoftmax | None = None
-        if adaptive_cutoffs is not None:
-            if adaptive_div_value < 1.0:
-                raise ValueError(
-                    f"adaptive_div_value must be >= 1, got adaptive_div_value={adaptive_div_value}"
-                )
-            cutoffs = check_cutoffs(adaptive_cutoffs, vocab_size)
-            self.adaptive_softmax = AdaptiveLogSoftmax(vocab_size, d_model, cutoffs, adaptive_div_value)
+        if config.adaptive_cutoffs is not None:
+            cutoffs = check_cutoffs(config.adaptive_cutoffs, vocab_size)
+            divisor = config.adaptive_div_value
+            self.adaptive_softmax = AdaptiveLogSoftmax(vocab_size, d_model, cutoffs, divisor)
             self.boundaries = [0, *cutoffs, vocab_size]
-            if not tie_embeddings:
-                self.adaptive_input = AdaptiveInput(vocab_size, d_model, cutoffs, adaptive_div_value)
+            if not config.tie_embeddings:
+                self.adaptive_input = AdaptiveInput(vocab_size, d_model, cutoffs, divisor)
         else:
             self.embedding = token_embedding(vocab_size, d_model)
-            if not tie_embeddings:
+            if not config.tie_embeddings:
                 self.output = nn.Linear(d_model, vocab_size, bias=False)
         self.input_encoding = InputEncoding(
-            d_model, positional=positional, max_positions=max_positions, dropout=dropout
+            d_model, positional=config.positional, max_positions=config.max_positions, dropout=config.dropout
         )
-        self.stack = TransformerStack(
-            n_layers,
-            d_model,
-            n_heads,
-            d_ff,
-            attention,
-            d_head=d_head,
-            dropout=dropout,
-            activation=activation,
-            norm=norm,
-            causal=True,
-        )
-        self.output_dropout = nn.Dropout(dropout)
-        if init == "txl":
+        self.stack = TransformerStack(config.block, config.n_layers, config.attention, causal=True)
+        self.output_dropout = nn.Dropout(config.dropout)
+        if config.init == "txl":
             transformer_xl_init(self)
         self.register_load_state_dict_pre_hook(refuse_legacy_adaptive_softmax)
 
@@ -121,6 +89,25 @@ class DecoderLM(nn.Module):
     def bounded_state(self) -> bool:
         """True when every layer is a fast-weight layer (state size independent of the length)."""
         return self.stack.bounded_state
+
+    def export_states(
+        self, states: list, transform: Callable[[Tensor], Tensor] = keep
+    ) -> dict[str, list[Tensor | None]]:
+        """The layers' fast-weight states returned by ``forward`` in their saved form
+        (``fwp.model.states.export_fast_weights``: ``{"W": [...], "z": [...]}``, one entry per layer,
+        each tensor through ``transform``), for a checkpoint."""
+        return export_fast_weights(states, transform)
+
+    def import_states(
+        self, saved: dict[str, list[Tensor | None]], transform: Callable[[Tensor], Tensor] = keep
+    ) -> list:
+        """States for ``forward`` from their saved form (``export_states``), each tensor through
+        ``transform``; a ValueError unless it holds one state per layer."""
+        if len(saved["W"]) != len(self.stack.blocks):
+            raise ValueError(
+                f"saved states hold {len(saved['W'])} layers, the model has {len(self.stack.blocks)}"
+            )
+        return import_fast_weights(saved, transform)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """Token embeddings ``[B, T]`` → ``[B, T, d_model]`` (before scaling and positions)."""

@@ -13,79 +13,55 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fwp.attention import AttentionSpec
-from fwp.model.block import Activation, Norm
+from fwp.model.config import EncoderDecoderConfig
 from fwp.model.decoder_lm import check_tokens
-from fwp.model.positions import Positional
 from fwp.model.stack import InputEncoding, TransformerStack, token_embedding
 
 
 class EncoderDecoder(nn.Module):
     """``encode`` the source once, then ``decode`` the target in parallel (training, scoring) or one
-    token at a time with the returned states (generation, beam search with ``reorder_states``)."""
+    token at a time with the returned states (generation, beam search with ``reorder_states``).
+
+    Shaped by ``config`` (``EncoderDecoderConfig``; None: its defaults) over ``vocab_size`` tokens of
+    which ``pad_id`` pads (its embedding row stays zero)."""
 
     def __init__(
-        self,
-        vocab_size: int,
-        *,
-        d_model: int = 512,
-        n_encoder_layers: int = 6,
-        n_decoder_layers: int = 6,
-        n_heads: int = 8,
-        d_head: int | None = None,
-        d_ff: int = 2048,
-        encoder_attention: AttentionSpec = "softmax",
-        decoder_attention: AttentionSpec = "softmax",
-        cross_attention: AttentionSpec = "softmax",
-        dropout: float = 0.1,
-        activation_dropout: float | None = None,
-        positional: Positional = "sinusoidal",
-        norm: Norm = "post",
-        share_embeddings: bool = True,
-        max_positions: int = 1024,
-        pad_id: int = 0,
-        activation: Activation = "relu",
+        self, vocab_size: int, config: EncoderDecoderConfig | None = None, *, pad_id: int = 0
     ) -> None:
         super().__init__()
+        config = EncoderDecoderConfig.of(config)
         if not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id must be in [0, vocab_size={vocab_size}), got pad_id={pad_id}")
+        self.config = config
         self.vocab_size = vocab_size
         self.pad_id = pad_id
-        self.decoder_embedding = token_embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.decoder_embedding = token_embedding(vocab_size, config.d_model, padding_idx=pad_id)
         self.encoder_embedding = self.decoder_embedding
-        if not share_embeddings:
-            self.encoder_embedding = token_embedding(vocab_size, d_model, padding_idx=pad_id)
-        encoding = {"positional": positional, "max_positions": max_positions, "dropout": dropout}
-        self.encoder_input = InputEncoding(d_model, **encoding)
-        self.decoder_input = InputEncoding(d_model, **encoding)
-        layers = {
-            "d_head": d_head,
-            "dropout": dropout,
-            "activation_dropout": activation_dropout,
-            "activation": activation,
-            "norm": norm,
+        if not config.share_embeddings:
+            self.encoder_embedding = token_embedding(vocab_size, config.d_model, padding_idx=pad_id)
+        encoding = {
+            "positional": config.positional,
+            "max_positions": config.max_positions,
+            "dropout": config.dropout,
         }
+        self.encoder_input = InputEncoding(config.d_model, **encoding)
+        self.decoder_input = InputEncoding(config.d_model, **encoding)
         self.encoder = TransformerStack(
-            n_encoder_layers,
-            d_model,
-            n_heads,
-            d_ff,
-            encoder_attention,
-            causal=False,
-            layers_option="n_encoder_layers",
-            **layers,
+            config.block, config.n_encoder_layers, config.encoder_attention, causal=False
         )
         self.decoder = TransformerStack(
-            n_decoder_layers,
-            d_model,
-            n_heads,
-            d_ff,
-            decoder_attention,
+            config.block,
+            config.n_decoder_layers,
+            config.decoder_attention,
             causal=True,
-            cross_attention=cross_attention,
-            layers_option="n_decoder_layers",
-            **layers,
+            cross_attention=config.cross_attention,
         )
+
+    @property
+    def position_limit(self) -> int | None:
+        """The positions the decoder can encode: ``max_positions`` of a learned table, None (no
+        limit) for sinusoidal or no positions."""
+        return self.config.max_positions if self.config.positional == "learned" else None
 
     def encode(self, src: Tensor, src_padding_mask: Tensor | None) -> Tensor:
         """Source tokens ``[B, S]`` (pads marked True in ``src_padding_mask`` ``[B, S]``) → memory

@@ -14,7 +14,8 @@ import math
 from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec
-from fwp.model.block import Activation, Norm, TransformerBlock
+from fwp.model.block import TransformerBlock
+from fwp.model.config import BlockConfig
 from fwp.model.positions import Positional, positional_encoding
 
 
@@ -44,48 +45,25 @@ class InputEncoding(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    """``n_layers`` blocks; ``forward(x, *, states, key_padding_mask, memory, memory_padding_mask)``
-    → ``([B, T, d_model], states)`` with one state per block (see ``TransformerBlock``)."""
+    """``n_layers`` blocks of ``config`` with self-attention ``attention`` (and ``cross_attention``);
+    ``forward(x, *, states, key_padding_mask, memory, memory_padding_mask)`` → ``([B, T, d_model],
+    states)`` with one state per block (see ``TransformerBlock``)."""
 
     def __init__(
         self,
+        config: BlockConfig,
         n_layers: int,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
         attention: AttentionSpec,
         *,
-        d_head: int | None,
-        dropout: float,
-        activation: Activation,
-        norm: Norm,
         causal: bool,
         cross_attention: AttentionSpec | None = None,
-        activation_dropout: float | None = None,
-        layers_option: str = "n_layers",
     ) -> None:
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"{layers_option} must be >= 1, got {layers_option}={n_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
         self.blocks = nn.ModuleList(
-            TransformerBlock(
-                d_model,
-                n_heads,
-                d_ff,
-                attention,
-                d_head=d_head,
-                dropout=dropout,
-                activation_dropout=activation_dropout,
-                activation=activation,
-                norm=norm,
-                causal=causal,
-                cross_attention=cross_attention,
-            )
+            TransformerBlock(config, attention, causal=causal, cross_attention=cross_attention)
             for _ in range(n_layers)
         )
-        self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.final_norm = nn.LayerNorm(config.d_model) if config.norm == "pre" else nn.Identity()
 
     @property
     def bounded_state(self) -> bool:

@@ -2,6 +2,12 @@
 
 A model's states form a list with one entry per layer; an entry is an ``AttentionState``, ``None``,
 or a tuple of them (a decoder layer with cross-attention carries ``(self_state, cross_state)``).
+Tasks treat states as opaque: they carry, detach, reorder, save and restore them with the functions
+here, and never build or read a ``FastWeightState`` themselves.
+
+Saved form of the fast-weight states of a stack (``export_fast_weights``, e.g. for a checkpoint):
+``{"W": [W_l], "z": [z_l or None]}`` over the layers ``l``, ``W_l`` ``[B, H, d_dot, d_v]`` and
+``z_l`` ``[B, H, d_dot]`` (the running key sum of the denominator, None without it).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from fwp.attention import AttentionState
+from fwp.ops import FastWeightState
 
 
 class CrossBlockState(NamedTuple):
@@ -41,3 +48,47 @@ def reorder_states(states: list, index: Tensor) -> list:
 def detach_states(states: list) -> list:
     """Every state cut from the autograd graph (carrying memory across training segments)."""
     return map_states(states, lambda state: state.detach())
+
+
+def keep(tensor: Tensor) -> Tensor:
+    """The identity (the default ``transform`` of the export and import below)."""
+    return tensor
+
+
+def export_fast_weights(
+    states: list, transform: Callable[[Tensor], Tensor] = keep
+) -> dict[str, list[Tensor | None]]:
+    """Fast-weight states (one per layer) in the saved form of the module docstring, each tensor
+    passed through ``transform`` (e.g. gathering every rank's rows). A ``TypeError`` for any other
+    state (a key/value cache has no fixed size to save)."""
+    for layer, state in enumerate(states):
+        if not isinstance(state, FastWeightState):
+            raise TypeError(f"layer {layer}'s state is a {type(state).__name__}, not fast weights")
+    return {
+        "W": [transform(state.W) for state in states],
+        "z": [None if state.z is None else transform(state.z) for state in states],
+    }
+
+
+def import_fast_weights(
+    saved: dict[str, list[Tensor | None]], transform: Callable[[Tensor], Tensor] = keep
+) -> list[FastWeightState]:
+    """The states saved by ``export_fast_weights``, each tensor passed through ``transform`` (e.g.
+    selecting this rank's rows and moving them to its device)."""
+    return [
+        FastWeightState(transform(W), None if z is None else transform(z))
+        for W, z in zip(saved["W"], saved["z"], strict=True)
+    ]
+
+
+def saved_state_shape(saved: dict[str, list[Tensor | None]]) -> tuple[int, ...]:
+    """The shape ``(B, H, d_dot, d_v)`` of the first layer's ``W`` in a saved form."""
+    return tuple(saved["W"][0].shape)
+
+
+def fast_weight_norm(state: AttentionState | None) -> Tensor | None:
+    """The mean over the batch of the Frobenius norm of every head's fast weights together
+    (``‖W_b‖_F`` over ``[H, d_dot, d_v]``), detached; None for a state that is not fast weights."""
+    if not isinstance(state, FastWeightState):
+        return None
+    return state.W.detach().flatten(1).norm(dim=1).mean()

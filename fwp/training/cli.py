@@ -31,7 +31,6 @@ import os
 import re
 import sys
 from argparse import Namespace
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -144,24 +143,65 @@ def comparable(value: Any) -> Any:
     return value
 
 
-def architecture_arguments(model_class: type, arguments: Iterable[str]) -> list[str]:
-    """Those of ``arguments`` that shape the weights or what they compute: the ones in the class's
-    ``ARCHITECTURE_ARGUMENTS``, or all of them for a class without that attribute (fail loudly)."""
+MISSING = object()
+
+
+def nested_value(arguments: Any, path: str) -> Any:
+    """The value at the dotted ``path`` (``"backbone.d_model"``) of nested dicts or namespaces, or
+    ``MISSING``."""
+    value = arguments
+    for key in path.split("."):
+        if isinstance(value, Namespace):
+            value = vars(value)
+        if not isinstance(value, dict) or key not in value:
+            return MISSING
+        value = value[key]
+    return value
+
+
+def architecture_arguments(model_class: type, arguments: dict[str, Any]) -> list[str]:
+    """The paths of ``arguments`` that shape the weights or what they compute: those of the class's
+    ``ARCHITECTURE_ARGUMENTS`` (dotted paths into a backbone config, e.g. ``backbone.d_model``) that
+    ``arguments`` holds, or every argument of a class without that attribute (fail loudly)."""
     declared = getattr(model_class, "ARCHITECTURE_ARGUMENTS", None)
-    return [key for key in arguments if declared is None or key in declared]
+    if declared is None:
+        return list(arguments)
+    return [path for path in declared if nested_value(arguments, path) is not MISSING]
 
 
 def architecture_conflicts(
     model: Any, given: dict[str, Any], saved: dict[str, Any]
 ) -> list[tuple[str, Any, Any]]:
-    """``(argument, given value, checkpoint value)`` of every architecture argument of ``model``
+    """``(argument path, given value, checkpoint value)`` of every architecture argument of ``model``
     (``architecture_arguments``) that ``given`` (the arguments the model was built with) and ``saved``
     (the checkpoint's) both hold, with different values."""
-    return [
-        (key, given[key], saved[key])
-        for key in sorted(architecture_arguments(type(model), given))
-        if key in saved and comparable(given[key]) != comparable(saved[key])
-    ]
+    conflicts = []
+    for path in sorted(architecture_arguments(type(model), given)):
+        value, saved_value = nested_value(given, path), nested_value(saved, path)
+        if saved_value is not MISSING and comparable(value) != comparable(saved_value):
+            conflicts.append((path, value, saved_value))
+    return conflicts
+
+
+def with_nested_backbone(model_class: type, hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyperparameters in the layout of ``model_class``: those written before the
+    backbone config (flat ``d_model``, ``attention``, ...) get their backbone fields moved under
+    ``backbone`` (``BACKBONE_CONFIG.nest_legacy_hyperparameters``); others are unchanged."""
+    config_class = getattr(model_class, "BACKBONE_CONFIG", None)
+    return hparams if config_class is None else config_class.nest_legacy_hyperparameters(hparams)
+
+
+def backbone_defaults(model_class: type, saved: dict[str, Any], given: Any) -> dict[str, Any]:
+    """The checkpoint's backbone fields that may stand in for the user's: all of them, or, when the
+    user names a ``preset`` (``given``: the backbone as parsed without the checkpoint), those the
+    preset does not set (the preset's values are given values, they win over the checkpoint's)."""
+    config_class = getattr(model_class, "BACKBONE_CONFIG", None)
+    preset = nested_value(given, "preset")
+    if config_class is None or preset in (MISSING, None) or preset not in config_class.PRESETS:
+        return saved
+    return {
+        key: value for key, value in saved.items() if key not in {"preset", *config_class.PRESETS[preset]}
+    }
 
 
 def run_config_hint(ckpt_path: str) -> str:
@@ -300,7 +340,10 @@ class FwpCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not is_local_checkpoint_path(ckpt_path):
             return
-        self.checkpoint_hparams = read_checkpoint_hyperparameters(ckpt_path)
+        model_class = import_class(self.config[subcommand].model.class_path)
+        self.checkpoint_hparams = with_nested_backbone(
+            model_class, read_checkpoint_hyperparameters(ckpt_path)
+        )
         if self.checkpoint_hparams:
             self.use_as_model_defaults(subcommand, ckpt_path, self.checkpoint_hparams)
             super().parse_arguments(parser, args)
@@ -321,9 +364,13 @@ class FwpCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path} holds a {saved} (another task?), but the configuration's "
                 f"model is {chosen}"
             )
-        accepted = inspect.signature(import_class(chosen)).parameters
+        model_class = import_class(chosen)
+        accepted = inspect.signature(model_class).parameters
         linked = {target for _, target in DATA_TO_MODEL_LINKS}
         init_args = {key: value for key, value in hparams.items() if key in accepted and key not in linked}
+        if isinstance(init_args.get("backbone"), dict):
+            given = nested_value(self.config[subcommand].model.init_args, "backbone")
+            init_args["backbone"] = backbone_defaults(model_class, init_args["backbone"], given)
         self._parser(subcommand).set_defaults({"model": {"class_path": chosen, "init_args": init_args}})
 
     def _parse_ckpt_path(self) -> None:
@@ -363,8 +410,9 @@ class FwpCLI(LightningCLI):
             self.check_architecture(self.config[self.config.subcommand].ckpt_path)
 
     def model_sizes(self) -> str:
-        """``"its sizes: --model.init_args.d_model=…, …"``: the model's integer architecture arguments
-        (``ARCHITECTURE_ARGUMENTS``; every integer argument of a model without it) as configured, then
+        """``"its sizes: --model.init_args.backbone.d_model=…, …"``: the model's integer architecture
+        arguments (``ARCHITECTURE_ARGUMENTS``; every integer argument of a model without it) as
+        configured (a backbone field left to its preset is not listed), then
         the ones the model takes from the data (``DATA_TO_MODEL_LINKS``; not known before it is built)."""
         model = self.config[self.config.subcommand].model
         model_class = import_class(model.class_path)
@@ -372,10 +420,13 @@ class FwpCLI(LightningCLI):
             target for _, target in DATA_TO_MODEL_LINKS if target in inspect.signature(model_class).parameters
         ]
         arguments = vars(model.init_args)
+        values = {
+            path: nested_value(arguments, path) for path in architecture_arguments(model_class, arguments)
+        }
         sizes = [
-            f"--model.init_args.{key}={arguments[key]}"
-            for key in sorted(architecture_arguments(model_class, arguments))
-            if isinstance(arguments[key], int) and not isinstance(arguments[key], bool) and key not in linked
+            f"--model.init_args.{path}={value}"
+            for path, value in sorted(values.items())
+            if isinstance(value, int) and not isinstance(value, bool) and path not in linked
         ]
         return f"its sizes: {', '.join(sizes)} (and from the data: {', '.join(linked)})"
 

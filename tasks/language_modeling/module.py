@@ -52,12 +52,18 @@ from torchmetrics import Metric
 from fwp.attention import AttentionSpec
 from fwp.data.files import DataError
 from fwp.data.tokenizer import EOS_ID, UNK_ID
-from fwp.model import DecoderLM, detach_states, sample
-from fwp.model.block import Activation, Norm
-from fwp.model.generation import check_generation_fits, check_sampling_options
+from fwp.model import (
+    DecoderLM,
+    DecoderLMConfig,
+    check_generation_fits,
+    check_sampling_options,
+    detach_states,
+    sample,
+    saved_state_shape,
+)
+from fwp.model.config import Activation, Norm
 from fwp.model.initialization import Init
 from fwp.model.positions import Positional
-from fwp.ops import FastWeightState
 from fwp.training.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.training.optimization import SCHEDULES, Schedule, adam_with_schedule
 from fwp.training.outputs import check_output_file, write_lines
@@ -210,21 +216,23 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         self.prompt_text = prompt_text(prompt, prompt_file)
         self.model = DecoderLM(
             vocab_size,
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            d_head=d_head,
-            d_ff=d_ff,
-            attention=attention,
-            dropout=dropout,
-            positional=positional,
-            norm=norm,
-            activation=activation,
-            init=init,
-            tie_embeddings=tie_embeddings,
-            max_positions=max_positions,
-            adaptive_cutoffs=adaptive_cutoffs,
-            adaptive_div_value=adaptive_div_value,
+            DecoderLMConfig(
+                d_model=d_model,
+                n_layers=n_layers,
+                n_heads=n_heads,
+                d_head=d_head,
+                d_ff=d_ff,
+                attention=attention,
+                dropout=dropout,
+                positional=positional,
+                norm=norm,
+                activation=activation,
+                init=init,
+                tie_embeddings=tie_embeddings,
+                max_positions=max_positions,
+                adaptive_cutoffs=adaptive_cutoffs,
+                adaptive_div_value=adaptive_div_value,
+            ),
         )
         self.carry_state = carry_state
         self.eval_carry_state = carry_state if eval_carry_state is None else eval_carry_state
@@ -347,8 +355,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         return {
             "next_segment": stream.next_segment,
             "next_position": stream.next_position,
-            "W": [self.gather_columns(state.W) for state in stream.states],
-            "z": [None if state.z is None else self.gather_columns(state.z) for state in stream.states],
+            **self.model.export_states(stream.states, self.gather_columns),
         }
 
     def restored_train_stream(self, saved: dict[str, Any], rows: int) -> CarriedStream | None:
@@ -356,7 +363,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         module's device; None, with a warning naming the shapes, if it holds another number of columns
         than ``world_size × rows``."""
         world_size, rank = self.trainer.world_size, self.trainer.global_rank
-        saved_shape = tuple(saved["W"][0].shape)
+        saved_shape = saved_state_shape(saved)
         if saved_shape[0] != world_size * rows:
             rank_zero_warn(
                 f"the checkpoint's carried training state holds {saved_shape[0]} columns (layer 0's W "
@@ -367,10 +374,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
             return None
         own = slice(rank * rows, (rank + 1) * rows)
 
-        def local(tensor: Tensor | None) -> Tensor | None:
-            return None if tensor is None else tensor[own].to(self.device)
-
-        states = [FastWeightState(local(W), local(z)) for W, z in zip(saved["W"], saved["z"], strict=True)]
+        states = self.model.import_states(saved, lambda tensor: tensor[own].to(self.device))
         return CarriedStream(states, saved["next_segment"], saved["next_position"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec, build_attention
-from fwp.ops import FastWeightState
+from fwp.model import fast_weight_norm
 from fwp.training.monitoring import GradientNormLogging
 from fwp.training.optimization import adam_with_schedule
 from tasks.retrieval.generator import RetrievalBatch
@@ -125,8 +125,9 @@ class RetrievalModel(GradientNormLogging, L.LightningModule):
     def training_step(self, batch: RetrievalBatch, batch_idx: int) -> Tensor:
         loss, _, state = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True)
-        if isinstance(state, FastWeightState):
-            self.log("train/fast_weight_norm", state.W.detach().flatten(1).norm(dim=1).mean())
+        norm = fast_weight_norm(state)
+        if norm is not None:
+            self.log("train/fast_weight_norm", norm)
         return loss
 
     def throughput_counts(self, batch: RetrievalBatch) -> tuple[int, int]:

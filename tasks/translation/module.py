@@ -47,9 +47,8 @@ from torch import Tensor
 
 from fwp.attention import AttentionSpec
 from fwp.data import PAD_ID
-from fwp.model import EncoderDecoder
-from fwp.model.beam_search import beam_search, greedy_decode
-from fwp.model.block import Norm
+from fwp.model import EncoderDecoder, EncoderDecoderConfig, beam_search, greedy_decode
+from fwp.model.config import Norm
 from fwp.model.positions import Positional
 from fwp.training.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.training.optimization import adam_with_schedule
@@ -218,21 +217,23 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
         self.save_hyperparameters()
         self.model = EncoderDecoder(
             vocab_size,
-            d_model=d_model,
-            n_encoder_layers=n_encoder_layers,
-            n_decoder_layers=n_decoder_layers,
-            n_heads=n_heads,
-            d_head=d_head,
-            d_ff=d_ff,
-            encoder_attention=encoder_attention,
-            decoder_attention=decoder_attention,
-            cross_attention=cross_attention,
-            dropout=dropout,
-            activation_dropout=activation_dropout,
-            positional=positional,
-            norm=norm,
-            share_embeddings=share_embeddings,
-            max_positions=position_limit,
+            EncoderDecoderConfig(
+                d_model=d_model,
+                n_encoder_layers=n_encoder_layers,
+                n_decoder_layers=n_decoder_layers,
+                n_heads=n_heads,
+                d_head=d_head,
+                d_ff=d_ff,
+                encoder_attention=encoder_attention,
+                decoder_attention=decoder_attention,
+                cross_attention=cross_attention,
+                dropout=dropout,
+                activation_dropout=activation_dropout,
+                positional=positional,
+                norm=norm,
+                share_embeddings=share_embeddings,
+                max_positions=position_limit,
+            ),
             pad_id=pad_id,
         )
         self.bleu_variants: tuple[BleuVariant, ...] = ()  # per evaluation, for the target language
@@ -270,7 +271,7 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
             "pad_id": self.hparams.pad_id,
             "max_len_a": self.hparams.max_len_a,
             "max_len_b": self.hparams.max_len_b,
-            "max_positions": self.hparams.position_limit if self.hparams.positional == "learned" else None,
+            "max_positions": self.model.position_limit,
         }
         if beam_size == 1:
             return greedy_decode(self.model, src, src_padding_mask, **options)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fwp.model import DecoderLM
+from fwp.model import DecoderLM, DecoderLMConfig
 
 PRESETS = ("softmax", "linear", "performer", "dpfp", "delta")
 FAST_WEIGHT_PRESETS = PRESETS[1:]
@@ -17,7 +17,7 @@ VOCAB = 37
 def tiny_lm(attention: Any = "delta", **kwargs: Any) -> DecoderLM:
     """A float64 two-layer ``DecoderLM`` (d_model 16, 2 heads) in eval mode."""
     options = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 24, "attention": attention, **kwargs}
-    return DecoderLM(VOCAB, **options).double().eval()
+    return DecoderLM(VOCAB, DecoderLMConfig(**options)).double().eval()
 
 
 def tokens(batch: int = 2, length: int = 11, vocab: int = VOCAB) -> Tensor:

@@ -2,7 +2,7 @@
 
 import torch
 
-from fwp.model import DecoderLM
+from fwp.model import DecoderLM, DecoderLMConfig
 
 # float32 vs float32 on the same inputs agree to ~1e-6; a softmax computed in bf16 is off by ~1e-2
 TOLERANCE = 1e-4
@@ -14,7 +14,8 @@ def test_adaptive_softmax_log_probs_under_bf16_autocast_match_float32():
     torch.manual_seed(0)
     vocab = 60
     model = DecoderLM(
-        vocab, d_model=16, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=[10, 30], dropout=0.0
+        vocab,
+        DecoderLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=[10, 30], dropout=0.0),
     )
     model.eval()
     tokens = torch.randint(vocab, (2, 7))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fwp.model import DecoderLM
+from fwp.model import DecoderLM, DecoderLMConfig
 from fwp.model.adaptive import AdaptiveLogSoftmax
 from fwp.training.checkpointing import CheckpointLoadError
 
@@ -64,7 +64,9 @@ def test_div_one_has_one_output_matrix_with_a_bias_and_no_projections() -> None:
 
 
 def test_checkpoint_of_the_earlier_layout_is_refused_by_name() -> None:
-    model = DecoderLM(90, d_model=16, n_heads=2, adaptive_cutoffs=[10, 30], tie_embeddings=True)
+    model = DecoderLM(
+        90, DecoderLMConfig(d_model=16, n_heads=2, adaptive_cutoffs=[10, 30], tie_embeddings=True)
+    )
     legacy = torch.nn.AdaptiveLogSoftmaxWithLoss(16, 90, [10, 30])
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("adaptive_softmax.")}
     state |= {f"adaptive_softmax.{k}": v for k, v in legacy.state_dict().items()}

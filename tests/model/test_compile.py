@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fwp.model import DecoderLM
+from fwp.model import DecoderLM, DecoderLMConfig
 from tests.model.model_cases import PRESETS, VOCAB, tiny_lm, tokens
 from tests.model.test_encoder_decoder import ATTENTION_TRIPLES, tiny_seq2seq
 
@@ -121,7 +121,9 @@ def test_encoder_decoder_compiles_to_one_graph_and_equals_eager(triple: tuple[st
 def test_performer_redraw_in_training_compiles_and_draws_like_eager() -> None:
     """Training mode redraws FAVOR+'s Ω at the start of a sequence (random draw, QR, in-place copy into
     the buffer): inside the graph, with the same draw as eager for the same seed."""
-    model = DecoderLM(VOCAB, d_model=16, n_layers=1, n_heads=2, d_ff=24, attention="performer", dropout=0.0)
+    model = DecoderLM(
+        VOCAB, DecoderLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=24, attention="performer", dropout=0.0)
+    )
     model = model.double().train()
     omega = model.stack.blocks[0].self_attention.core.phi.omega
     x = tokens(length=6)
@@ -140,7 +142,9 @@ def test_performer_redraw_in_training_compiles_and_draws_like_eager() -> None:
 def test_bf16_autocast_compiles_with_the_recurrence_in_float32() -> None:
     """Under bf16 autocast the fast-weight layers switch autocast off around their float32 recurrence:
     inside the graph too (bf16 output, float32 state, eager's values and gradients)."""
-    model = DecoderLM(VOCAB, d_model=16, n_layers=1, n_heads=2, d_ff=24, attention="delta", dropout=0.0)
+    model = DecoderLM(
+        VOCAB, DecoderLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=24, attention="delta", dropout=0.0)
+    )
     model = model.eval()
     x = tokens(length=9)
     results = []
@@ -157,7 +161,7 @@ def test_inductor_compiles_a_tiny_delta_lm(capsys: pytest.CaptureFixture[str]) -
     """The one test with code generation (inductor, C++ on CPU): forward and backward of a delta-rule
     model equal eager in float32; prints the warm-up cost (first compiled call) for docs/ops.md."""
     model = DecoderLM(
-        VOCAB, d_model=16, n_layers=1, n_heads=2, d_ff=24, attention="delta", dropout=0.0
+        VOCAB, DecoderLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=24, attention="delta", dropout=0.0)
     ).eval()
     x = tokens(length=8)
     eager_out, _ = model(x)

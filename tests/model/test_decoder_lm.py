@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fwp.model import DecoderLM, step_log_probs
+from fwp.model import DecoderLM, DecoderLMConfig, step_log_probs
 from tests.model.model_cases import FAST_WEIGHT_PRESETS, PRESETS, VOCAB, tiny_lm, tokens
 
 
@@ -48,7 +48,10 @@ def test_bounded_state_tells_fast_weights_from_softmax() -> None:
 def test_adaptive_softmax_is_a_distribution_and_scores_targets(tie: bool) -> None:
     vocab = 120
     model = DecoderLM(
-        vocab, d_model=16, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=[10, 50], tie_embeddings=tie
+        vocab,
+        DecoderLMConfig(
+            d_model=16, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=[10, 50], tie_embeddings=tie
+        ),
     ).double()
     x = tokens(length=9, vocab=vocab)
     hidden, _ = model(x)
@@ -64,9 +67,14 @@ def test_tied_adaptive_input_reads_the_softmax_weights() -> None:
     """div 1 (Transformer-XL's layout): one V × d table in blocks, no projections; the input embedding
     of token t is row t of the output table."""
     cutoffs, vocab, d = [10, 50], 120, 16
-    untied = DecoderLM(vocab, d_model=d, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=cutoffs)
+    untied = DecoderLM(
+        vocab, DecoderLMConfig(d_model=d, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=cutoffs)
+    )
     tied = DecoderLM(
-        vocab, d_model=d, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=cutoffs, tie_embeddings=True
+        vocab,
+        DecoderLMConfig(
+            d_model=d, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=cutoffs, tie_embeddings=True
+        ),
     )
     input_parameters = sum(p.numel() for p in untied.adaptive_input.parameters())
     assert input_parameters == vocab * d  # Transformer-XL's AdaptiveEmbedding at div 1: no projections
@@ -86,7 +94,10 @@ def test_tied_adaptive_input_reads_the_softmax_weights() -> None:
 def test_tied_adaptive_input_with_div_value_reads_the_projections() -> None:
     """div 2: clusters 1, 2 have widths 8, 4 and projections P_i [d, h_i]; e(t) = E_i[t − c_i] P_iᵀ."""
     model = DecoderLM(
-        120, d_model=16, n_heads=2, adaptive_cutoffs=[10, 50], adaptive_div_value=2.0, tie_embeddings=True
+        120,
+        DecoderLMConfig(
+            d_model=16, n_heads=2, adaptive_cutoffs=[10, 50], adaptive_div_value=2.0, tie_embeddings=True
+        ),
     )
     softmax = model.adaptive_softmax
     assert [tuple(t.shape) for t in softmax.tables] == [(10, 16), (40, 8), (70, 4)]
@@ -121,7 +132,7 @@ def test_tied_embeddings_share_the_output_matrix() -> None:
 )
 def test_bad_settings_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        DecoderLM(VOCAB, d_model=16, n_heads=2, **kwargs)
+        DecoderLM(VOCAB, DecoderLMConfig(d_model=16, n_heads=2, **kwargs))
 
 
 def test_bad_inputs_are_named() -> None:
@@ -132,13 +143,15 @@ def test_bad_inputs_are_named() -> None:
         model(tokens(length=4), position_offset=5)
     with pytest.raises(ValueError, match="states"):
         model(tokens(length=4), states=[None])
-    adaptive = DecoderLM(VOCAB, d_model=16, n_heads=2, adaptive_cutoffs=[5])
+    adaptive = DecoderLM(VOCAB, DecoderLMConfig(d_model=16, n_heads=2, adaptive_cutoffs=[5]))
     with pytest.raises(ValueError, match="vocab_size"):
         adaptive(torch.tensor([[VOCAB]]))
 
 
 def test_adaptive_log_distribution_is_float32_and_normalised_under_bf16_autocast() -> None:
-    model = DecoderLM(120, d_model=16, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=[10, 50]).eval()
+    model = DecoderLM(
+        120, DecoderLMConfig(d_model=16, n_layers=1, n_heads=2, d_ff=24, adaptive_cutoffs=[10, 50])
+    ).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         log_probs = model.log_probs(model(tokens(length=5, vocab=120))[0])
     assert log_probs.dtype == torch.float32
@@ -147,7 +160,9 @@ def test_adaptive_log_distribution_is_float32_and_normalised_under_bf16_autocast
 
 def test_untied_adaptive_input_has_the_softmax_layout() -> None:
     """Untied (Transformer-XL's AdaptiveEmbedding): its own tables, projections only where h_i < d."""
-    model = DecoderLM(120, d_model=16, n_heads=2, adaptive_cutoffs=[10, 50], adaptive_div_value=2.0)
+    model = DecoderLM(
+        120, DecoderLMConfig(d_model=16, n_heads=2, adaptive_cutoffs=[10, 50], adaptive_div_value=2.0)
+    )
     embedding = model.adaptive_input
     assert [tuple(p.shape) for p in embedding.projections] == [(16, 8), (16, 4)]
     assert all(a is not b for a, b in zip(embedding.tables, model.adaptive_softmax.tables, strict=True))

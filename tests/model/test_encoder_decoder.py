@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from fwp.model import CrossBlockState, EncoderDecoder, reorder_states
+from fwp.model import CrossBlockState, EncoderDecoder, EncoderDecoderConfig, reorder_states
 from tests.model.model_cases import VOCAB, tokens
 
 ATTENTION_TRIPLES = {
@@ -22,7 +22,10 @@ def tiny_seq2seq(triple: tuple[str, str, str], **kwargs) -> EncoderDecoder:
     encoder, decoder, cross = triple
     options = {"d_model": 16, "n_encoder_layers": 2, "n_decoder_layers": 2, "n_heads": 2, "d_ff": 24} | kwargs
     model = EncoderDecoder(
-        VOCAB, encoder_attention=encoder, decoder_attention=decoder, cross_attention=cross, **options
+        VOCAB,
+        EncoderDecoderConfig(
+            encoder_attention=encoder, decoder_attention=decoder, cross_attention=cross, **options
+        ),
     )
     return model.double().eval()
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from fwp.model import DecoderLM
+from fwp.model import DecoderLM, DecoderLMConfig
 from fwp.model.adaptive import AdaptiveInput, AdaptiveLogSoftmax
 
 
 def build(init: str, **options) -> DecoderLM:
     torch.manual_seed(0)
     kwargs = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 256, "attention": "delta"}
-    return DecoderLM(3000, **kwargs, adaptive_cutoffs=[500, 1500], init=init, **options)
+    return DecoderLM(3000, DecoderLMConfig(**kwargs, adaptive_cutoffs=[500, 1500], init=init, **options))
 
 
 def assert_normal(tensor: torch.Tensor, mean: float, std: float) -> None:
@@ -61,4 +61,4 @@ def test_torch_init_keeps_the_module_defaults() -> None:
 
 def test_unknown_init_is_named() -> None:
     with pytest.raises(ValueError, match="init must be one of"):
-        DecoderLM(50, d_model=16, n_heads=2, init="xavier")
+        DecoderLM(50, DecoderLMConfig(d_model=16, n_heads=2, init="xavier"))

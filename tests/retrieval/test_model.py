@@ -97,3 +97,19 @@ def test_trainer_stops_after_eleven_evaluations_without_improvement():
         if should_stop:
             break
     assert evaluations - 1 == 11
+
+
+@pytest.mark.parametrize(("attention", "logged"), [("delta", True), ("softmax", False)])
+def test_training_logs_the_fast_weight_norm_of_a_fast_weight_memory(attention, logged, monkeypatch):
+    """``train/fast_weight_norm`` is the mean over the batch of ``‖W‖_F`` (``fwp.model.fast_weight_norm``,
+    the task no longer reads the state's layout); a softmax memory has none."""
+    model = RetrievalModel(num_keys=6, attention=attention, d_key=8)
+    batch = make_batch(6, 2, 3, torch.Generator().manual_seed(0), all_queries=True)
+    values: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(model, "log", lambda name, value, **kwargs: values.setdefault(name, value))
+    model.training_step(batch, 0)
+    assert ("train/fast_weight_norm" in values) == logged
+    if logged:
+        _, state = model(batch.keys, batch.values, batch.queries)
+        expected = state.W.flatten(1).norm(dim=1).mean()
+        torch.testing.assert_close(values["train/fast_weight_norm"], expected.detach())

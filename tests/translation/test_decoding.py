@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from fwp.model import EncoderDecoder
+from fwp.model import EncoderDecoder, EncoderDecoderConfig
 from fwp.model.beam_search import beam_search, greedy_decode, max_target_lengths, next_token_log_probs
 
 PAD, BOS, EOS = 0, 1, 2
@@ -43,7 +43,7 @@ def tiny_model(decoder: str = "delta", vocab_size: int = 11, **kwargs) -> Encode
         "cross_attention": cross,
         **kwargs,
     }
-    return EncoderDecoder(vocab_size, **options).double().eval()
+    return EncoderDecoder(vocab_size, EncoderDecoderConfig(**options)).double().eval()
 
 
 def sources(lengths: list[int], vocab_size: int = 11) -> tuple[Tensor, Tensor]:
