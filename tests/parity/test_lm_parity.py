@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from fwp.model.block import TransformerBlock
+from fwp.model import BlockConfig, TransformerBlock
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "lm"
 D_MODEL, N_HEAD, D_HEAD, D_INNER, T, B = 16, 2, 4, 12, 6, 2
@@ -254,9 +254,10 @@ def framework_qkv_weight(kind: Official, p) -> torch.Tensor:
 
 def framework_block(path: Path, kind: Official, p) -> TransformerBlock:
     model = yaml.safe_load(path.read_text())["model"]["init_args"]
-    block = TransformerBlock(
-        D_MODEL, N_HEAD, D_INNER, model["attention"], d_head=D_HEAD, dropout=0.0, norm=model["norm"]
-    ).double()
+    sizes = BlockConfig(
+        d_model=D_MODEL, n_heads=N_HEAD, d_ff=D_INNER, d_head=D_HEAD, dropout=0.0, norm=model["norm"]
+    )
+    block = TransformerBlock(sizes, model["attention"]).double()
     block.eval()
     attention = block.self_attention
     with torch.no_grad():
@@ -343,7 +344,7 @@ def test_carry_model_equals_the_official_model() -> None:
     """``MemTransformerLM`` (attn_type 24, ``--no_pos --carry_over_fast_weight``, tied adaptive input and
     softmax, div_val 1): embedding × √d_model, the layers, the adaptive softmax; two segments, the fast
     weights carried. The framework's model is built from ``wt103_small_delta_carry.yaml`` (sizes shrunk)."""
-    from fwp.model import DecoderLM
+    from fwp.model import DecoderLM, DecoderLMConfig
 
     path = CONF / "wt103_small_delta_carry.yaml"
     options = yaml.safe_load(path.read_text())["model"]["init_args"]
@@ -354,8 +355,7 @@ def test_carry_model_equals_the_official_model() -> None:
     bias = 0.5 * torch.randn(VOCAB, generator=generator, dtype=torch.float64)
     cluster_weight = 0.5 * torch.randn(len(CUTOFFS), D_MODEL, generator=generator, dtype=torch.float64)
     cluster_bias = 0.5 * torch.randn(len(CUTOFFS), generator=generator, dtype=torch.float64)
-    model = DecoderLM(
-        VOCAB,
+    config = DecoderLMConfig(
         d_model=D_MODEL,
         n_layers=N_LAYER,
         n_heads=N_HEAD,
@@ -369,7 +369,8 @@ def test_carry_model_equals_the_official_model() -> None:
         adaptive_cutoffs=CUTOFFS,
         adaptive_div_value=options["adaptive_div_value"],
         init=options["init"],
-    ).double()
+    )
+    model = DecoderLM(VOCAB, config).double()
     model.eval()
     for block, p in zip(model.stack.blocks, layers, strict=True):
         block.load_state_dict(framework_block(path, DELTA_NETWORK, p).state_dict())
