@@ -1,6 +1,6 @@
 """DDP on this machine's CPU, and a per-GPU memory model of the WikiText-103 language models.
 
-1. Throughput (``--throughput``): the tiny synthetic-corpus delta-rule LM (``conf/lm/synthetic_delta.yaml``,
+1. Throughput (``--throughput``): the tiny synthetic-corpus delta-rule LM (``conf/lm/synthetic.yaml``,
    2 layers, d_model 64) trained through the project CLI in fresh processes, tokens/s measured between
    the ends of training steps ``warmup`` and ``steps`` (process start-up, data preparation and the
    first steps excluded):
@@ -105,7 +105,7 @@ def run_once(configuration: dict, corpus: Path, directory: Path, steps: int, war
         str(REPO / "cli.py"),
         "fit",
         "--config",
-        str(REPO / "conf" / "lm" / "synthetic_delta.yaml"),
+        str(REPO / "conf" / "lm" / "synthetic.yaml"),
         "--trainer",
         str(trainer_file),
         "--data.init_args.data_dir",

@@ -3,11 +3,11 @@
 # environment and does not start processes itself. Run from the repository root.
 #
 # One node, 4 GPUs:
-#   scripts/torchrun_ddp.sh 4 conf/lm/wt103_small_delta.yaml
+#   scripts/torchrun_ddp.sh 4 conf/lm/wt103_small.yaml
 # Two nodes, 4 GPUs each (run on every node; MASTER_ADDR = the first node's address):
-#   NNODES=2 MASTER_ADDR=node01 scripts/torchrun_ddp.sh 4 conf/lm/wt103_small_delta.yaml
+#   NNODES=2 MASTER_ADDR=node01 scripts/torchrun_ddp.sh 4 conf/lm/wt103_small.yaml
 # CPU check (2 processes, gloo):
-#   PRESET=conf/trainer/ddp_cpu.yaml scripts/torchrun_ddp.sh 2 conf/retrieval/setting1_delta.yaml
+#   PRESET=conf/trainer/ddp_cpu.yaml scripts/torchrun_ddp.sh 2 conf/retrieval/setting1.yaml
 #
 # Extra arguments after the config are passed to `cli.py fit`. torchrun sends SIGTERM to the workers
 # when stopped: each saves <checkpoint dir>/preempted.ckpt at the end of its batch and exits cleanly;

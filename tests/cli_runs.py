@@ -12,20 +12,19 @@ import lightning as L
 import torch
 
 from fwp.training.cli import FwpCLI, main
+from tests.experiments import experiment_arguments
 
 REPO = Path(__file__).resolve().parents[1]
-RETRIEVAL = REPO / "conf" / "retrieval"
-LANGUAGE_MODELING = REPO / "conf" / "lm"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def retrieval_args(
     config: str = "setting1_delta", *extra: str, num_keys: int = 5, batch_size: int = 4
 ) -> list[str]:
-    """CLI arguments of a tiny retrieval run (S keys, small batches, quiet)."""
+    """CLI arguments of a tiny retrieval run of the experiment ``config`` of conf/README.md (S keys,
+    small batches, quiet)."""
     return [
-        "--config",
-        str(RETRIEVAL / f"{config}.yaml"),
+        *experiment_arguments(config),
         "--data.init_args.num_keys",
         str(num_keys),
         "--data.init_args.batch_size",
@@ -40,11 +39,11 @@ def retrieval_args(
 def lm_args(
     config: str, corpus: str | Path, *extra: str, batch_size: int = 4, segment_length: int = 16
 ) -> list[str]:
-    """CLI arguments of a small language-model run (``conf/lm/<config>.yaml``) on the corpus directory
-    ``corpus`` (batches of ``batch_size`` columns × ``segment_length`` tokens, quiet)."""
+    """CLI arguments of a small language-model run of the experiment ``config`` of conf/README.md (e.g.
+    ``lm_synthetic_delta``) on the corpus directory ``corpus`` (batches of ``batch_size`` columns ×
+    ``segment_length`` tokens, quiet)."""
     return [
-        "--config",
-        str(LANGUAGE_MODELING / f"{config}.yaml"),
+        *experiment_arguments(config),
         "--data.init_args.data_dir",
         str(corpus),
         "--data.init_args.batch_size",

@@ -1,9 +1,9 @@
 """Every ``conf/….yaml`` path the documentation or a config comment names exists.
 
 Scanned: README.md, BENCHMARKS.md, docs/*.md, conf/README.md (when present) and every YAML file under
-``conf/`` (whose comments show example commands). A path with a brace pattern (``conf/mt/synthetic_
-{delta,softmax}.yaml``) names each expansion; one with ``*`` must match at least one file; placeholders
-(``conf/....yaml``, ``conf/…yaml``) are not paths."""
+``conf/`` (whose comments show example commands). A path with a brace pattern
+(``conf/mt/wmt14_{base,big}.yaml``) names each expansion; one with ``*`` must match at least one file;
+placeholders (``conf/....yaml``, ``conf/…yaml``) are not paths."""
 
 from __future__ import annotations
 
@@ -52,9 +52,9 @@ def named_config_paths() -> list[tuple[str, str]]:
 
 
 def test_brace_expansion():
-    assert expand_braces("conf/mt/synthetic_{delta,softmax}.yaml") == [
-        "conf/mt/synthetic_delta.yaml",
-        "conf/mt/synthetic_softmax.yaml",
+    assert expand_braces("conf/mt/wmt14_{base,big}.yaml") == [
+        "conf/mt/wmt14_base.yaml",
+        "conf/mt/wmt14_big.yaml",
     ]
     assert expand_braces("conf/{a,b}/{c,d}.yaml") == [
         "conf/a/c.yaml",
@@ -67,7 +67,7 @@ def test_brace_expansion():
 def test_documents_name_config_paths():
     """The scan finds the paths it should (a broken pattern would make the check below vacuous)."""
     paths = {path for _, path in named_config_paths()}
-    assert {"conf/retrieval/setting1_delta.yaml", "conf/trainer/bf16.yaml"} <= paths
+    assert {"conf/retrieval/setting1.yaml", "conf/trainer/bf16.yaml"} <= paths
 
 
 @pytest.mark.parametrize(("where", "path"), named_config_paths(), ids=lambda value: value)

@@ -36,7 +36,7 @@ def test_a_user_error_exits_with_status_2(name):
         ENTRY_POINTS[name],
         "fit",
         "--config",
-        "conf/retrieval/setting1_delta.yaml",
+        "conf/retrieval/setting1.yaml",
         "--model.init_args.attention",
         "no_such_attention",
     )

@@ -1,8 +1,13 @@
-"""Capacity sweep of the retrieval task: a grid of attention configs × S values × seeds (the paper's
+"""Capacity sweep of the retrieval task: a grid of attention systems × S values × seeds (the paper's
 Figures 2 and 3).
 
-Every (config, S, seed) triple is one ``fit`` of the project CLI (``--seed_everything`` and the data seed
-set to the seed; seeds are 1..N, the official code used 1), run in worker processes. Files under
+Each system is a config composition ``BASE.yaml[+OVERLAY.yaml][+key=value]...``: the YAML files are
+given to ``fit`` as successive ``--config`` options and each ``key=value`` as the option ``--key=value``,
+in that order (a later part wins), e.g. ``conf/retrieval/setting1.yaml+model.attention=linear`` or
+``conf/retrieval/setting2.yaml+conf/retrieval/fwm.yaml``. A part cannot contain ``+``.
+
+Every (composition, S, seed) triple is one ``fit`` of the project CLI (``--seed_everything`` and the data
+seed set to the seed; seeds are 1..N, the official code used 1), run in worker processes. Files under
 ``--output``:
 
 - ``results.csv``: one row per run, appended (and flushed) as soon as the run ends: the system, the
@@ -13,13 +18,14 @@ set to the seed; seeds are 1..N, the official code used 1), run in worker proces
 - ``summary.csv``: per (config, S), the mean and sample standard deviation of the final loss over seeds.
 - ``final_eval_loss.png`` / ``.pdf``: final loss vs S (mean ± std), one line per system; and the same
   image in TensorBoard under ``tensorboard/`` (tag ``sweep/final_eval_loss``).
-- ``runs/<config>_S<S>_seed<seed>/version_N``: each run's TensorBoard logs and checkpoints.
+- ``runs/<name>_S<S>_seed<seed>/version_N``: each run's TensorBoard logs and checkpoints, ``<name>``
+  the composition's file stems and overrides joined by ``+`` (``run_name``).
 
 Arguments the sweep does not know (``--key value``) are passed to every run's ``fit``:
 
-    python -m tasks.retrieval.sweep --configs conf/retrieval/setting1_linear.yaml \\
-        conf/retrieval/setting1_dpfp1.yaml --num_keys 20 40 80 --seeds 3 --output runs/sweep \\
-        --trainer.max_steps 20000
+    python -m tasks.retrieval.sweep --configs conf/retrieval/setting1.yaml+model.attention=linear \\
+        "conf/retrieval/setting1.yaml+model.attention={name: dpfp, nu: 1}" --num_keys 20 40 80 \\
+        --seeds 3 --output runs/sweep --trainer.max_steps 20000
 """
 
 from __future__ import annotations
@@ -28,14 +34,61 @@ import argparse
 import csv
 import multiprocessing
 import os
+import re
 import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fwp.attention import AttentionCore
 
 RESULTS_FILE, SUMMARY_FILE, PLOT_STEM = "results.csv", "summary.csv", "final_eval_loss"
 STOP_REASONS = ("threshold", "patience", "max_steps", "end_of_data", "non_finite")
+OVERRIDE = re.compile(r"(?P<key>[A-Za-z_][\w.]*)=(?P<value>.*)", re.DOTALL)
+
+
+def composition_parts(composition: str) -> list[tuple[str, str]]:
+    """The parts of ``BASE.yaml[+OVERLAY.yaml][+key=value]...`` in order, each ``("config", path)``
+    (normalised) or ``("override", "key=value")``; the first part must be a file. A missing file is a
+    ``FileNotFoundError`` naming it."""
+    parts = []
+    for index, part in enumerate(composition.split("+")):
+        if index > 0 and OVERRIDE.fullmatch(part):
+            parts.append(("override", part))
+        elif Path(part).is_file():
+            parts.append(("config", os.path.normpath(part)))
+        else:
+            raise FileNotFoundError(f"sweep: config file not found: {part} (in --configs {composition})")
+    return parts
+
+
+def composition_arguments(composition: str) -> list[str]:
+    """The ``fit`` options of a composition: ``--config FILE`` per file, ``--key=value`` per override."""
+    arguments = []
+    for kind, part in composition_parts(composition):
+        arguments += ["--config", part] if kind == "config" else [f"--{part}"]
+    return arguments
+
+
+def normalized_composition(composition: str) -> str:
+    """The composition with normalised file paths: the ``config`` column of ``results.csv``."""
+    return "+".join(part for _, part in composition_parts(composition))
+
+
+def run_name(composition: str) -> str:
+    """A file-name-safe name of a composition: file stems and overrides (last key component, value with
+    punctuation runs as ``_``) joined by ``+``, e.g. ``setting1+attention=name_dpfp_nu_1``."""
+    names = []
+    for kind, part in composition_parts(composition):
+        if kind == "config":
+            names.append(Path(part).stem)
+        else:
+            key, value = OVERRIDE.fullmatch(part).group("key", "value")
+            names.append(f"{key.rsplit('.', 1)[-1]}={re.sub(r'[^A-Za-z0-9.-]+', '_', value).strip('_')}")
+    return "+".join(names)
 
 
 @dataclass(frozen=True)
@@ -85,15 +138,8 @@ class Result:
 CSV_FIELDS = tuple(f.name for f in fields(Result))
 
 
-def system_label(config: str) -> str:
-    """The attention system of a retrieval config in words, e.g. ``DPFP ν=2, delta rule``."""
-    import yaml
-
-    from fwp.attention import build_attention
-
-    model = (yaml.safe_load(Path(config).read_text()) or {}).get("model") or {}
-    options = model.get("init_args") or {}
-    core = build_attention(options.get("attention", "delta"), options.get("d_key", 64))
+def system_label(core: AttentionCore) -> str:
+    """The attention system of a retrieval model's attention core in words, e.g. ``DPFP ν=2, delta rule``."""
     if not core.is_fast_weight:
         return "Softmax"
     feature_map = getattr(core, "feature_map", "?")
@@ -130,10 +176,10 @@ def run_job(job: Job) -> Result:
     from fwp.training.cli import main
 
     torch.set_num_threads(job.threads)
-    name = f"{Path(job.config).stem}_S{job.num_keys}_seed{job.seed}"
+    name = f"{run_name(job.config)}_S{job.num_keys}_seed{job.seed}"
     args = [
         "fit",
-        "--config", job.config,
+        *composition_arguments(job.config),
         "--data.init_args.num_keys", str(job.num_keys),
         "--data.init_args.seed", str(job.seed),
         "--seed_everything", str(job.seed),
@@ -149,7 +195,7 @@ def run_job(job: Job) -> Result:
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     final = trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     return Result(
-        system=system_label(job.config),
+        system=system_label(cli.model.attention),
         config=job.config,
         num_keys=job.num_keys,
         seed=job.seed,
@@ -282,9 +328,7 @@ def run_sweep(
     """Run the grid's missing runs with ``workers`` processes, appending each result to
     ``results.csv`` as it ends; then write the summary, the plots and the TensorBoard image.
     Returns every result of the grid (earlier ones included)."""
-    for config in configs:
-        if not Path(config).is_file():
-            raise FileNotFoundError(f"sweep: config file not found: {config}")
+    configs = [normalized_composition(config) for config in configs]
     if any(s < 1 for s in num_keys):
         raise ValueError(f"sweep: every --num_keys must be >= 1, got {list(num_keys)}")
     if seeds < 1 or workers < 1:
@@ -294,7 +338,7 @@ def run_sweep(
     done = {r.key: r for r in read_results(results_path)}
     threads = threads_per_worker(workers)
     grid = [
-        Job(os.path.normpath(c), s, seed, tuple(overrides), str(output), threads)
+        Job(c, s, seed, tuple(overrides), str(output), threads)
         for c in configs
         for s in num_keys
         for seed in range(1, seeds + 1)
@@ -323,7 +367,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--configs", nargs="+", required=True, help="retrieval YAML configs (one line each)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        required=True,
+        help="config compositions BASE.yaml[+OVERLAY.yaml][+key=value]... (one line each)",
+    )
     parser.add_argument("--num_keys", nargs="+", type=int, required=True, help="values of S")
     parser.add_argument("--seeds", type=int, default=1, help="runs per point, seeds 1..N")
     parser.add_argument("--output", type=Path, default=Path("runs/sweep"))

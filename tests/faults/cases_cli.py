@@ -13,7 +13,7 @@ import torch
 from tests.faults.cases_data import config
 from tests.faults.cli_run import Fault
 
-RETRIEVAL = ["--config", "conf/retrieval/setting1_delta.yaml", "--data.init_args.num_keys", "5"]
+RETRIEVAL = ["--config", "conf/retrieval/setting1.yaml", "--data.init_args.num_keys", "5"]
 FAST = ["--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false"]
 RETRIEVAL_HPARAMS = {
     "_class_path": "tasks.retrieval.module.RetrievalModel",

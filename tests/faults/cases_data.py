@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tests.faults.cli_run import Fault
 
-LM = ["--config", "conf/lm/synthetic_delta.yaml", "--trainer.fast_dev_run", "1"]
-MT = ["--config", "conf/mt/synthetic_delta.yaml", "--trainer.fast_dev_run", "1"]
+LM = ["--config", "conf/lm/synthetic.yaml", "--trainer.fast_dev_run", "1"]
+MT = ["--config", "conf/mt/synthetic.yaml", "--trainer.fast_dev_run", "1"]
 SENTENCES = [
     "the cat sleeps on the mat .",
     "a dog runs in the park .",
@@ -167,7 +167,7 @@ CASES: list[Fault] = [
     Fault(
         "retrieval-no-keys",
         lambda t: [
-            *config(["fit", "--config", "conf/retrieval/setting1_delta.yaml"]),
+            *config(["fit", "--config", "conf/retrieval/setting1.yaml"]),
             "--data.init_args.num_keys",
             "0",
         ],

@@ -14,7 +14,7 @@ import torch
 from tests.faults.cases_data import config, write_lm_corpus
 from tests.faults.cli_run import Fault
 
-LM_FIT = ["fit", "--config", "conf/lm/synthetic_delta.yaml", "--trainer.fast_dev_run", "1"]
+LM_FIT = ["fit", "--config", "conf/lm/synthetic.yaml", "--trainer.fast_dev_run", "1"]
 
 
 def lm_fit_with_attention(tmp_path: Path, attention: str) -> list[str]:

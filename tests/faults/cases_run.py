@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.faults.cases_data import config, write_lm_corpus
 from tests.faults.cli_run import Fault
 
-LM_PREDICT = ["predict", "--config", "conf/lm/synthetic_delta.yaml"]
+LM_PREDICT = ["predict", "--config", "conf/lm/synthetic.yaml"]
 LEARNED_POSITIONS = [
     "--model.init_args.carry_state", "false",
     "--model.init_args.positional", "learned",

@@ -19,7 +19,7 @@ def test_fit_checkpoint_reloads_through_the_cli(subcommand, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     corpus = write_synthetic_corpus(tmp_path / "corpus", train_lines=60, valid_lines=10, test_lines=10)
     common = [
-        "--config", str(CONF / "synthetic_delta.yaml"),
+        "--config", str(CONF / "synthetic.yaml"),
         "--data.init_args.data_dir", str(corpus),
         "--data.init_args.segment_length", "16",
         "--trainer.enable_progress_bar", "false",

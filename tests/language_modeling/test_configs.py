@@ -1,21 +1,20 @@
-"""conf/lm: every experiment runs one step through the CLI; the files hold the paper's settings."""
+"""The language-modelling experiments of conf/README.md: each runs one step through the CLI and holds
+the paper's settings (the table below: what each composition of conf/lm must resolve to)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-import yaml
 
 from fwp.attention import FastWeightAttention, build_attention
 from fwp.training.cli import main
 from tasks.language_modeling.data import SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.synthetic import write_synthetic_corpus
+from tests.experiments import documented_experiments, experiment_arguments, experiment_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "lm"
-EXPERIMENTS = sorted(CONF.glob("*.yaml"))
+EXPERIMENTS = sorted(name for name in documented_experiments() if name.startswith(("wt103_", "lm_")))
 DELTA = {"rule": "delta", "normalization": ["sum", "denominator"], "eps": 1e-5, "sum_eps": 0.0}
 SUM_RULE = {"rule": "sum", "normalization": "denominator", "eps": 1e-5, "scale": "scores"}
 FAVOR_LM = {"omega_draw": "transposed", "redraw": "train"}
@@ -54,15 +53,6 @@ TINY_MODEL = ["--model.init_args.n_layers=1", "--model.init_args.d_model=16", "-
 TINY_MODEL += ["--model.init_args.d_head=8", "--model.init_args.d_ff=16"]
 
 
-def load_experiment(path: Path) -> dict[str, Any]:
-    """The experiment's YAML with its ``trainer:``/``data:`` file references read in."""
-    config = yaml.safe_load(path.read_text())
-    for section in ("trainer", "data"):
-        if isinstance(config[section], str):
-            config[section] = yaml.safe_load((path.parent / config[section]).read_text())
-    return config
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_corpus(
@@ -71,17 +61,21 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_paper_experiment_has_a_config() -> None:
-    names = {path.stem for path in EXPERIMENTS}
     expected = {f"wt103_small_{name}" for name in ROWS} | {f"wt103_medium_{name}" for name in MEDIUM}
-    expected |= {"synthetic_delta", "synthetic_softmax"}
-    assert names == expected
+    expected |= {"lm_synthetic_delta", "lm_synthetic_softmax"}
+    assert set(EXPERIMENTS) == expected
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda path: path.stem)
-def test_config_runs_one_step(path: Path, corpus: Path, tmp_path: Path, monkeypatch, one_thread) -> None:
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_config_runs_one_step(name: str, corpus: Path, tmp_path: Path, monkeypatch, one_thread) -> None:
     monkeypatch.chdir(tmp_path)
-    model_args = load_experiment(path)["model"]["init_args"]
-    args = ["fit", "--config", str(path), "--trainer.fast_dev_run=1", f"--data.init_args.data_dir={corpus}"]
+    model_args = experiment_config(name)["model"]["init_args"]
+    args = [
+        "fit",
+        *experiment_arguments(name),
+        "--trainer.fast_dev_run=1",
+        f"--data.init_args.data_dir={corpus}",
+    ]
     args += ["--data.init_args.batch_size=2", "--data.init_args.segment_length=8"]
     args += ["--data.init_args.eval_batch_size=2", "--data.init_args.eval_segment_length=8", *TINY_MODEL]
     if model_args.get("adaptive_cutoffs"):
@@ -96,7 +90,7 @@ def test_config_runs_one_step(path: Path, corpus: Path, tmp_path: Path, monkeypa
 def test_sliding_evaluation_is_a_command_line_override(corpus: Path, tmp_path: Path, monkeypatch, one_thread):
     """The README's ``test ... --data.init_args.eval_mode sliding --data.init_args.eval_stride N``."""
     monkeypatch.chdir(tmp_path)
-    args = ["test", "--config", str(CONF / "synthetic_delta.yaml"), f"--data.init_args.data_dir={corpus}"]
+    args = ["test", *experiment_arguments("lm_synthetic_delta"), f"--data.init_args.data_dir={corpus}"]
     args += ["--data.init_args.eval_mode", "sliding", "--data.init_args.eval_stride", "16", *TINY_MODEL]
     cli = main([*args, "--trainer.limit_test_batches=2", "--trainer.logger=false"])
     assert isinstance(cli.datamodule.datasets["test"], SlidingWindowDataset)
@@ -111,13 +105,7 @@ def test_paper_test_protocol_is_the_default(name, test_dataset, corpus, tmp_path
     """``test`` of a paper config: sliding windows of stride 1 one at a time (non-carry), or one stream
     (carry); validation keeps ``eval_batch_size`` segments."""
     monkeypatch.chdir(tmp_path)
-    args = [
-        "test",
-        "--config",
-        str(CONF / f"{name}.yaml"),
-        f"--data.init_args.data_dir={corpus}",
-        *TINY_MODEL,
-    ]
+    args = ["test", *experiment_arguments(name), f"--data.init_args.data_dir={corpus}", *TINY_MODEL]
     args += ["--data.init_args.eval_segment_length=8", "--model.init_args.adaptive_cutoffs=[20, 40, 80]"]
     cli = main([*args, "--trainer.limit_test_batches=3", "--trainer.logger=false"])
     test = cli.datamodule.datasets["test"]
@@ -131,10 +119,10 @@ def test_paper_test_protocol_is_the_default(name, test_dataset, corpus, tmp_path
     assert isinstance(valid, SegmentDataset) and valid.num_columns == 10
 
 
-@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem.startswith("wt103")], ids=lambda p: p.stem)
-def test_wikitext_configs_hold_the_paper_settings(path: Path) -> None:
-    config = load_experiment(path)
-    size, name = path.stem.split("_", 2)[1:]
+@pytest.mark.parametrize("experiment", [name for name in EXPERIMENTS if name.startswith("wt103")])
+def test_wikitext_configs_hold_the_paper_settings(experiment: str) -> None:
+    config = experiment_config(experiment)
+    size, name = experiment.split("_", 2)[1:]
     paper = PAPER[size]
     model, trainer, data = config["model"]["init_args"], config["trainer"], config["data"]["init_args"]
     assert config["model"]["class_path"] == "tasks.language_modeling.module.LanguageModel"
@@ -154,7 +142,7 @@ def test_wikitext_configs_hold_the_paper_settings(path: Path) -> None:
     }
     assert {key: model[key] for key in expected_model} == expected_model
     carry = name in CARRY
-    assert model.get("carry_state", False) is carry
+    assert model["carry_state"] is carry
     assert model["positional"] == ("none" if carry else "sinusoidal")
     assert trainer["max_steps"] == paper["max_steps"] and trainer["gradient_clip_val"] == 0.25
     assert data["tokenizer"] == "word" and data["data_dir"] == "data/wikitext-103"

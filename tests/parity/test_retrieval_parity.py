@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from tasks.retrieval.generator import make_batch
 from tasks.retrieval.module import RetrievalModel
+from tests.experiments import documented_experiments, experiment_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "retrieval"
 D = 64  # the official hidden_size, the paper configs' d_key
 
 
@@ -166,8 +164,9 @@ def official_forward(
 
 
 def our_model(config: str, S: int, p: dict[str, torch.Tensor]) -> RetrievalModel:
-    """The config's model (as the CLI builds it) in float64 with the official parameters copied in."""
-    options = yaml.safe_load((CONF / f"{config}.yaml").read_text())["model"]["init_args"]
+    """The model of the experiment ``config`` of conf/README.md (its options as the CLI resolves them)
+    in float64 with the official parameters copied in."""
+    options = experiment_config(config)["model"]["init_args"]
     assert options["d_key"] == D
     model = RetrievalModel(num_keys=S, **options).double()
     with torch.no_grad():
@@ -180,7 +179,7 @@ def our_model(config: str, S: int, p: dict[str, torch.Tensor]) -> RetrievalModel
 
 
 def test_every_retrieval_config_has_an_official_counterpart():
-    configs = {path.stem for path in CONF.glob("setting*.yaml")}
+    configs = {name for name in documented_experiments() if name.startswith("setting")}
     assert configs == set(SYSTEMS)
 
 

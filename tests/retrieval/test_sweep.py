@@ -13,10 +13,25 @@ from fwp.training import cli
 from tasks.retrieval import sweep
 from tasks.retrieval.data import EVAL_STREAM, EvaluationBatch
 from tasks.retrieval.module import RetrievalModel, squared_error
-from tasks.retrieval.sweep import CSV_FIELDS, run_sweep, stop_reason, system_label
+from tasks.retrieval.sweep import (
+    CSV_FIELDS,
+    composition_arguments,
+    run_name,
+    run_sweep,
+    stop_reason,
+    system_label,
+)
+from tests.experiments import experiment_arguments
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "retrieval"
 TINY = ["--trainer.max_steps", "2", "--model.init_args.d_key", "8"]
+SETTING1, SETTING2 = str(CONF / "setting1.yaml"), str(CONF / "setting2.yaml")
+LINEAR = f"{SETTING1}+model.attention=linear"
+
+
+def built_model(arguments: list[str]) -> RetrievalModel:
+    """The model the CLI builds from ``arguments`` (nothing run)."""
+    return cli.main([*arguments, "--trainer.logger", "false"], run=False).model
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -25,12 +40,11 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_sweep_writes_rows_summary_plots_and_tensorboard_image(tmp_path):
-    configs = [str(CONF / "setting1_linear.yaml"), str(CONF / "setting1_delta.yaml")]
-    run_sweep(configs, [3, 5], tmp_path, seeds=2, overrides=TINY)
+    run_sweep([LINEAR, SETTING1], [3, 5], tmp_path, seeds=2, overrides=TINY)
     rows = read_rows(tmp_path / "results.csv")
     assert tuple(rows[0]) == CSV_FIELDS
-    assert {(Path(r["config"]).stem, int(r["num_keys"]), int(r["seed"])) for r in rows} == {
-        (name, s, seed) for name in ("setting1_linear", "setting1_delta") for s in (3, 5) for seed in (1, 2)
+    assert {(r["config"], int(r["num_keys"]), int(r["seed"])) for r in rows} == {
+        (config, s, seed) for config in (LINEAR, SETTING1) for s in (3, 5) for seed in (1, 2)
     }
     assert all(int(r["steps"]) == 2 and r["stop_reason"] == "max_steps" for r in rows)
     assert {r["overrides"] for r in rows} == {" ".join(TINY)}
@@ -41,7 +55,17 @@ def test_sweep_writes_rows_summary_plots_and_tensorboard_image(tmp_path):
         assert int(point["runs"]) == 2
         assert float(point["mean_final_eval_loss"]) == pytest.approx(sum(losses) / 2)
         assert float(point["std_final_eval_loss"]) == pytest.approx(abs(losses[0] - losses[1]) / 2**0.5)
-    assert {r["system"] for r in rows} == {"Linear (elu+1), sum rule", "DPFP ν=2, delta rule"}
+    assert {(r["config"], r["system"]) for r in rows} == {
+        (LINEAR, "Linear (elu+1), sum rule"),
+        (SETTING1, "DPFP ν=2, delta rule"),
+    }
+    runs = {path.name for path in (tmp_path / "runs").iterdir()}
+    assert runs == {
+        f"{name}_S{s}_seed{seed}"
+        for name in ("setting1+attention=linear", "setting1")
+        for s in (3, 5)
+        for seed in (1, 2)
+    }
     for suffix in (".png", ".pdf"):
         assert (tmp_path / f"final_eval_loss{suffix}").stat().st_size > 1000
     assert any((tmp_path / "tensorboard").iterdir())
@@ -59,7 +83,7 @@ def test_final_loss_is_the_trained_model_on_that_steps_evaluation_sequences(tmp_
         return result
 
     monkeypatch.setattr(cli, "main", keep_model)
-    (result,) = run_sweep([str(CONF / "setting1_linear.yaml")], [4], tmp_path, overrides=TINY)
+    (result,) = run_sweep([LINEAR], [4], tmp_path, overrides=TINY)
     model: RetrievalModel = models[0].eval()
     seed, step = 1, 2
     evaluation = EvaluationBatch(4, 1, 20, seed, EVAL_STREAM, lambda: step, max_queries=200, chunk=32)
@@ -71,7 +95,7 @@ def test_final_loss_is_the_trained_model_on_that_steps_evaluation_sequences(tmp_
 
 
 def test_a_rerun_skips_finished_runs_and_a_crash_keeps_earlier_rows(tmp_path, monkeypatch):
-    config = str(CONF / "setting1_linear.yaml")
+    config = LINEAR
     real_run_job = sweep.run_job
     calls = []
 
@@ -94,7 +118,10 @@ def test_a_rerun_skips_finished_runs_and_a_crash_keeps_earlier_rows(tmp_path, mo
 
 def test_overrides_reach_every_run(tmp_path):
     results = run_sweep(
-        [str(CONF / "setting2_dpfp_sum.yaml")], [3], tmp_path, overrides=["--trainer.max_steps", "3"]
+        [f"{SETTING2}+model.attention={{name: dpfp, nu: 1}}"],
+        [3],
+        tmp_path,
+        overrides=["--trainer.max_steps", "3"],
     )
     assert results[0].steps == 3
 
@@ -116,17 +143,35 @@ def test_stop_reason(reason, max_steps, step, expected):
 
 
 @pytest.mark.parametrize(
-    ("config", "label"),
+    ("name", "label"),
     [
-        ("setting1_softmax.yaml", "Softmax"),
-        ("setting1_favor128.yaml", "FAVOR+ m=128, sum rule"),
-        ("setting1_dpfp3.yaml", "DPFP ν=3, sum rule"),
-        ("setting2_dpfp_delta.yaml", "DPFP ν=1, delta rule"),
-        ("setting2_fwm.yaml", "tanh, FWM rule"),
+        ("setting1_softmax", "Softmax"),
+        ("setting1_favor128", "FAVOR+ m=128, sum rule"),
+        ("setting1_dpfp3", "DPFP ν=3, sum rule"),
+        ("setting2_dpfp_delta", "DPFP ν=1, delta rule"),
+        ("setting2_fwm", "tanh, FWM rule"),
     ],
 )
-def test_plot_labels_name_the_system(config, label):
-    assert system_label(str(CONF / config)) == label
+def test_plot_labels_name_the_system(name, label):
+    assert system_label(built_model(experiment_arguments(name)).attention) == label
+
+
+def test_a_composition_is_its_files_and_overrides_in_order(tmp_path):
+    """``BASE+OVERLAY+key=value`` runs ``fit`` with ``--config BASE --config OVERLAY --key=value`` (a
+    later part wins), and its run directory is named after every part."""
+    fwm = str(CONF / "fwm.yaml")
+    composition = f"{SETTING2}+{fwm}+model.attention={{name: dpfp, nu: 1}}"
+    assert composition_arguments(composition) == [
+        "--config", SETTING2, "--config", fwm, "--model.attention={name: dpfp, nu: 1}",
+    ]  # fmt: skip
+    assert run_name(composition) == "setting2+fwm+attention=name_dpfp_nu_1"
+    assert run_name(SETTING1) == "setting1"
+    model = built_model(composition_arguments(composition))
+    assert model.hparams.attention == {"name": "dpfp", "nu": 1} and model.hparams.lr == 0.0001
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
+        composition_arguments(f"{SETTING1}+{tmp_path / 'nope.yaml'}")
+    with pytest.raises(FileNotFoundError, match=r"model\.attention=linear"):
+        composition_arguments("model.attention=linear")  # the first part must be a file
 
 
 def test_runs_obey_omp_num_threads(monkeypatch):
@@ -141,6 +186,6 @@ def test_sweep_rejects_missing_config_and_bad_sizes(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         run_sweep([str(tmp_path / "nope.yaml")], [4], tmp_path)
     with pytest.raises(ValueError, match="num_keys"):
-        run_sweep([str(CONF / "setting1_linear.yaml")], [0], tmp_path)
+        run_sweep([LINEAR], [0], tmp_path)
     with pytest.raises(ValueError, match="seeds"):
-        run_sweep([str(CONF / "setting1_linear.yaml")], [4], tmp_path, seeds=0)
+        run_sweep([LINEAR], [4], tmp_path, seeds=0)

@@ -36,7 +36,7 @@ def model_options(values: dict) -> list[str]:
 def mt_args(directory: Path) -> list[str]:
     """A tiny translation model on a tiny generated corpus, logs under ``directory/runs``."""
     return [
-        "--config", str(CONF / "mt" / "synthetic_delta.yaml"),
+        "--config", str(CONF / "mt" / "synthetic.yaml"),
         "--data.init_args.data_dir", str(directory / "corpus"),
         "--data.init_args.bpe_vocab_size", "300",
         "--model.init_args.d_model", "32",
@@ -48,7 +48,7 @@ def mt_args(directory: Path) -> list[str]:
 
 def lm_args(directory: Path) -> list[str]:
     return [
-        "--config", str(CONF / "lm" / "synthetic_delta.yaml"),
+        "--config", str(CONF / "lm" / "synthetic.yaml"),
         "--data.init_args.data_dir", str(directory / "corpus"),
         "--data.init_args.segment_length", "16",
         "--trainer.logger.init_args.save_dir", str(directory / "runs"),
@@ -188,7 +188,7 @@ def test_vocabulary_from_the_data_must_match_the_checkpoint(mt_run, capsys):
 def test_checkpoint_of_another_task_is_an_error_naming_both_classes(lm_run, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _, checkpoint = lm_run
-    retrieval = ["--config", str(CONF / "retrieval" / "setting1_delta.yaml"), *QUIET]
+    retrieval = ["--config", str(CONF / "retrieval" / "setting1.yaml"), *QUIET]
     with pytest.raises(SystemExit) as exit_info:
         main(["test", *retrieval, "--ckpt_path", str(checkpoint)])
     assert exit_info.value.code == 2

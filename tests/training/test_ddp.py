@@ -123,7 +123,7 @@ def sliding_single(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sliding")
     corpus = write_synthetic_corpus(directory / "corpus", train_lines=40, valid_lines=6, test_lines=1)
     args = [*SLIDING, *TINY_LM, "--trainer.logger", "false", "--trainer.default_root_dir", str(directory)]
-    return main(["validate", *lm_args("synthetic_delta", corpus, *args)]), corpus
+    return main(["validate", *lm_args("lm_synthetic_delta", corpus, *args)]), corpus
 
 
 def ddp_sliding_loss(corpus, directory) -> float:
@@ -131,7 +131,7 @@ def ddp_sliding_loss(corpus, directory) -> float:
     args = [*SLIDING, *TINY_LM, "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     args += ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]
     args += ["--trainer.logger.init_args.save_dir", str(directory)]
-    result = run_cli_process(["validate", *lm_args("synthetic_delta", corpus, *args)], cwd=directory)
+    result = run_cli_process(["validate", *lm_args("lm_synthetic_delta", corpus, *args)], cwd=directory)
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics,) = directory.glob("*/version_0/metrics.csv")
     with open(metrics, newline="") as rows:

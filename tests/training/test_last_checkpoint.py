@@ -25,7 +25,7 @@ def retrieval_fit(runs: Path, max_steps: int) -> list[str]:
     """A tiny retrieval ``fit`` evaluating (and checkpointing, with ``last.ckpt``) every 4 steps."""
     return [
         "fit",
-        "--config", str(CONF / "retrieval" / "setting1_delta.yaml"),
+        "--config", str(CONF / "retrieval" / "setting1.yaml"),
         "--data.init_args.num_keys", "5",
         "--data.init_args.batch_size", "4",
         "--trainer.max_steps", str(max_steps),

@@ -40,15 +40,15 @@ def task_args(task: str, tmp_path: Path) -> list[str]:
     """CLI arguments of a tiny run of ``task`` (small data written under ``tmp_path``)."""
     if task == "retrieval":
         data = ["--data.init_args.num_keys", "5", "--data.init_args.batch_size", "4"]
-        return ["--config", str(REPO / "conf/retrieval/setting1_delta.yaml"), *data]
+        return ["--config", str(REPO / "conf/retrieval/setting1.yaml"), *data]
     if task == "language_modeling":
         corpus = write_synthetic_corpus(tmp_path / "lm", train_lines=60, valid_lines=12, test_lines=12)
         data = ["--data.init_args.data_dir", str(corpus), "--data.init_args.batch_size", "4"]
         sizes = ["--data.init_args.segment_length", "16", "--model.init_args.max_new_tokens", "5"]
-        return ["--config", str(REPO / "conf/lm/synthetic_delta.yaml"), *data, *sizes]
+        return ["--config", str(REPO / "conf/lm/synthetic.yaml"), *data, *sizes]
     corpus = write_synthetic_parallel_corpus(tmp_path / "mt", n_train=300, n_valid=20, n_test=12)
     data = ["--data.init_args.data_dir", str(corpus), "--data.init_args.bpe_vocab_size", "300"]
-    return ["--config", str(REPO / "conf/mt/synthetic_delta.yaml"), *data, "--model.init_args.beam_size", "1"]
+    return ["--config", str(REPO / "conf/mt/synthetic.yaml"), *data, "--model.init_args.beam_size", "1"]
 
 
 def events(log_dir: Path) -> EventAccumulator:
@@ -164,7 +164,7 @@ def test_the_slurm_preset_turns_the_progress_bar_off(capsys) -> None:
     """A 24 h job's --output file grew by one progress-bar line per step."""
     preset = REPO / "conf" / "trainer" / "slurm_multinode.yaml"
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(REPO / "conf/lm/wt103_small_delta.yaml"), "--trainer", str(preset),
+        main(["fit", "--config", str(REPO / "conf/lm/wt103_small.yaml"), "--trainer", str(preset),
               "--print_config"])  # fmt: skip
     assert yaml.safe_load(capsys.readouterr().out)["trainer"]["enable_progress_bar"] is False
     assert "--trainer conf/trainer/slurm_multinode.yaml" in (REPO / "scripts/slurm_train.sbatch").read_text()

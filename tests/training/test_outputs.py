@@ -16,7 +16,7 @@ def test_lm_predict_prints_only_its_samples_on_stdout(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     corpus = write_synthetic_corpus(tmp_path / "lm", train_lines=40, valid_lines=8, test_lines=8)
     cli = main([
-        "predict", "--config", str(REPO / "conf/lm/synthetic_delta.yaml"),
+        "predict", "--config", str(REPO / "conf/lm/synthetic.yaml"),
         "--data.init_args.data_dir", str(corpus), "--data.init_args.segment_length", "16",
         "--model.init_args.num_samples", "3", "--model.init_args.max_new_tokens", "4",
         "--trainer.enable_progress_bar", "true",

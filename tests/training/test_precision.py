@@ -40,7 +40,7 @@ def corpus(tmp_path_factory):
 def train(corpus, precision: str) -> tuple[dict[int, float], set[torch.dtype]]:
     recorder, types = LossRecorder(), LinearOutputTypes()
     args = lm_args(
-        "synthetic_delta",
+        "lm_synthetic_delta",
         corpus,
         "--trainer.max_steps",
         str(STEPS),

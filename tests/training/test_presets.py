@@ -12,9 +12,9 @@ from fwp.training.cli import main
 
 PRESETS = sorted((REPO / "conf" / "trainer").glob("*.yaml"))
 TASKS = {
-    "retrieval": REPO / "conf" / "retrieval" / "setting1_delta.yaml",
-    "translation": REPO / "conf" / "mt" / "wmt14_big_delta.yaml",
-    "language_modeling": REPO / "conf" / "lm" / "wt103_small_delta.yaml",
+    "retrieval": REPO / "conf" / "retrieval" / "setting1.yaml",
+    "translation": REPO / "conf" / "mt" / "wmt14_big.yaml",
+    "language_modeling": REPO / "conf" / "lm" / "wt103_small.yaml",
 }
 
 

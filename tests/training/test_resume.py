@@ -40,7 +40,7 @@ def retrieval(directory) -> list[str]:
     return retrieval_args("setting1_favor64", *run_options(directory))
 
 
-def language_model(directory, config: str = "synthetic_softmax") -> list[str]:
+def language_model(directory, config: str = "lm_synthetic_softmax") -> list[str]:
     corpus = directory.parent / "corpus"
     if not corpus.exists():
         write_synthetic_corpus(corpus, train_lines=200, valid_lines=20, test_lines=1)
@@ -58,7 +58,7 @@ def language_model(directory, config: str = "synthetic_softmax") -> list[str]:
 TASKS = {
     "retrieval_favor": retrieval,
     "lm_dropout": language_model,
-    "lm_carry": partial(language_model, config="synthetic_delta"),
+    "lm_carry": partial(language_model, config="lm_synthetic_delta"),
 }
 
 
@@ -114,7 +114,7 @@ def test_resume_at_the_end_of_an_epoch_starts_the_next_one(tmp_path):
         options += ["--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1"]
         options += ["--trainer.logger.init_args.save_dir", str(tmp_path / name)]
         losses, batches = LossRecorder(), BatchRecorder()
-        cli = build(lm_args("synthetic_softmax", corpus, *options), losses, batches, *callbacks)
+        cli = build(lm_args("lm_synthetic_softmax", corpus, *options), losses, batches, *callbacks)
         trainer = fit(cli, ckpt_path)
         return trainer, losses.losses, batches.batches
 

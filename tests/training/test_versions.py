@@ -64,7 +64,7 @@ def test_the_cli_run_does_not_enter_a_version_another_run_just_created(tmp_path,
     monkeypatch.setattr("fwp.training.cli.existing_versions", lambda root: [])
     arguments = [
         "fit",
-        "--config", str(CONF / "retrieval" / "setting1_delta.yaml"),
+        "--config", str(CONF / "retrieval" / "setting1.yaml"),
         "--data.init_args.num_keys", "5",
         "--trainer.max_steps", "1",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from tests.experiments import experiment_config
 
-import yaml
-
-CONF = Path(__file__).resolve().parents[2] / "conf" / "mt"
 # fairseq examples/scaling_nmt: transformer_vaswani_wmt_en_de_big, --max-tokens 3584 on 8 GPUs, no
 # --update-freq: 8 × 3584 tokens per update, counted B × max(S, T) as our max_tokens now is.
 FAIRSEQ_GPUS, FAIRSEQ_MAX_TOKENS, FAIRSEQ_UPDATE_FREQ = 8, 3584, 1
 
 
 def test_wmt14_tokens_per_optimiser_step_equal_the_fairseq_recipe_on_one_device():
-    data = yaml.safe_load((CONF / "data" / "wmt14_en_de.yaml").read_text())["init_args"]
-    trainer = yaml.safe_load((CONF / "trainer" / "wmt14.yaml").read_text())
-    one_device = 1 * trainer["accumulate_grad_batches"] * data["max_tokens"]
-    assert one_device == FAIRSEQ_GPUS * FAIRSEQ_UPDATE_FREQ * FAIRSEQ_MAX_TOKENS
     for name in ("wmt14_base_delta", "wmt14_big_delta", "wmt14_big_softmax"):
-        config = yaml.safe_load((CONF / f"{name}.yaml").read_text())
-        assert (config["trainer"], config["data"]) == ("trainer/wmt14.yaml", "data/wmt14_en_de.yaml")
+        config = experiment_config(name)
+        data, trainer = config["data"]["init_args"], config["trainer"]
+        one_device = 1 * trainer["accumulate_grad_batches"] * data["max_tokens"]
+        assert one_device == FAIRSEQ_GPUS * FAIRSEQ_UPDATE_FREQ * FAIRSEQ_MAX_TOKENS

@@ -1,48 +1,38 @@
-"""Every ``conf/mt/*.yaml`` parses with the project CLI; the synthetic ones train one step."""
+"""The translation experiments of conf/README.md resolve to the intended settings; the synthetic ones
+train one step."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fwp.training.cli import main
 from tasks.translation.synthetic import write_synthetic_parallel_corpus
+from tests.experiments import documented_experiments, experiment_arguments, experiment_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "mt"
-CONFIGS = sorted(CONF.glob("*.yaml"))
+EXPERIMENTS = sorted(name for name in documented_experiments() if name.startswith(("wmt14_", "mt_")))
 PRESETS = ("softmax", "linear", "performer", "dpfp", "delta")
 SIZES = {"big": (1024, 16, 4096), "base": (512, 8, 2048)}
 
 
-def parsed_config(path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
-    """The full configuration the CLI resolves from ``path`` (``--print_config``: parse and validate
-    against the classes' signatures, instantiate nothing)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(path), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    return yaml.safe_load(capsys.readouterr().out)
-
-
-def test_the_expected_configs_exist() -> None:
-    names = {path.stem for path in CONFIGS}
+def test_the_expected_experiments_exist() -> None:
     expected = {f"wmt14_{size}_{preset}" for size in SIZES for preset in PRESETS}
-    assert expected | {"synthetic_delta", "synthetic_softmax"} == names
+    assert expected | {"mt_synthetic_delta", "mt_synthetic_softmax"} == set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
-def test_config_parses(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = parsed_config(path, capsys)
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_config_holds_its_settings(name: str) -> None:
+    config = experiment_config(name)
     model = config["model"]["init_args"]
     assert config["model"]["class_path"] == "tasks.translation.module.TranslationModel"
     assert config["data"]["class_path"] == "tasks.translation.data.TranslationDataModule"
     assert model["cross_attention"] == "softmax"
-    preset = path.stem.rsplit("_", 1)[1]
+    preset = name.rsplit("_", 1)[1]
     decoder = model["decoder_attention"]
     assert (decoder if isinstance(decoder, str) else decoder["name"]) == preset
-    if path.stem.startswith("wmt14_"):
-        d_model, n_heads, d_ff = SIZES[path.stem.split("_")[1]]
+    if name.startswith("wmt14_"):
+        d_model, n_heads, d_ff = SIZES[name.split("_")[1]]
         assert (model["d_model"], model["n_heads"], model["d_ff"]) == (d_model, n_heads, d_ff)
         assert (model["n_encoder_layers"], model["n_decoder_layers"]) == (6, 6)
         assert model["activation_dropout"] == 0.0  # fairseq's transformer_wmt_en_de(_big)
@@ -62,7 +52,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.mark.parametrize("name", ["synthetic_delta", "synthetic_softmax"])
+@pytest.mark.parametrize("name", ["mt_synthetic_delta", "mt_synthetic_softmax"])
 def test_synthetic_config_trains_one_step_and_scores_bleu(
     name: str, small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,7 +69,7 @@ def test_synthetic_config_trains_one_step_and_scores_bleu(
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
-    cli = main(["fit", "--config", str(CONF / f"{name}.yaml"), *overrides])
+    cli = main(["fit", *experiment_arguments(name), *overrides])
     assert cli.trainer.global_step == 1
     assert "valid/sacrebleu" in cli.trainer.callback_metrics
     assert "valid/bleu_moses" in cli.trainer.callback_metrics  # the synthetic target is no Moses language

@@ -101,7 +101,7 @@ def test_a_predict_output_that_cannot_be_a_file_is_refused_at_construction(tmp_p
 
 
 def test_the_embedded_default_learns_the_synthetic_corpus(corpus: Path, tmp_path: Path) -> None:
-    """``conf/mt/synthetic_delta.yaml`` with fewer steps: BLEU (greedy, 60 validation sentences) must
+    """``conf/mt/synthetic.yaml`` with fewer steps: BLEU (greedy, 60 validation sentences) must
     rise from below the threshold (untrained) to above it; BLEU is computed every second validation."""
     overrides = [
         f"--data.init_args.data_dir={corpus}",
@@ -118,7 +118,7 @@ def test_the_embedded_default_learns_the_synthetic_corpus(corpus: Path, tmp_path
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
-    cli = main(["--config", str(CONF / "synthetic_delta.yaml"), *overrides], run=False)
+    cli = main(["--config", str(CONF / "synthetic.yaml"), *overrides], run=False)
     untrained = quiet_trainer().validate(cli.model, cli.datamodule, verbose=False)[0]["valid/sacrebleu"]
 
     bleu_after_validation = []
