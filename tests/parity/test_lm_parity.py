@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from fwp.model import BlockConfig, TransformerBlock
+from tests.experiments import documented_experiments, experiment_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "lm"
 D_MODEL, N_HEAD, D_HEAD, D_INNER, T, B = 16, 2, 4, 12, 6, 2
 EPS = 1e-5  # the official layers' eps
 
@@ -65,15 +63,17 @@ OFFICIAL = {
     "delta_denominator_write": Official(44, "elu", "delta", normalized_write=True),
 }
 NOT_OFFICIAL = {"dpfp_sumnorm"}  # ablations without an official layer
-CONFIGS = sorted(CONF.glob("wt103_*.yaml"))
+CARRY_EXPERIMENT = "wt103_small_delta_carry"
+CONFIGS = sorted(name for name in documented_experiments() if name.startswith("wt103_"))
 
 
-def experiment_name(path: Path) -> str:
-    return path.stem.split("_", 2)[2]
+def experiment_name(config: str) -> str:
+    """The paper row of a WikiText-103 experiment of conf/README.md: ``wt103_small_delta`` → ``delta``."""
+    return config.split("_", 2)[2]
 
 
 def test_every_wikitext_config_is_checked_or_declared_unofficial() -> None:
-    names = {experiment_name(path) for path in CONFIGS}
+    names = {experiment_name(config) for config in CONFIGS}
     assert names == set(OFFICIAL) | NOT_OFFICIAL
 
 
@@ -252,8 +252,8 @@ def framework_qkv_weight(kind: Official, p) -> torch.Tensor:
     return torch.cat(heads)
 
 
-def framework_block(path: Path, kind: Official, p) -> TransformerBlock:
-    model = yaml.safe_load(path.read_text())["model"]["init_args"]
+def framework_block(config: str, kind: Official, p) -> TransformerBlock:
+    model = experiment_config(config)["model"]["init_args"]
     sizes = BlockConfig(
         d_model=D_MODEL, n_heads=N_HEAD, d_ff=D_INNER, d_head=D_HEAD, dropout=0.0, norm=model["norm"]
     )
@@ -276,15 +276,15 @@ def framework_block(path: Path, kind: Official, p) -> TransformerBlock:
     return block
 
 
-OFFICIAL_CONFIGS = [path for path in CONFIGS if experiment_name(path) in OFFICIAL]
+OFFICIAL_CONFIGS = [config for config in CONFIGS if experiment_name(config) in OFFICIAL]
 
 
-@pytest.mark.parametrize("path", OFFICIAL_CONFIGS, ids=lambda path: path.stem)
-def test_config_layer_equals_the_official_layer(path: Path) -> None:
-    kind = OFFICIAL[experiment_name(path)]
+@pytest.mark.parametrize("config", OFFICIAL_CONFIGS)
+def test_config_layer_equals_the_official_layer(config: str) -> None:
+    kind = OFFICIAL[experiment_name(config)]
     generator = torch.Generator().manual_seed(0)
     p = official_parameters(kind, generator)
-    block = framework_block(path, kind, p)
+    block = framework_block(config, kind, p)
     x = torch.randn(B, 2 * T, D_MODEL, generator=generator, dtype=torch.float64)
     segments = [x] if kind.matrix_form else [x[:, :T], x[:, T:]]
     mems, state = None, None
@@ -303,10 +303,9 @@ def test_config_layer_equals_the_official_layer(path: Path) -> None:
 
 def test_the_parity_check_sees_a_wrong_normalisation() -> None:
     """The check is sharp: the Delta Network config's block without the denominator differs."""
-    path = CONF / "wt103_small_delta.yaml"
     generator = torch.Generator().manual_seed(0)
     p = official_parameters(DELTA_NETWORK, generator)
-    block = framework_block(path, DELTA_NETWORK, p)
+    block = framework_block("wt103_small_delta", DELTA_NETWORK, p)
     x = torch.randn(B, T, D_MODEL, generator=generator, dtype=torch.float64)
     expected, _ = official_decoder_layer(
         Official(24, "elu", "delta", normalize_attn=False), x.transpose(0, 1), p
@@ -343,11 +342,11 @@ def official_log_probs(hidden, target, weight, bias, cluster_weight, cluster_bia
 def test_carry_model_equals_the_official_model() -> None:
     """``MemTransformerLM`` (attn_type 24, ``--no_pos --carry_over_fast_weight``, tied adaptive input and
     softmax, div_val 1): embedding × √d_model, the layers, the adaptive softmax; two segments, the fast
-    weights carried. The framework's model is built from ``wt103_small_delta_carry.yaml`` (sizes shrunk)."""
+    weights carried. The framework's model is built from the experiment ``CARRY_EXPERIMENT`` of
+    conf/README.md (sizes shrunk)."""
     from fwp.model import DecoderLM, DecoderLMConfig
 
-    path = CONF / "wt103_small_delta_carry.yaml"
-    options = yaml.safe_load(path.read_text())["model"]["init_args"]
+    options = experiment_config(CARRY_EXPERIMENT)["model"]["init_args"]
     assert options["positional"] == "none" and options["tie_embeddings"] and options["carry_state"]
     generator = torch.Generator().manual_seed(1)
     layers = [official_parameters(DELTA_NETWORK, generator) for _ in range(N_LAYER)]
@@ -373,7 +372,7 @@ def test_carry_model_equals_the_official_model() -> None:
     model = DecoderLM(VOCAB, config).double()
     model.eval()
     for block, p in zip(model.stack.blocks, layers, strict=True):
-        block.load_state_dict(framework_block(path, DELTA_NETWORK, p).state_dict())
+        block.load_state_dict(framework_block(CARRY_EXPERIMENT, DELTA_NETWORK, p).state_dict())
     softmax = model.adaptive_softmax
     with torch.no_grad():
         for table, b, low, high in zip(
