@@ -34,6 +34,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
@@ -64,6 +65,7 @@ DATA_TO_MODEL_LINKS = (
 )
 
 USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
+UNION_MISMATCH = "Does not validate against any of the Union subtypes"
 
 
 class RunDirectoryError(ValueError):
@@ -263,6 +265,17 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def reason_in_union(error: BaseException) -> BaseException:
+    """The error a class raised when jsonargparse built it as one type of a union (a backbone config
+    typed ``DecoderLMConfig | None``, inside the model's ``LightningModule | None``), where jsonargparse
+    reports it within "Does not validate against any of the Union subtypes" and every value tried;
+    any other error itself."""
+    reason = error
+    while str(reason).startswith(UNION_MISMATCH) and isinstance(reason.__cause__, USER_ERRORS):
+        reason = reason.__cause__
+    return reason
+
+
 def one_line(message: str) -> str:
     """``message`` with its lines joined by ``"; "`` (by a space after a line ending in ``:``; blank
     lines and indentation dropped)."""
@@ -305,6 +318,27 @@ def readable_bytes(count: int) -> str:
     return f"{count:.1f} TB"
 
 
+def first_config_overlay(args: list[str]) -> str | None:
+    """The first ``--config`` file if it is an overlay (conf/README.md): a ``model`` or ``data`` section
+    without ``class_path``, which only a base config given before it can complete; else None."""
+    first = None
+    for index, arg in enumerate(args):
+        if arg == "--config" and index + 1 < len(args):
+            first = args[index + 1]
+        elif arg.startswith("--config="):
+            first = arg.split("=", 1)[1]
+        if first is not None:
+            break
+    if first is None or not Path(first).is_file():
+        return None
+    try:
+        content = yaml.safe_load(Path(first).read_text())
+    except yaml.YAMLError:
+        return None  # the parser names the file
+    sections = [content.get(key) for key in ("model", "data")] if isinstance(content, dict) else []
+    return first if any(isinstance(s, dict) and "class_path" not in s for s in sections) else None
+
+
 class FwpArgumentParser(LightningArgumentParser):
     """LightningCLI's parser whose errors (unknown option, wrong type, missing config file) end in one
     line ``fwp: error: …`` and status 2, instead of the usage text and a message over several lines
@@ -333,7 +367,16 @@ class FwpCLI(LightningCLI):
         Lightning checkpoint of the configured model class, then parse again with its saved model
         arguments as the defaults, so that the values the user gives win over them and the
         checkpoint's win over the class's defaults. ``fit`` from a checkpoint inside a version
-        directory of the run's TensorBoard logger continues in that version (``resumed_version``)."""
+        directory of the run's TensorBoard logger continues in that version (``resumed_version``). An
+        overlay given as the first ``--config`` is refused, naming it (``first_config_overlay``)."""
+        given = sys.argv[1:] if args is None else args
+        overlay = first_config_overlay(list(given)) if isinstance(given, (list, tuple)) else None
+        if overlay is not None:
+            parser.error(
+                f"--config {overlay} is an overlay (its model/data sections have no class_path): give it "
+                "after a base config, e.g. --config conf/lm/wt103_small.yaml --config conf/lm/carry.yaml "
+                "(every composition: conf/README.md)"
+            )
         super().parse_arguments(parser, args)
         self.checkpoint_hparams: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
@@ -405,7 +448,7 @@ class FwpCLI(LightningCLI):
                 )
             if not isinstance(error, USER_ERRORS):
                 raise
-            exit_with_user_error(error)
+            exit_with_user_error(reason_in_union(error))
         if self.checkpoint_hparams:
             self.check_architecture(self.config[self.config.subcommand].ckpt_path)
 

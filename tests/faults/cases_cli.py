@@ -70,6 +70,11 @@ def save_dir_is_a_file(tmp_path: Path) -> list[str]:
 
 
 CASES: list[Fault] = [
+    Fault(  # conf/README.md: an overlay completes a base config given before it
+        "config-overlay-given-alone",
+        lambda t: config(["fit", "--config", "conf/lm/carry.yaml", *FAST]),
+        lambda t: ["conf/lm/carry.yaml", "is an overlay", "after a base config"],
+    ),
     Fault(
         "ckpt-plain-torch-save-file",
         plain_torch_save,
