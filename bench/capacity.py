@@ -9,12 +9,17 @@ the same grid of S as ours (the ratio compares those) and on every logged S.
 
     python bench/capacity.py /work/runs_capacity/setting1/results.csv /work/runs_capacity/setting2/results.csv
 
-Commands that produced the sweeps (one process at a time, as on the shared CPU of BENCHMARKS.md):
+Commands that produced the sweeps (one process at a time, as on the shared CPU of BENCHMARKS.md; the
+systems were then single files, ``setting2_dpfp_sum.yaml`` etc., now the compositions below, whose
+experiment names in conf/README.md are those stems):
 
-    python -m tasks.retrieval.sweep --configs conf/retrieval/setting2_dpfp_sum.yaml \\
-        conf/retrieval/setting2_dpfp_delta.yaml --num_keys 40 80 --output runs_capacity/setting2
-    python -m tasks.retrieval.sweep --configs conf/retrieval/setting1_linear.yaml \\
-        conf/retrieval/setting1_dpfp1.yaml --num_keys 40 60 80 140 --output runs_capacity/setting1
+    python -m tasks.retrieval.sweep --configs \\
+        "conf/retrieval/setting2.yaml+model.attention={name: dpfp, nu: 1}" \\
+        "conf/retrieval/setting2.yaml+model.attention={name: delta, nu: 1}" \\
+        --num_keys 40 80 --output runs_capacity/setting2
+    python -m tasks.retrieval.sweep --configs conf/retrieval/setting1.yaml+model.attention=linear \\
+        "conf/retrieval/setting1.yaml+model.attention={name: dpfp, nu: 1}" \\
+        --num_keys 40 60 80 140 --output runs_capacity/setting1
 """
 
 from __future__ import annotations
@@ -85,7 +90,14 @@ OFFICIAL_FINAL_LOSS: dict[str, dict[int, float]] = {
         60: 0.0060898424,
         80: 0.010567849,
     },  # dpfp1_ours
-    "setting2_dpfp2_delta": {40: 0.0005252526},  # dpfp2_ours
+    "setting2_dpfp2_delta": {  # dpfp2_ours (S = 100: the complete one of two stored versions)
+        40: 0.0005252526,
+        60: 0.00048706,
+        80: 0.0008051388,
+        100: 0.004902393,
+        140: 0.0002944933,
+        200: 0.0008364869,
+    },
     "setting2_linear_delta": {  # linear_ours
         20: 0.0007962155,
         40: 0.00068452896,
@@ -111,6 +123,15 @@ def capacity(losses: dict[int, float]) -> int | None:
     non-finite loss (a run that diverged, as the official FAVOR+ delta runs at S = 40) counts as
     exceeding it."""
     return next((s for s in sorted(losses) if not losses[s] <= CAPACITY_THRESHOLD), None)
+
+
+def capacity_text(losses: dict[int, float]) -> str:
+    """The capacity as the table shows it: the S, ``> S_max`` when no S run exceeds the threshold,
+    ``—`` without any S."""
+    if not losses:
+        return "—"
+    found = capacity(losses)
+    return str(found) if found else f"> {max(losses)}"
 
 
 def table(results: list[Result]) -> str:
@@ -144,9 +165,8 @@ def table(results: list[Result]) -> str:
         mine, theirs = capacity(ours), capacity(same_grid)
         ratio = f"{mine / theirs:.2f}" if mine and theirs else "—"
         lines.append(
-            f"| {config} | {', '.join(map(str, sorted(ours)))} | {mine or f'> {max(ours)}'} "
-            f"| {theirs or (f'> {max(same_grid)}' if same_grid else '—')} | {capacity(official) or '—'} "
-            f"| {ratio} |"
+            f"| {config} | {', '.join(map(str, sorted(ours)))} | {capacity_text(ours)} "
+            f"| {capacity_text(same_grid)} | {capacity_text(official)} | {ratio} |"
         )
     return "\n".join(lines)
 

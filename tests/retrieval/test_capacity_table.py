@@ -35,3 +35,10 @@ def test_table_puts_the_official_value_and_the_capacity_ratio_next_to_ours():
     same_grid = capacity_script.capacity({s: official[s] for s in (40, 80)})
     row = f"| setting1_linear | 40, 80 | 80 | {same_grid} | {capacity_script.capacity(official)} |"
     assert f"{row} {80 / same_grid:.2f} |" in text
+
+
+def test_table_bounds_a_capacity_beyond_every_logged_s():
+    """Official runs that all stay below the threshold give "> largest S", not a missing value."""
+    text = capacity_script.table([result("setting2_dpfp2_delta", 40, 0.0006)])
+    official = max(capacity_script.OFFICIAL_FINAL_LOSS["setting2_dpfp2_delta"])
+    assert f"| setting2_dpfp2_delta | 40 | > 40 | > 40 | > {official} | — |" in text
