@@ -150,4 +150,5 @@ class MultiHeadAttention(nn.Module):
         → ``[B, T, d_model]``."""
         B, H, T, d = y.shape
         merged = y.transpose(1, 2).reshape(B, T, H * d) * self.core.output_scale
-        return self.dropout(self.out_proj(merged))
+        out = self.out_proj(merged)
+        return self.dropout(out) if self.training and self.dropout.p > 0 else out

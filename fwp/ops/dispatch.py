@@ -38,6 +38,7 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, str] = {
     "reference": "fwp.ops.reference:reference_backend",
+    "step": "fwp.ops.step:step_backend",
     "chunk": "fwp.ops.chunk:chunk_backend",
     "triton": "fwp.ops.triton_backend:triton_backend",
 }
@@ -78,12 +79,12 @@ def require_backend_usable(name: str) -> None:
 
 
 def resolve_backend(name: str, q: Tensor) -> str:
-    """``auto`` → ``triton`` on CUDA when available, else ``chunk`` for ``T > 1``, else ``reference``."""
+    """``auto`` → ``triton`` on CUDA when available, else ``chunk`` for ``T > 1``, else ``step``."""
     if name != "auto":
         return name
     if triton_usable(q):
         return "triton"
-    return "chunk" if q.shape[2] > 1 else "reference"
+    return "chunk" if q.shape[2] > 1 else "step"
 
 
 def compute_dtype(*xs: Tensor | None) -> torch.dtype:

@@ -19,6 +19,7 @@ Backends (``fwp.ops.dispatch``) compute only the numerator and ``W``; ``z`` is t
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
@@ -74,22 +75,24 @@ def fast_weight_attention(
         if x is not None:
             require_float(name, x)
     dtype = state.W.dtype if mode == "read" else compute_dtype(q, k, v, beta)
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with autocast_off(q.device.type):
         if mode != "read" and state is None and feature_map is not None:
             feature_map.start_sequence()
-        phi_q = features(q, feature_map, normalization, dtype)
         if mode == "read":
+            phi_q = features(q, feature_map, normalization, dtype)
             numerator, memory, den = _read(phi_q, state, normalization)
         else:
-            phi_k = features(k, feature_map, normalization, dtype)
-            phi_k, beta = _without_padding(phi_k, None if beta is None else beta.to(dtype), key_padding_mask)
+            phi_q, phi_k = _query_and_key_features(q, k, feature_map, normalization, dtype)
+            phi_k, beta = _without_padding(
+                phi_k, None if beta is None else cast(beta, dtype), key_padding_mask
+            )
             if mode == "bidirectional":
-                numerator, memory, den = _bidirectional(phi_q, phi_k, v.to(dtype), state, normalization)
+                numerator, memory, den = _bidirectional(phi_q, phi_k, cast(v, dtype), state, normalization)
             else:
                 numerator, memory, den = _causal(
                     phi_q,
                     phi_k,
-                    v.to(dtype),
+                    cast(v, dtype),
                     beta,
                     state,
                     rule=rule,
@@ -100,7 +103,7 @@ def fast_weight_attention(
                     check_finite=check_finite_enabled(check_finite),
                 )
         y = numerator if den is None else numerator / (den.unsqueeze(-1) + normalization.eps)
-    return y.to(q.dtype if v is None else v.dtype), memory
+    return cast(y, q.dtype if v is None else v.dtype), memory
 
 
 def fast_weight_recurrence(
@@ -138,15 +141,37 @@ def fast_weight_recurrence(
     )
 
 
+def cast(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in ``dtype``, without a call when it already is (a decoding step makes a dozen such calls)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def autocast_off(device_type: str) -> AbstractContextManager:
+    """A context with autocast off on ``device_type``; nothing to enter when it is off already."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return nullcontext()
+
+
 def features(
     x: Tensor, feature_map: FeatureMap | None, normalization: Normalization, dtype: torch.dtype
 ) -> Tensor:
     """``φ(x)``, sum-normalised when that normalisation is on: ``[B, H, T, d_k]`` → ``[B, H, T, d_dot]``
     in ``dtype`` (call with autocast off)."""
-    phi = x.to(dtype)
+    phi = cast(x, dtype)
     if feature_map is not None:
         phi = feature_map(phi)
     return sum_normalize(phi, normalization.sum_eps) if normalization.sum else phi
+
+
+def _query_and_key_features(
+    q: Tensor, k: Tensor, feature_map: FeatureMap | None, normalization: Normalization, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``features`` of q and k; of both in one pass when each is one position (a decoding step)."""
+    if q.dim() == 4 and q.shape == k.shape and q.shape[2] == 1:
+        phi_q, phi_k = features(torch.cat([q, k], dim=2), feature_map, normalization, dtype).split(1, dim=2)
+        return phi_q, phi_k
+    return features(q, feature_map, normalization, dtype), features(k, feature_map, normalization, dtype)
 
 
 def _check_mode(
@@ -252,8 +277,8 @@ def _causal(
         check_finite=check_finite,
     )
     B, H, _, d_dot = phi_q.shape
-    W0 = state.W.to(phi_q.dtype) if state is not None else phi_q.new_zeros(B, H, d_dot, v.shape[-1])
-    z0 = None if state is None or state.z is None else state.z.to(phi_q.dtype)
+    W0 = cast(state.W, phi_q.dtype) if state is not None else phi_q.new_zeros(B, H, d_dot, v.shape[-1])
+    z0 = None if state is None or state.z is None else cast(state.z, phi_q.dtype)
     keys = phi_k
     if normalization.denominator_write:
         keys, beta = normalized_write(phi_k, beta, z0, key_padding_mask, normalization.write_eps)

@@ -114,7 +114,8 @@ def _epsilon(option: str, value: float | None, used: bool, normalization: object
 
 def sum_normalize(phi: Tensor, eps: float = 0.0) -> Tensor:
     """``φ(x) ← φ(x) / (Σ_j φ(x)_j + ε)`` over the last dimension (keys and queries)."""
-    return phi / (phi.sum(dim=-1, keepdim=True) + eps)
+    total = phi.sum(dim=-1, keepdim=True)
+    return phi / (total + eps if eps else total)
 
 
 def causal_denominator(phi_q: Tensor, phi_k: Tensor, z0: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -124,7 +125,7 @@ def causal_denominator(phi_q: Tensor, phi_k: Tensor, z0: Tensor | None) -> tuple
     phi_q, phi_k: ``[B, H, T, d_dot]``; z0: ``[B, H, d_dot]`` or None (zeros).
     Returns ``den``: ``[B, H, T]`` and the final ``z_T``: ``[B, H, d_dot]``.
     """
-    z = torch.cumsum(phi_k, dim=2)
+    z = phi_k if phi_k.shape[2] == 1 else torch.cumsum(phi_k, dim=2)
     if z0 is not None:
         z = z + z0.unsqueeze(2)
     den = (phi_q * z).sum(dim=-1)

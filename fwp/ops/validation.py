@@ -76,7 +76,7 @@ def validate_recurrence_inputs(
     if state is not None:
         named |= {"state.W": state.W, "state.z": state.z}
     named = {name: x for name, x in named.items() if x is not None}
-    devices = {str(x.device) for x in named.values()}
+    devices = {x.device for x in named.values()}
     if len(devices) > 1:
         seen = ", ".join(f"{name} on {x.device}" for name, x in named.items())
         raise ValueError(f"q, k, v, beta and the state must be on one device, got {seen}")

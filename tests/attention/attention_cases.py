@@ -50,7 +50,7 @@ FAST_WEIGHT_SPECS: dict[str, dict] = {
     },
     "dpfp+denominator+sum+scores": {"name": "dpfp", "scale": "scores", "eps": 1e-5},
 }
-BACKENDS = ("reference", "auto")
+BACKENDS = ("reference", "step", "auto")
 FWM_SPECS: dict[str, dict] = {
     "fwm": {"name": "fwm"},
     "fwm+dpfp": {"name": "fwm", "feature_map": "dpfp", "nu": 2},

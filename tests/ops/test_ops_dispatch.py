@@ -8,8 +8,8 @@ import torch
 from fwp.ops import BACKENDS, fast_weight_recurrence, load_backend, resolve_backend
 
 
-@pytest.mark.parametrize(("T", "expected"), [(1, "reference"), (2, "chunk"), (300, "chunk")])
-def test_auto_picks_chunk_for_sequences_and_reference_for_single_steps_on_cpu(T: int, expected: str) -> None:
+@pytest.mark.parametrize(("T", "expected"), [(1, "step"), (2, "chunk"), (300, "chunk")])
+def test_auto_picks_chunk_for_sequences_and_step_for_single_tokens_on_cpu(T: int, expected: str) -> None:
     assert resolve_backend("auto", torch.zeros(1, 1, T, 2)) == expected
 
 
@@ -19,12 +19,12 @@ def test_named_backend_is_kept() -> None:
 
 def test_unknown_backend_lists_the_known_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"backend must be one of \['auto', 'reference', 'chunk', 'triton'\]"
+        ValueError, match=r"backend must be one of \['auto', 'reference', 'step', 'chunk', 'triton'\]"
     ):
         load_backend("fused")
 
 
-@pytest.mark.parametrize("name", ["reference", "chunk"])
+@pytest.mark.parametrize("name", ["reference", "step", "chunk"])
 def test_cpu_backends_load(name: str) -> None:
     assert callable(load_backend(name)) and name in BACKENDS
 
@@ -37,7 +37,7 @@ def _inputs(dtype: torch.dtype, rule: str) -> tuple:
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta"])
-@pytest.mark.parametrize("backend", ["auto", "reference", "chunk"])
+@pytest.mark.parametrize("backend", ["auto", "reference", "step", "chunk"])
 def test_float64_inputs_keep_float64(rule: str, backend: str) -> None:
     y, state = fast_weight_recurrence(
         *_inputs(torch.float64, rule), rule=rule, denominator=True, backend=backend
@@ -46,7 +46,7 @@ def test_float64_inputs_keep_float64(rule: str, backend: str) -> None:
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta"])
-@pytest.mark.parametrize("backend", ["auto", "reference", "chunk"])
+@pytest.mark.parametrize("backend", ["auto", "reference", "step", "chunk"])
 def test_bfloat16_inputs_give_bfloat16_output_and_float32_state(rule: str, backend: str) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, state = fast_weight_recurrence(

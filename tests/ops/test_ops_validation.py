@@ -54,7 +54,7 @@ BAD_ARGUMENTS = {
     "chunk_size": (_with(chunk_size=0), r"^chunk_size must be >= 1, got chunk_size=0"),
     "unknown backend": (
         _with(backend="cuda"),
-        r"^backend must be one of \['auto', 'reference', 'chunk', 'triton'\]",
+        r"^backend must be one of \['auto', 'reference', 'step', 'chunk', 'triton'\]",
     ),
     "non-finite k": (_with(k=_nan_at_start((B, H, T, D)), check_finite=True), r"^k has 1 non-finite"),
     "non-finite beta": (_with(beta=_nan_at_start((B, H, T)), check_finite=True), r"^beta has 1 non-finite"),
