@@ -1,0 +1,220 @@
+"""Benchmark of the gated chunk backend (``fwp/ops/gated_chunk.py``), forward + backward, float32, CPU.
+
+Measured side by side in one run, in interleaved rounds (medians decide the targets, minima are shown
+alongside), for each rule asked for (default: the gated delta rule):
+
+1. gated chunk vs the gated reference recurrence (``fwp/ops/gated_reference.py``, one step at a time
+   with autograd); target ≥ 25×;
+2. the achieved FLOP/s of gated chunk (analytic count below) vs a large float32 matmul timed in the same
+   rounds; target ≥ 40 %;
+3. gated chunk vs the ungated chunk backend on the same inputs (what the decay costs).
+
+FLOPs of the gated chunk backend, forward + backward, as ``fwp/ops/gated_chunk_math.py`` executes them
+(``N = ⌈T/C⌉`` chunks per head, ``d`` = key size, ``e`` = value size; a product ``m×k·k×n`` counts
+``2mkn``, the unit-triangular solve ``C³``; element-wise work, the decay factors included, is not
+counted):
+
+    gated sum rule:   B H N (C² (8d + 6e) + 12 C d e)
+    gated delta rule: B H N (C³ + C² (16d + 14e) + 20 C d e)
+
+(the ungated delta rule's count plus ``2 C² d``: the backward recomputes ``K Kᵀ``, which the ungated
+backward folds into ``L K``). Log-decays are uniform in ``[--strongest, 0]``; the speed does not depend
+on their values.
+
+Clocks (``--clock``): ``wall`` (wall seconds) or ``cpu`` (the CPU seconds of the one benchmark
+thread, ``--threads 1``: the time other jobs hold the core is left out, their cache and memory traffic
+is not). Every variant and the matmul are timed with the same clock.
+
+Run ``python bench/gated_ops.py`` (several minutes: the reference takes minutes per round on a loaded
+2-core machine), ``python bench/gated_ops.py --threads 1 --clock cpu`` on a shared machine, or
+``python bench/gated_ops.py --quick`` (smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+from ops import Shape, machine, median_ms, verdict
+from torch import Tensor
+
+from fwp.ops import FastWeightState, fast_weight_recurrence, sum_normalize
+from fwp.ops.gated_chunk import gated_chunk_backend
+from fwp.ops.gated_reference import gated_reference_backend
+
+VARIANTS = ("gated chunk", "gated reference", "ungated chunk")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+TARGETS = {"reference": 25.0, "flops": 0.40}
+
+
+def gated_chunk_flops(rule: str, shape: Shape, chunk_size: int) -> float:
+    """The analytic FLOP count of gated chunk forward + backward (module docstring)."""
+    C = min(chunk_size, shape.T)
+    d, e = shape.d, shape.e
+    if rule == "delta":
+        per_chunk = C**3 + C**2 * (16 * d + 14 * e) + 20 * C * d * e
+    else:
+        per_chunk = C**2 * (8 * d + 6 * e) + 12 * C * d * e
+    return shape.B * shape.H * math.ceil(shape.T / C) * per_chunk
+
+
+def make_inputs(rule: str, shape: Shape, strongest: float, seed: int = 0) -> dict[str, Tensor | None]:
+    """Sum-normalised positive features, random values, write strengths and log-decays, and dense
+    random upstream gradients for ``y`` and the final ``W``."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, T, d, e = shape.B, shape.H, shape.T, shape.d, shape.e
+    q, k = (sum_normalize(torch.rand(B, H, T, d, generator=g)).requires_grad_() for _ in range(2))
+    return {
+        "q": q,
+        "k": k,
+        "v": torch.randn(B, H, T, e, generator=g).requires_grad_(),
+        "beta": torch.rand(B, H, T, generator=g).requires_grad_() if rule == "delta" else None,
+        "log_decay": (strongest * torch.rand(B, H, T, generator=g)).requires_grad_(),
+        "W0": torch.zeros(B, H, d, e),
+        "grad_y": torch.randn(B, H, T, e, generator=g),
+        "grad_W": torch.randn(B, H, d, e, generator=g),
+    }
+
+
+def run_variant(variant: str, rule: str, x: dict, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Forward of one variant: ``y`` ``[B, H, T, e]`` and the final ``W``."""
+    if variant == "ungated chunk":
+        y, state = fast_weight_recurrence(x["q"], x["k"], x["v"], x["beta"], rule=rule, chunk_size=chunk_size)
+        return y, state.W
+    backend = gated_chunk_backend if variant == "gated chunk" else gated_reference_backend
+    y, state = backend(
+        x["q"], x["k"], x["v"], x["beta"], x["log_decay"], FastWeightState(x["W0"]), chunk_size=chunk_size
+    )
+    return y, state.W
+
+
+def forward_backward(variant: str, rule: str, x: dict, args: argparse.Namespace) -> tuple[float, Tensor]:
+    """Seconds (on ``args.clock``) for one forward + backward, and the output ``y`` (detached)."""
+    for name in ("q", "k", "v", "beta", "log_decay"):
+        if x[name] is not None:
+            x[name].grad = None
+    now = CLOCKS[args.clock]
+    start = now()
+    y, W = run_variant(variant, rule, x, args.chunk_size)
+    torch.autograd.backward([y, W], [x["grad_y"], x["grad_W"]])
+    return now() - start, y.detach()
+
+
+def matmul_seconds(args: argparse.Namespace) -> float:
+    """Seconds (on ``args.clock``) for one float32 ``[n, n] @ [n, n]``, ``n = args.matmul_size``."""
+    a, b = torch.randn(args.matmul_size, args.matmul_size), torch.randn(args.matmul_size, args.matmul_size)
+    now = CLOCKS[args.clock]
+    start = now()
+    torch.mm(a, b)
+    return now() - start
+
+
+def time_variants(args: argparse.Namespace, shape: Shape) -> dict:
+    """Interleaved rounds over rules × variants (the reference only in its first rounds) and the matmul."""
+    inputs = {rule: make_inputs(rule, shape, args.strongest) for rule in args.rules}
+    times: dict[tuple[str, str], list[float]] = {(r, v): [] for r in args.rules for v in VARIANTS}
+    outputs: dict[tuple[str, str], Tensor] = {}
+    matmul: list[float] = []
+    for rule in args.rules:  # warm-up
+        for variant in ("gated chunk", "ungated chunk"):
+            forward_backward(variant, rule, inputs[rule], args)
+    matmul_seconds(args)
+    for round_index in range(args.repeats):
+        matmul.append(matmul_seconds(args))
+        for rule in args.rules:
+            for variant in VARIANTS:
+                if variant == "gated reference" and round_index >= args.reference_repeats:
+                    continue
+                seconds, y = forward_backward(variant, rule, inputs[rule], args)
+                times[rule, variant].append(seconds)
+                outputs[rule, variant] = y
+    return {"times": times, "outputs": outputs, "matmul": matmul}
+
+
+def report(args: argparse.Namespace, shape: Shape, measured: dict) -> None:
+    """The timings, then the ratios with their targets (medians; minima in brackets)."""
+    times, outputs = measured["times"], measured["outputs"]
+    matmul = {"median": median_ms(measured["matmul"]), "min": 1e3 * min(measured["matmul"])}
+    matmul_flops = {stat: 2 * args.matmul_size**3 / (ms / 1e3) for stat, ms in matmul.items()}
+    decays = f"log_decay in [{args.strongest}, 0]"
+    setting = f"chunk_size={args.chunk_size}, {decays}, {args.clock} clock"
+    print(f"\n## Forward + backward, float32, {shape}, {setting}")
+    header = f"{'rule':<6} {'variant':<16} {'median ms':>10} {'min ms':>9} {'runs':>5}"
+    print(f"{header} {'max|y − y_gated|/max|y|':>24}")
+    for rule in args.rules:
+        gated_y = outputs[rule, "gated chunk"]
+        for variant in VARIANTS:
+            runs = times[rule, variant]
+            error = (outputs[rule, variant] - gated_y).abs().max() / gated_y.abs().max()
+            note = " (no decay)" if variant == "ungated chunk" else ""
+            print(
+                f"{rule:<6} {variant:<16} {median_ms(runs):>10.1f} {1e3 * min(runs):>9.1f} {len(runs):>5} "
+                f"{error.item():>24.1e}{note}"
+            )
+    print(
+        f"matmul {args.matmul_size}² float32: median {matmul['median']:.1f} ms = "
+        f"{matmul_flops['median'] / 1e9:.1f} GFLOP/s (min {matmul['min']:.1f} ms = "
+        f"{matmul_flops['min'] / 1e9:.1f} GFLOP/s)"
+    )
+    print("\n## Ratios (from medians; from minima in brackets)")
+    for rule in args.rules:
+        chunk_runs = times[rule, "gated chunk"]
+        reference_runs = times[rule, "gated reference"]
+        ratio = median_ms(reference_runs) / median_ms(chunk_runs)
+        best = min(reference_runs) / min(chunk_runs)
+        target = verdict(ratio, TARGETS["reference"])
+        print(f"{rule}: gated reference / gated chunk = {ratio:.1f}× [{best:.1f}×]  ({target})")
+        flops = gated_chunk_flops(rule, shape, args.chunk_size)
+        achieved = {"median": flops / (median_ms(chunk_runs) / 1e3), "min": flops / min(chunk_runs)}
+        share = {stat: achieved[stat] / matmul_flops[stat] for stat in achieved}
+        print(
+            f"{rule}: gated chunk {flops / 1e9:.2f} GFLOP, {achieved['median'] / 1e9:.1f} GFLOP/s = "
+            f"{100 * share['median']:.0f}% of the matmul [{100 * share['min']:.0f}%]  "
+            f"({verdict(share['median'], TARGETS['flops'])})"
+        )
+        cost = median_ms(chunk_runs) / median_ms(times[rule, "ungated chunk"])
+        print(f"{rule}: gated chunk / ungated chunk = {cost:.2f} (the decay's cost)")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run (about a minute)")
+    parser.add_argument("--rules", nargs="+", choices=("delta", "sum"), default=["delta"])
+    parser.add_argument("--B", type=int, default=4)
+    parser.add_argument("--H", type=int, default=8)
+    parser.add_argument("--T", type=int, default=1024)
+    parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--e", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--strongest", type=float, default=-1.0, help="log-decays uniform in [strongest, 0]")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=7, help="rounds of the chunk variants")
+    parser.add_argument("--reference-repeats", type=int, default=2, help="rounds that include the reference")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall", help="cpu: this thread's CPU time")
+    args = parser.parse_args()
+    if args.quick:
+        args.T, args.repeats, args.reference_repeats, args.matmul_size = 128, 3, 1, 1024
+    if args.strongest > 0:
+        parser.error(f"--strongest must be <= 0 (log-decays), got {args.strongest}")
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error(
+            f"--clock cpu counts one thread's time and needs --threads 1, got --threads {args.threads}"
+        )
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    shape = Shape(args.B, args.H, args.T, args.d, args.e)
+    print(f"# bench/gated_ops.py {' '.join(sys.argv[1:])}\n{machine()}")
+    report(args, shape, time_variants(args, shape))
+
+
+if __name__ == "__main__":
+    main()
