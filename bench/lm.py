@@ -21,12 +21,17 @@ about the work it does on real text.
    length limit ``⌊1.2 S + 10⌋ + 1`` steps, so both models do the same number of steps; a trained
    model stops earlier, at its EOS).
 
-Modes (``--modes``): ``eager``, and ``compiled``: the same model (same seed, same weights) whose
-Transformer stack is compiled with ``torch.compile(fullgraph=True)`` (inductor; training with static
-shapes, one graph per T; generation with the default automatic dynamic shapes). The adaptive input and
-softmax stay eager: their data-dependent cluster selection (``nonzero``, a branch on an empty cluster)
-breaks the graph. A compiled arm's first call(s) compile: that warm-up is printed, and excluded from
-the rates.
+Modes (``--modes``): ``eager``, and ``compiled``: the same model (same seed, same weights) with each
+Transformer block compiled by ``torch.compile(fullgraph=True)`` (inductor; training with static shapes,
+one graph per T; generation with the default automatic dynamic shapes). Compiling block by block
+("regional" compilation) lets the 16 identical blocks share one compiled graph: the whole stack as one
+graph (``--compile-scope stack``) took about 400 s per graph to compile on this shared CPU. The adaptive
+input and softmax stay eager: their data-dependent cluster selection (``nonzero``, a branch on an empty
+cluster) breaks the graph. A compiled arm's first call(s) compile: that warm-up (wall seconds) is
+printed and excluded from the rates.
+
+``--clock cpu`` times this thread's CPU time instead of wall time (one thread): on a machine that
+other jobs load, it leaves out the time they hold the core.
 
 Every configuration is warmed up, then the rounds interleave them (one step of each per round) and
 medians are reported, so that a load change on a shared machine hits all of them alike. One torch
@@ -58,7 +63,6 @@ from tasks.translation.data import TranslationDataModule
 from tasks.translation.module import TranslationModel
 
 VOCAB_SIZE = 267_738
-CUTOFFS = [20_000, 40_000, 200_000]
 MODES = ("eager", "compiled")
 CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "mt"
 MT_ATTENTIONS = ("softmax", "delta")
@@ -74,6 +78,12 @@ def parse_args() -> argparse.Namespace:
         "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which measurements to run"
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--compile-scope",
+        choices=("blocks", "stack"),
+        default="blocks",
+        help="compile each Transformer block (the 16 share one compiled graph) or the whole stack as one",
+    )
     parser.add_argument(
         "--lengths", type=int, nargs="+", default=[256, 2048], help="training segment lengths"
     )
@@ -101,16 +111,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def small_model(
-    attention: str, n_layers: int, mode: str = "eager", *, dynamic: bool | None = None
+    attention: str, n_layers: int, mode: str = "eager", *, scope: str = "blocks", dynamic: bool | None = None
 ) -> DecoderLM:
     """The paper's small WikiText-103 model (``n_layers`` = 16) with the given attention preset, the
-    same weights for every mode (seed 0); ``compiled``: its stack under ``torch.compile(fullgraph=True,
-    dynamic=dynamic)``."""
+    same weights for every mode (seed 0); ``compiled``: each Transformer block (``scope`` ``blocks``)
+    or the whole stack (``stack``) under ``torch.compile(fullgraph=True, dynamic=dynamic)``."""
     torch.manual_seed(0)
     config = DecoderLMConfig(preset="wt103-small", n_layers=n_layers, attention=attention, init="torch")
     model = DecoderLM(VOCAB_SIZE, config)
     if mode == "compiled":
-        model.stack.compile(fullgraph=True, dynamic=dynamic)
+        for module in model.stack.blocks if scope == "blocks" else [model.stack]:
+            module.compile(fullgraph=True, dynamic=dynamic)
     return model
 
 
@@ -176,13 +187,14 @@ def training_timings(
     rounds: int,
     n_layers: int,
     clock: Callable[[], float],
+    scope: str,
 ) -> tuple[dict[str, Timing], dict[int, int]]:
     """Timings of every ``attention/mode/T`` (one model and optimiser per attention and mode, shared by
     the lengths; static shapes when compiled) and the tokens per step of every T."""
     runs, tokens_per_run = {}, {}
     for attention in attentions:
         for mode in modes:
-            model = small_model(attention, n_layers, mode, dynamic=False).train()
+            model = small_model(attention, n_layers, mode, scope=scope, dynamic=False).train()
             optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
             for length in lengths:
                 batch = max(1, tokens_per_step // length)
@@ -216,13 +228,14 @@ def generation_timings(
     rounds: int,
     n_layers: int,
     clock: Callable[[], float],
+    scope: str,
 ) -> dict[str, Timing]:
     """Seconds per generated token of every ``attention/mode/C``. Three warm-up rounds: a compiled step
     compiles for its first position and again, with dynamic sizes, for the next."""
     runs = {}
     for attention in attentions:
         for mode in modes:
-            model = small_model(attention, n_layers, mode).eval()
+            model = small_model(attention, n_layers, mode, scope=scope).eval()
             for context in contexts:
                 runs[f"{attention}/{mode}/{context}"] = Generator(model, context).step
     return interleaved(runs, rounds, 3, clock)
@@ -238,10 +251,12 @@ def output_layer_seconds(n_layers: int, repeats: int, clock: Callable[[], float]
 
 def config_options(files: tuple[str, ...], section: str = "model") -> dict:
     """The ``init_args`` of ``section`` composed from the files of ``conf/mt`` (a later file's keys win,
-    as with successive ``--config`` options)."""
+    as with successive ``--config`` options; so do the keys of its ``backbone`` section)."""
     options = {}
     for name in files:
-        options |= yaml.safe_load((CONFIGS / name).read_text()).get(section, {}).get("init_args", {})
+        init_args = yaml.safe_load((CONFIGS / name).read_text()).get(section, {}).get("init_args", {})
+        backbone = options.get("backbone", {}) | init_args.get("backbone", {})
+        options |= init_args | ({"backbone": backbone} if backbone else {})
     return options
 
 
@@ -338,7 +353,14 @@ def main() -> None:
     )
     if "training" in args.parts:
         timings, tokens = training_timings(
-            args.attentions, args.modes, args.lengths, args.tokens_per_step, args.steps, n_layers, clock
+            args.attentions,
+            args.modes,
+            args.lengths,
+            args.tokens_per_step,
+            args.steps,
+            n_layers,
+            clock,
+            args.compile_scope,
         )
         throughput = {name: tokens[int(name.split("/")[-1])] / t.median for name, t in timings.items()}
         per_step = f"{args.tokens_per_step} tokens/step (batch = tokens / T)"
@@ -347,7 +369,7 @@ def main() -> None:
         print(load(), flush=True)
     if "generation" in args.parts:
         timings = generation_timings(
-            args.attentions, args.modes, args.contexts, args.new_tokens, n_layers, clock
+            args.attentions, args.modes, args.contexts, args.new_tokens, n_layers, clock, args.compile_scope
         )
         latency = {name: 1e3 * t.median for name, t in timings.items()}
         title = f"generation ms/token after a prefill of C tokens (median of {args.new_tokens} steps)"
