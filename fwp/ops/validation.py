@@ -45,12 +45,13 @@ def validate_recurrence_inputs(
     check_finite: bool,
 ) -> None:
     """Check the shapes ``q, k: [B, H, T, d_dot]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T]`` (rules
-    that use β only), ``state.W: [B, H, d_dot, d_v]``, ``state.z: [B, H, d_dot]`` (denominator only)."""
+    that use β only), ``state.W: [B, H, d_dot, d_v]``, ``state.z: [B, H, d_dot]`` (denominator only),
+    one device, and (``check_finite``) finite values. That the inputs are floating-point is checked
+    before they are cast to the compute dtype (``require_float``)."""
     uses_beta = get_rule(rule).uses_beta
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 4:
             raise ValueError(f"{name} must be [B, H, T, D], got shape {tuple(x.shape)}")
-        require_float(name, x)
     if q.shape != k.shape:
         raise ValueError(f"q and k must have the same shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
@@ -64,7 +65,6 @@ def validate_recurrence_inputs(
             raise ValueError(f"beta is required by rule={rule!r} (shape [B, H, T]), got None")
         if tuple(beta.shape) != (B, H, T):
             raise ValueError(f"beta must be [B, H, T] = {(B, H, T)}, got shape {tuple(beta.shape)}")
-        require_float("beta", beta)
     elif beta is not None:
         users = [name for name, entry in RULES.items() if entry.uses_beta]
         raise ValueError(
