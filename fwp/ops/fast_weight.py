@@ -188,10 +188,12 @@ def _check_mode(
     causal mode's shapes are checked by ``validate_recurrence_inputs``)."""
     entry = get_rule(rule)
     if mode == "read":
-        if state is None or any(x is not None for x in (k, v, beta, key_padding_mask)):
+        given = {"k": k, "v": v, "beta": beta, "key_padding_mask": key_padding_mask}
+        extra = [name for name, x in given.items() if x is not None]
+        if state is None or extra:
             raise ValueError(
-                "mode='read' reads the memory of a state without writing: give q and state only, "
-                f"got state={'None' if state is None else 'given'} and k, v, beta or key_padding_mask"
+                "mode='read' reads the memory of a state without writing: give q and state only, got "
+                + ("state=None" if state is None else ", ".join(extra))
             )
         return
     if k is None or v is None:
