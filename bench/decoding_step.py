@@ -150,9 +150,9 @@ def main() -> None:
             process.wait()
     load = os.getloadavg()[0]
     print(
-        f"decoding step, {LAYERS} attention layers (d_model {D_MODEL}, {HEADS} heads of {D_HEAD}, WT103 Delta "
-        f"Network), batch {args.batch}, context {args.context}; {args.rounds} rounds x {args.steps} tokens, "
-        f"1 thread, load average {load:.1f}; before = {args.before}"
+        f"decoding step, {LAYERS} attention layers (d_model {D_MODEL}, {HEADS} heads of {D_HEAD}, WT103 "
+        f"Delta Network), batch {args.batch}, context {args.context}; {args.rounds} rounds x {args.steps} "
+        f"tokens, 1 thread, load average {load:.1f}; before = {args.before}"
     )
     print(f"{'arm':<10} {'ms/token':>9} {'us/layer':>9} {'aten ops/layer':>15} {'vs before':>10}")
     before = statistics.median(times["before"])
