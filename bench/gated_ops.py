@@ -15,10 +15,10 @@ FLOPs of the gated chunk backend, forward + backward, as ``fwp/ops/gated_chunk_m
 counted):
 
     gated sum rule:   B H N (C² (8d + 6e) + 12 C d e)
-    gated delta rule: B H N (C³ + C² (16d + 14e) + 20 C d e)
+    gated delta rule: B H N (C³ + C² (14d + 14e) + 20 C d e)
 
-(the ungated delta rule's count plus ``2 C² d``: the backward recomputes ``K Kᵀ``, which the ungated
-backward folds into ``L K``). Log-decays are uniform in ``[--strongest, 0]``; the speed does not depend
+(the ungated rules' counts: the log-decays' gradient comes from those of q and v, element-wise).
+Log-decays are uniform in ``[--strongest, 0]``; the speed does not depend
 on their values.
 
 Clocks (``--clock``): ``wall`` (wall seconds) or ``cpu`` (the CPU seconds of the one benchmark
@@ -56,7 +56,7 @@ def gated_chunk_flops(rule: str, shape: Shape, chunk_size: int) -> float:
     C = min(chunk_size, shape.T)
     d, e = shape.d, shape.e
     if rule == "delta":
-        per_chunk = C**3 + C**2 * (16 * d + 14 * e) + 20 * C * d * e
+        per_chunk = C**3 + C**2 * (14 * d + 14 * e) + 20 * C * d * e
     else:
         per_chunk = C**2 * (8 * d + 6 * e) + 12 * C * d * e
     return shape.B * shape.H * math.ceil(shape.T / C) * per_chunk

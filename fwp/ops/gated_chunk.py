@@ -35,6 +35,7 @@ from fwp.ops.gated_chunk_math import (
     gated_sum_rule_backward,
     gated_sum_rule_states,
     gated_wy_inverse,
+    log_decay_gradient,
 )
 from fwp.ops.gated_reference import validate_log_decay
 from fwp.ops.state import FastWeightState
@@ -46,11 +47,12 @@ def gated_sum_rule_chunks(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gated sum rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, log_decay
     ``[G, N, C]``, initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]``, the final state ``[G, d, d_v]``,
-    and for the backward (not differentiable) the chunk-start states ``[G, N, d, d_v]`` and the decay
-    products ``Γ`` ``[G, N, C, C]``."""
+    and for the backward (not differentiable) the states at every chunk boundary ``[G, N + 1, d, d_v]``
+    and the decay products ``Γ`` ``[G, N, C, C]``."""
     decay = ChunkDecay.of(log_decay)
-    starts, final = gated_sum_rule_states(k, v, decay, initial)
-    return dense(gated_chunk_read(q, k, v, decay, starts), final, starts, decay.within)
+    states = gated_sum_rule_states(k, v, decay, initial)
+    out = gated_chunk_read(q, k, v, decay, states[:, :-1])
+    return dense(out, states[:, -1].clone(), states, decay.within)
 
 
 @gated_sum_rule_chunks.register_fake
@@ -62,7 +64,7 @@ def _(
     return (
         q.new_empty(G, chunks, size, d_v),
         q.new_empty(G, d, d_v),
-        q.new_empty(G, chunks, d, d_v),
+        q.new_empty(G, chunks + 1, d, d_v),
         q.new_empty(G, chunks, size, size),
     )
 
@@ -73,14 +75,18 @@ def gated_sum_rule_chunks_backward(
     k: Tensor,
     v: Tensor,
     log_decay: Tensor,
-    starts: Tensor,
+    states: Tensor,
     within: Tensor,
     d_out: Tensor,
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``dQ, dK, dV, d log_decay, dS_0`` of ``gated_sum_rule_chunks``."""
+    """``dQ, dK, dV, d log_decay, dS_0`` of ``gated_sum_rule_chunks`` (``states`` at the chunk boundaries)."""
     decay = ChunkDecay.of(log_decay, within)
-    return dense(*gated_sum_rule_backward(q, k, v, decay, starts, d_out.contiguous(), d_final))
+    d_q, d_k, d_v, d_initial = gated_sum_rule_backward(
+        q, k, v, decay, states[:, :-1], d_out.contiguous(), d_final
+    )
+    d_log_decay = log_decay_gradient(q, d_q, v, d_v, states[:, -1], d_final)
+    return dense(d_q, d_k, d_v, d_log_decay, d_initial)
 
 
 @gated_sum_rule_chunks_backward.register_fake
@@ -89,7 +95,7 @@ def _(
     k: Tensor,
     v: Tensor,
     log_decay: Tensor,
-    starts: Tensor,
+    states: Tensor,
     within: Tensor,
     d_out: Tensor,
     d_final: Tensor,
@@ -113,11 +119,12 @@ def gated_delta_rule_chunks(
     """Gated delta rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, beta and
     log_decay ``[G, N, C]``, initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]``, the final state
     ``[G, d, d_v]``, and for the backward (not differentiable) ``T = A⁻¹`` ``[G, N, C, C]``, the
-    chunk-start states ``[G, N, d, d_v]`` and the decay products ``Γ`` ``[G, N, C, C]``."""
+    states at every chunk boundary ``[G, N + 1, d, d_v]`` and the decay products ``Γ`` ``[G, N, C, C]``."""
     decay = ChunkDecay.of(log_decay)
     inverse = gated_wy_inverse(k, beta, decay)
-    pseudo_values, starts, final = gated_delta_rule_scan(k, v, beta, decay, inverse, initial)
-    return dense(gated_chunk_read(q, k, pseudo_values, decay, starts), final, inverse, starts, decay.within)
+    pseudo_values, states = gated_delta_rule_scan(k, v, beta, decay, inverse, initial)
+    out = gated_chunk_read(q, k, pseudo_values, decay, states[:, :-1])
+    return dense(out, states[:, -1].clone(), inverse, states, decay.within)
 
 
 @gated_delta_rule_chunks.register_fake
@@ -130,7 +137,7 @@ def _(
         q.new_empty(G, chunks, size, d_v),
         q.new_empty(G, d, d_v),
         q.new_empty(G, chunks, size, size),
-        q.new_empty(G, chunks, d, d_v),
+        q.new_empty(G, chunks + 1, d, d_v),
         q.new_empty(G, chunks, size, size),
     )
 
@@ -143,24 +150,26 @@ def gated_delta_rule_chunks_backward(
     beta: Tensor,
     log_decay: Tensor,
     inverse: Tensor,
-    starts: Tensor,
+    states: Tensor,
     within: Tensor,
     d_out: Tensor,
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``dQ, dK, dV, dβ, d log_decay, dS_0`` of ``gated_delta_rule_chunks``: the chunks in reverse,
-    each recomputing its temporaries (``gated_delta_chunk_backward``)."""
+    """``dQ, dK, dV, dβ, d log_decay, dS_0`` of ``gated_delta_rule_chunks`` (``states`` at the chunk
+    boundaries): the chunks in reverse, each recomputing its temporaries (``gated_delta_chunk_backward``),
+    then the log-decays' gradient from those of q and v."""
     d_out = d_out.contiguous()
     decay = ChunkDecay.of(log_decay, within)
-    grads = tuple(x.new_empty(x.shape) for x in (q, k, v, beta, log_decay))
+    grads = tuple(x.new_empty(x.shape) for x in (q, k, v, beta))
     d_state = d_final
     for n in reversed(range(q.shape[1])):
         chunk = [x[:, n] for x in (q, k, v, beta)]
-        rest = [x[:, n] for x in (inverse, starts, d_out)]
+        rest = [x[:, n] for x in (inverse, states, d_out)]
         *chunk_grads, d_state = gated_delta_chunk_backward(*chunk, decay.chunk(n), *rest, d_state)
         for grad in grads:  # popped: each chunk gradient is freed as soon as it is copied
             grad[:, n] = chunk_grads.pop(0)
-    return dense(*grads, d_state)
+    d_log_decay = log_decay_gradient(q, grads[0], v, grads[2], states[:, -1], d_final)
+    return dense(*grads, d_log_decay, d_state)
 
 
 @gated_delta_rule_chunks_backward.register_fake
@@ -171,7 +180,7 @@ def _(
     beta: Tensor,
     log_decay: Tensor,
     inverse: Tensor,
-    starts: Tensor,
+    states: Tensor,
     within: Tensor,
     d_out: Tensor,
     d_final: Tensor,

@@ -18,14 +18,16 @@ With every ``a = 0`` all decay pieces are exactly 1 (0 above the diagonal) and t
 forms of ``fwp.ops.chunk_math``, evaluated in the same order (the same floating-point results).
 
 Backward (``dS'`` the gradient of the state after the chunk): ``dU = Pᵀ dO + diag(λ) K dS'``;
-``dP = tril(dO Uᵀ)``; ``dQ = diag(γ) dO Sᵀ + (dP ⊙ Γ) K``;
-``dK = (dP ⊙ Γ)ᵀ Q + diag(λ) U dS'ᵀ`` (+ for the delta rule, with ``E = Tᵀ dU``,
-``L = tril(E Uᵀ, −1)``, ``R = diag(β)(L ⊙ Γ)``: ``− diag(γ) dV Sᵀ − R K − Rᵀ K``); ``dV = diag(β) E``;
-``dβ = rowsum(X ⊙ E) − rowsum(L ⊙ M)``; ``dS = γ_C dS' + (diag(γ) Q)ᵀ dO − (diag(γ) K)ᵀ dV``.
-Log-decays: with ``H = dP ⊙ P − diag(β)(L ⊙ M)`` (the gradient through ``Γ`` times ``Γ``),
-``dg = rowsum(H) − colsum(H) + γ ⊙ dγ − λ ⊙ dλ``, plus ``Σ_j λ_j dλ_j + γ_C ⟨S, dS'⟩`` at ``g_C``,
-where ``γ_i dγ_i = γ_i (q_i S)·dO_i − γ_i (k_i S)·dV_i`` and ``λ_j dλ_j = λ_j (k_j dS')·u_j``; then
-``da_i = Σ_{t≥i} dg_t``.
+``dP = tril(dO Uᵀ) ⊙ Γ``; ``dQ = diag(γ) dO Sᵀ + dP K``; ``dK = dPᵀ Q + diag(λ) U dS'ᵀ`` (+ for the
+delta rule, with ``E = Tᵀ dU``, ``L = tril(E Uᵀ, −1) ⊙ Γ``: ``− diag(γ) dV Sᵀ − diag(β) L K
+− Lᵀ diag(β) K``); ``dV = diag(β) E``; ``dβ = rowsum(X ⊙ E) − rowsum(K ⊙ L K)``;
+``dS = γ_C dS' + (diag(γ) Q)ᵀ dO − (diag(γ) K)ᵀ dV``.
+
+Log-decays, without differentiating the decay pieces: with ``G_t`` the cumulative log-decay over the
+whole sequence, ``W̃_t = exp(−G_t) W_t`` follows the ungated rule on ``exp(−G_t) v_t`` (the keys of
+the delta rule's transition are unscaled) and ``y_t = exp(G_t) q_t W̃_t``, ``W_T = exp(G_T) W̃_T``.
+So ``∂L/∂G_t = q_t · dq_t − v_t · dv_t`` (+ ``⟨W_T, dW_T⟩`` at ``t = T``), from the gradients of the
+inputs themselves, and ``da_s = Σ_{t≥s} ∂L/∂G_t`` (``log_decay_gradient``).
 
 Chunked tensors are ``[G, N, C, D]`` (``G = B H``, as in ``fwp.ops.chunk_math``); the backward
 helpers take one batch dimension, ``[b, C, D]`` (one chunk of every head, or all chunks flattened).
@@ -93,15 +95,14 @@ def gated_chunk_read(q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, st
     return chunk_read(scaled_rows(q, decay.from_start), gated_scores(q, k, decay), values, starts)
 
 
-def gated_sum_rule_states(k: Tensor, v: Tensor, decay: ChunkDecay, initial: Tensor) -> tuple[Tensor, Tensor]:
-    """``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ V_n``: the states before every chunk ``[G, N, d, d_v]``
-    and the final state ``[G, d, d_v]``; k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, initial ``[G, d, d_v]``."""
+def gated_sum_rule_states(k: Tensor, v: Tensor, decay: ChunkDecay, initial: Tensor) -> Tensor:
+    """``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ V_n``: the states at every chunk boundary, ``S_0 … S_N``
+    ``[G, N + 1, d, d_v]``; k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, initial ``S_0`` ``[G, d, d_v]``."""
     increments = transpose(scaled_rows(k, decay.to_end)) @ v
-    state, starts = initial, []
+    states = [initial]
     for increment, total in zip(increments.unbind(1), decay.total.unbind(1), strict=True):
-        starts.append(state)
-        state = per_matrix(total) * state + increment
-    return torch.stack(starts, dim=1), state
+        states.append(per_matrix(total) * states[-1] + increment)
+    return torch.stack(states, dim=1)
 
 
 def gated_wy_inverse(k: Tensor, beta: Tensor, decay: ChunkDecay) -> Tensor:
@@ -111,10 +112,10 @@ def gated_wy_inverse(k: Tensor, beta: Tensor, decay: ChunkDecay) -> Tensor:
 
 def gated_delta_rule_scan(
     k: Tensor, v: Tensor, beta: Tensor, decay: ChunkDecay, inverse: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """The gated delta rule's recurrence over chunks: ``U_n = T_n diag(β_n)(V_n − diag(γ) K_n S_n)``,
     ``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ U_n``. Shapes as ``fwp.ops.chunk_math.delta_rule_scan``;
-    returns ``U`` ``[G, N, C, d_v]``, the states before every chunk ``[G, N, d, d_v]`` and the final state."""
+    returns ``U`` ``[G, N, C, d_v]`` and the states at every chunk boundary ``[G, N + 1, d, d_v]``."""
     state, starts, pseudo_values = initial, [], []
     chunks = zip(
         scaled_rows(k, decay.from_start).unbind(1),
@@ -129,57 +130,40 @@ def gated_delta_rule_scan(
         starts.append(state)
         pseudo_values.append(delta_chunk_values(decayed_keys, values, betas, inverse_n, state)[1])
         state = torch.baddbmm(per_matrix(total) * state, transpose(end_keys), pseudo_values[-1])
-    return torch.stack(pseudo_values, dim=1), torch.stack(starts, dim=1), state
-
-
-@dataclass
-class ChunkGradients:
-    """Gradients of chunks being accumulated (``[b, …]``): q, k, values (``V`` or ``U``) and the two
-    parts of the log-decay gradient, ``pair`` ``H`` ``[b, C, C]`` and ``own`` ``[b, C]`` (``γ ⊙ dγ``)."""
-
-    q: Tensor
-    k: Tensor
-    values: Tensor
-    pair: Tensor
-    own: Tensor
+    return torch.stack(pseudo_values, dim=1), torch.stack([*starts, state], dim=1)
 
 
 def read_backward(
     q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, start: Tensor, d_out: Tensor
-) -> ChunkGradients:
-    """The gradients of the read ``O = diag(γ) Q S + P values``, ``P = tril(Q Kᵀ) ⊙ Γ``: q, k ``[b, C, d]``,
-    values and d_out ``[b, C, d_v]``, start ``S`` ``[b, d, d_v]``."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``dQ, dK, d values`` of the read ``O = diag(γ) Q S + P values``, ``P = tril(Q Kᵀ) ⊙ Γ``: q, k
+    ``[b, C, d]``, values and d_out ``[b, C, d_v]``, start ``S`` ``[b, d, d_v]``."""
     scores = gated_scores(q, k, decay)
-    d_scores = (d_out @ transpose(values)).tril_()
-    pair = d_scores * scores
     d_values = transpose(scores) @ d_out
     del scores
-    d_scores.mul_(decay.within)
-    d_q_state = torch.bmm(d_out, transpose(start))
-    own = (q * d_q_state).sum(-1).mul_(decay.from_start)
-    d_q = scaled_rows(d_q_state, decay.from_start).baddbmm_(d_scores, k)
-    return ChunkGradients(d_q, transpose(d_scores) @ q, d_values, pair, own)
+    d_scores = (d_out @ transpose(values)).tril_().mul_(decay.within)
+    d_q = scaled_rows(torch.bmm(d_out, transpose(start)), decay.from_start).baddbmm_(d_scores, k)
+    return d_q, transpose(d_scores) @ q, d_values
 
 
 def write_backward_(
-    grads: ChunkGradients, k: Tensor, values: Tensor, decay: ChunkDecay, start: Tensor, d_next: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Adds the state write ``S' = γ_C S + (diag(λ) K)ᵀ values`` to ``grads.values`` and ``grads.k`` in
-    place (d_next ``dS'`` ``[b, d, d_v]``). Returns its log-decay parts ``λ ⊙ dλ`` ``[b, C]`` and
-    ``γ_C ⟨S, dS'⟩`` ``[b]``."""
-    keys_d_next = torch.bmm(scaled_rows(k, decay.to_end), d_next)
-    grads.values.add_(keys_d_next)
-    grads.k.addcmul_(decay.to_end.unsqueeze(-1), values @ transpose(d_next))
-    to_end = (keys_d_next * values).sum(-1)
-    return to_end, decay.total * (start * d_next).sum((-2, -1))
+    d_k: Tensor, d_values: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, d_next: Tensor
+) -> None:
+    """Adds the state write ``S' = γ_C S + (diag(λ) K)ᵀ values`` to ``d_values`` and ``d_k`` in place
+    (d_next ``dS'`` ``[b, d, d_v]``)."""
+    d_values.baddbmm_(scaled_rows(k, decay.to_end), d_next)
+    d_k.addcmul_(decay.to_end.unsqueeze(-1), values @ transpose(d_next))
 
 
-def log_decay_gradient(grads: ChunkGradients, to_end: Tensor, total: Tensor) -> Tensor:
-    """``da`` ``[b, C]`` from the pieces' gradients (module docstring): ``dg = rowsum(H) − colsum(H) +
-    γ ⊙ dγ − λ ⊙ dλ``, ``dg_C += Σ λ ⊙ dλ + γ_C ⟨S, dS'⟩``, then ``da_i = Σ_{t≥i} dg_t``."""
-    d_g = grads.pair.sum(-1) - grads.pair.sum(-2) + grads.own - to_end
-    d_g[..., -1] += to_end.sum(-1) + total
-    return d_g.flip(-1).cumsum(-1).flip(-1)
+def log_decay_gradient(
+    q: Tensor, d_q: Tensor, v: Tensor, d_v: Tensor, final: Tensor, d_final: Tensor
+) -> Tensor:
+    """``da`` ``[G, N, C]`` from the gradients of q ``[G, N, C, d]`` and v ``[G, N, C, d_v]`` (module
+    docstring): ``∂L/∂G_t = q_t · dq_t − v_t · dv_t``, plus ``⟨W_T, dW_T⟩`` (final, d_final
+    ``[G, d, d_v]``) at the last step, summed over ``t ≥ s`` along the whole (padded) sequence."""
+    d_cumulative = ((q * d_q).sum(-1) - (v * d_v).sum(-1)).flatten(1)
+    d_cumulative[:, -1] += (final * d_final).sum((-2, -1))
+    return d_cumulative.flip(-1).cumsum(-1).flip(-1).view(q.shape[:-1])
 
 
 def gated_adjoint_scan(q: Tensor, d_out: Tensor, decay: ChunkDecay, d_final: Tensor) -> tuple[Tensor, Tensor]:
@@ -200,20 +184,15 @@ def gated_adjoint_scan(q: Tensor, d_out: Tensor, decay: ChunkDecay, d_final: Ten
 
 def gated_sum_rule_backward(
     q: Tensor, k: Tensor, v: Tensor, decay: ChunkDecay, starts: Tensor, d_out: Tensor, d_final: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``dQ, dK, dV, da, dS_0`` of the gated sum rule over chunks (``[G, N, …]`` as in the forward):
-    the adjoint scan, then every chunk at once."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``dQ, dK, dV, dS_0`` of the gated sum rule over chunks (``[G, N, …]`` as in the forward): the
+    adjoint scan, then every chunk at once."""
     d_next, d_initial = gated_adjoint_scan(q, d_out, decay, d_final)
-    flat = [x.flatten(0, 1) for x in (q, k, v, starts, d_out, d_next)]
-    q_f, k_f, v_f, starts_f, d_out_f, d_next_f = flat
+    q_f, k_f, v_f, starts_f, d_out_f, d_next_f = (x.flatten(0, 1) for x in (q, k, v, starts, d_out, d_next))
     flat_decay = decay.flatten()
-    grads = read_backward(q_f, k_f, v_f, flat_decay, starts_f, d_out_f)
-    to_end, total = write_backward_(grads, k_f, v_f, flat_decay, starts_f, d_next_f)
-    d_log_decay = log_decay_gradient(grads, to_end, total)
-    shaped = (
-        x.view(q.shape[0], q.shape[1], *x.shape[1:]) for x in (grads.q, grads.k, grads.values, d_log_decay)
-    )
-    return (*shaped, d_initial)
+    d_q, d_k, d_v = read_backward(q_f, k_f, v_f, flat_decay, starts_f, d_out_f)
+    write_backward_(d_k, d_v, k_f, v_f, flat_decay, d_next_f)
+    return (*(x.view(*q.shape[:2], *x.shape[1:]) for x in (d_q, d_k, d_v)), d_initial)
 
 
 def gated_delta_chunk_backward(
@@ -226,32 +205,28 @@ def gated_delta_chunk_backward(
     start: Tensor,
     d_out: Tensor,
     d_next: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``dQ, dK, dV, dβ, da, dS`` of one gated delta-rule chunk of every head (formulas in the module
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``dQ, dK, dV, dβ, dS`` of one gated delta-rule chunk of every head (formulas in the module
     docstring): q, k ``[G, C, d]``, v, d_out ``[G, C, d_v]``, beta ``[G, C]``, inverse ``T`` ``[G, C, C]``,
     start ``S`` and d_next ``dS'`` ``[G, d, d_v]``."""
     decayed_keys = scaled_rows(k, decay.from_start)
     residuals, pseudo_values = delta_chunk_values(decayed_keys, v, beta, inverse, start)
-    grads = read_backward(q, k, pseudo_values, decay, start, d_out)
-    to_end, total = write_backward_(grads, k, pseudo_values, decay, start, d_next)
-    d_residuals = transpose(inverse) @ grads.values
+    d_q, d_k, d_pseudo = read_backward(q, k, pseudo_values, decay, start, d_out)
+    write_backward_(d_k, d_pseudo, k, pseudo_values, decay, d_next)
+    d_residuals = transpose(inverse) @ d_pseudo
+    del d_pseudo
     d_v = scaled_rows(d_residuals, beta)
     d_beta = (residuals * d_residuals).sum(-1)
     del residuals
-    d_v_state = d_v @ transpose(start)
-    grads.own.sub_((decayed_keys * d_v_state).sum(-1))
-    grads.k.addcmul_(decay.from_start.unsqueeze(-1), d_v_state, value=-1)
-    del d_v_state
-    lower = (d_residuals @ transpose(pseudo_values)).tril_(diagonal=-1)
-    key_products = (k @ transpose(k)).mul_(decay.within).tril_(diagonal=-1)
-    lower_keys = lower * key_products
-    d_beta.sub_(lower_keys.sum(-1))
-    grads.pair.addcmul_(beta.unsqueeze(-1), lower_keys, value=-1)
-    del lower_keys, key_products
-    weights = lower.mul_(decay.within).mul_(beta.unsqueeze(-1))
-    grads.k.baddbmm_(weights, k, alpha=-1).baddbmm_(transpose(weights), k, alpha=-1)
+    d_k.addcmul_(decay.from_start.unsqueeze(-1), d_v @ transpose(start), value=-1)
+    lower = (d_residuals @ transpose(pseudo_values)).tril_(diagonal=-1).mul_(decay.within)
+    lower_keys = lower @ k
+    d_k.addcmul_(beta.unsqueeze(-1), lower_keys, value=-1).baddbmm_(
+        transpose(lower), scaled_rows(k, beta), alpha=-1
+    )
+    d_beta.sub_((k * lower_keys).sum(-1))
     d_start = torch.baddbmm(
         per_matrix(decay.total) * d_next, transpose(scaled_rows(q, decay.from_start)), d_out
     )
     d_start.baddbmm_(transpose(decayed_keys), d_v, alpha=-1)
-    return grads.q, grads.k, d_v, d_beta, log_decay_gradient(grads, to_end, total), d_start
+    return d_q, d_k, d_v, d_beta, d_start
