@@ -7,10 +7,13 @@ implementations and registered autograd, so that ``torch.compile`` keeps each as
 Inside a chunk the decay enters through differences of cumulative log-decays (never an
 exponential of a positive number); between chunks the state is decayed by the chunk's total decay.
 
-- Gated sum rule: saves the inputs and the chunk-start states; the backward runs the adjoint state
-  scan over the chunks in reverse and forms every gradient for all chunks at once.
-- Gated delta rule: saves the inputs, the chunk-start states and ``T = A⁻¹``; the backward walks the
-  chunks in reverse, recomputing each chunk's pseudo-values, scores and decay products.
+- Gated sum rule: saves the inputs, the states at the chunk boundaries and the decay products ``Γ``;
+  the backward runs the adjoint state scan over the chunks in reverse and forms every gradient for
+  all chunks at once.
+- Gated delta rule: saves the same and ``T = A⁻¹``; the backward walks the chunks in reverse,
+  recomputing each chunk's pseudo-values and scores.
+- Both: the gradient of ``log_decay`` follows from those of q and v and the final state
+  (``fwp.ops.gated_chunk_math.log_decay_gradient``).
 
 Like the ungated backends, these compute the read-out numerator and ``W`` only. The gated denominator
 ``z_t = α_t z_{t−1} + φ(k_t)``, ``den_t = φ(q_t) · z_t`` is the gated sum rule on the value 1
