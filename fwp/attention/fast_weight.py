@@ -25,7 +25,8 @@ from fwp.ops import (
     parse_normalization,
 )
 from fwp.ops.dispatch import require_backend_usable
-from fwp.ops.feature_maps import FEATURE_MAPS, require_at_least, require_choice
+from fwp.ops.feature_maps import FEATURE_MAPS
+from fwp.ops.validation import require_at_least, require_choice
 
 FeatureMapName = Literal["identity", "elu", "dpfp", "favor", "tanh"]
 NormalizationName = Literal["sum", "denominator", "none"]

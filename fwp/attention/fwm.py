@@ -17,9 +17,8 @@ from torch import Tensor
 from fwp.attention.base import AttentionCore
 from fwp.ops import FastWeightState, build_feature_map
 from fwp.ops.dispatch import compute_dtype
-from fwp.ops.feature_maps import require_at_least, require_choice
 from fwp.ops.fwm import fwm_read, fwm_recurrence
-from fwp.ops.validation import validate_state
+from fwp.ops.validation import require_at_least, require_choice, validate_state
 
 FWM_FEATURE_MAPS = ("tanh", "dpfp")
 

@@ -26,12 +26,14 @@ import torch
 from torch import Tensor
 
 from fwp.ops.dispatch import BACKENDS, compute_dtype, load_backend, resolve_backend
-from fwp.ops.feature_maps import FeatureMap, require_at_least, require_choice
+from fwp.ops.feature_maps import FeatureMap
 from fwp.ops.normalization import Normalization, causal_denominator, normalized_write, sum_normalize
 from fwp.ops.rules import RULES, get_rule
 from fwp.ops.state import FastWeightState
 from fwp.ops.validation import (
     check_finite_enabled,
+    require_at_least,
+    require_choice,
     require_float,
     validate_recurrence_inputs,
     validate_state,

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fwp.ops.validation import require_at_least, require_choice
+
 
 def identity(x: Tensor) -> Tensor:
     """``φ(x) = x``; ``d_dot = d_k`` (tests and ablations)."""
@@ -91,18 +93,6 @@ OMEGA_DRAWS: dict[str, Callable[..., Tensor]] = {
     "orthogonal": orthogonal_random_projection,
     "transposed": transposed_orthogonal_projection,
 }
-
-
-def require_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
-    """A ValueError naming ``option`` and the allowed values unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{option} must be one of {list(choices)}, got {option}={value!r}")
-
-
-def require_at_least(option: str, value: float, minimum: float) -> None:
-    """A ValueError naming ``option`` unless ``value >= minimum``."""
-    if value < minimum:
-        raise ValueError(f"{option} must be >= {minimum}, got {option}={value}")
 
 
 class FeatureMap(nn.Module):

@@ -16,6 +16,18 @@ def check_finite_enabled(flag: bool | None) -> bool:
     return flag if flag is not None else os.environ.get("FWP_DEBUG", "") == "1"
 
 
+def require_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
+    """A ValueError naming ``option`` and the allowed values unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{option} must be one of {list(choices)}, got {option}={value!r}")
+
+
+def require_at_least(option: str, value: float, minimum: float) -> None:
+    """A ValueError naming ``option`` unless ``value >= minimum``."""
+    if value < minimum:
+        raise ValueError(f"{option} must be >= {minimum}, got {option}={value}")
+
+
 def require_float(name: str, x: Tensor) -> None:
     """A ValueError naming ``name`` unless ``x`` holds floating-point numbers."""
     if not torch.is_floating_point(x):
