@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fwp.ops.reference import fast_weight_step
 from fwp.ops.state import FastWeightState
+from fwp.ops.validation import require_float
 
 
 def validate_log_decay(log_decay: Tensor, q: Tensor) -> None:
@@ -32,8 +33,7 @@ def validate_log_decay(log_decay: Tensor, q: Tensor) -> None:
         raise ValueError(
             f"log_decay must be {tuple(q.shape[:-1])} ([B, H, T]), got shape {tuple(log_decay.shape)}"
         )
-    if not torch.is_floating_point(log_decay):
-        raise ValueError(f"log_decay must be a floating-point tensor, got dtype {log_decay.dtype}")
+    require_float("log_decay", log_decay)
     allowed = (log_decay <= 0) & (log_decay > float("-inf"))
     message = "log_decay must be finite and <= 0 (the decay exp(log_decay) in (0, 1])"
     if torch.compiler.is_compiling():

@@ -243,6 +243,14 @@ def test_invalid_log_decay_is_refused(backend: str, value: float, shape: tuple |
         gated(backend, x, denominator=False)
 
 
+@pytest.mark.parametrize("backend", ["reference", "chunk"])
+def test_integer_log_decay_is_refused(backend: str) -> None:
+    x = inputs(0, 1, 2, 5, 3, 2, rule="sum", denominator=False, strongest=-1.0)
+    x["log_decay"] = torch.zeros(1, 2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="log_decay must be a floating-point tensor"):
+        gated(backend, x, denominator=False)
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
