@@ -81,6 +81,20 @@ def experiment_config(name: str) -> dict[str, Any]:
     return parsed_config(documented_experiments()[name])
 
 
+def model_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """The model's init arguments of a parsed ``config`` with a ``backbone`` section resolved (its
+    preset applied, ``BACKBONE_CONFIG`` of the model class) and its fields put beside the others, so
+    that ``d_model``, ``attention``... read the same for every task."""
+    from fwp.training.cli import import_class
+
+    arguments = dict(config["model"]["init_args"])
+    config_class = getattr(import_class(config["model"]["class_path"]), "BACKBONE_CONFIG", None)
+    if config_class is None:
+        return arguments
+    backbone = config_class.of(arguments.pop("backbone") or {})
+    return arguments | {key: value for key, value in backbone.as_dict().items() if key != "preset"}
+
+
 def experiment_arguments(name: str) -> list[str]:
     """The ``fit`` arguments of the documented experiment ``name`` (absolute config paths), to which a
     test appends its own overrides."""

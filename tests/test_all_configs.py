@@ -65,7 +65,7 @@ def test_sweep_composition_equals_a_documented_experiment(composition):
     ("arguments", "expected"),
     [
         (  # a registry-name spec given as a flag over the base's fast_weight spec
-            ["--config", "conf/lm/wt103_small.yaml", "--model.attention", "{name: dpfp, nu: 1}"],
+            ["--config", "conf/lm/wt103_small.yaml", "--model.backbone.attention", "{name: dpfp, nu: 1}"],
             {"name": "dpfp", "nu": 1},
         ),
         (  # a class_path spec from an overlay file over the base's {name: delta, nu: 2}
@@ -94,7 +94,8 @@ def test_an_overlay_replaces_the_attention_spec_whole(arguments, expected):
     merged, or two systems' options would make a chimera (e.g. ``{name: dpfp, nu: 1, feature_map: elu,
     rule: delta, …}``)."""
     arguments = [str(REPO / a) if a.startswith("conf/") else a for a in arguments]
-    model = parsed_config(arguments)["model"]["init_args"]
+    init_args = parsed_config(arguments)["model"]["init_args"]
+    model = init_args | (init_args.get("backbone") or {})  # LM and MT: the attentions are backbone fields
     for key in ("attention", "encoder_attention", "decoder_attention"):
         if key in model:
             assert model[key] == expected

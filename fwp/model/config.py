@@ -11,10 +11,12 @@ over both. In YAML (``backbone:`` of a task)::
       attention: {name: delta, nu: 2}    # overrides; every other field from the preset
 
 and on the command line ``--model.init_args.backbone.d_model 256``. Three fields have a meaningful
-``None`` that no preset sets: ``d_head`` (``d_model // n_heads``), ``activation_dropout`` (the residual
-``dropout``; the WMT14 presets set 0) and ``adaptive_cutoffs`` (a plain softmax; ``[]`` turns off the
-adaptive softmax of a ``wt103-*`` preset). After construction every other field holds its value, so
-``type(config)(**config.as_dict())`` rebuilds the same config (checkpoints store ``as_dict()``).
+``None``, which a preset that sets them overrides: ``d_head`` (``d_model // n_heads``; the ``wt103-*``
+presets set the paper's 16 and 32: give ``d_head`` with another ``d_model``), ``activation_dropout``
+(the residual ``dropout``; the WMT14 presets set 0) and ``adaptive_cutoffs`` (a plain softmax; ``[]``
+turns off the adaptive softmax of a ``wt103-*`` preset). After construction every other field holds
+its value, so ``type(config)(**config.as_dict())`` rebuilds the same config (checkpoints store
+``as_dict()``).
 
 ``BlockConfig`` is what every ``TransformerBlock`` of a backbone shares (sizes, dropout, activation,
 norm); a backbone config builds it as ``config.block``.
@@ -102,15 +104,23 @@ class BackboneConfig:
     LEGACY_NAMES: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
-        if self.preset is not None:
-            check_choice("preset", self.preset, tuple(self.PRESETS))
+        if self.preset is not None and self.preset not in self.PRESETS:
+            raise ValueError(
+                f"backbone ({type(self).__name__}): preset must be one of {list(self.PRESETS)}, got "
+                f"preset={self.preset!r}"
+            )
         preset = self.PRESETS.get(self.preset, {})
         for name in self.field_names():
             if getattr(self, name) is None:
                 value = preset.get(name, self.DEFAULTS.get(name))
                 object.__setattr__(self, name, list(value) if isinstance(value, tuple) else value)
-        object.__setattr__(self, "block", BlockConfig(**{name: getattr(self, name) for name in BLOCK_FIELDS}))
-        self.check()
+        try:
+            object.__setattr__(
+                self, "block", BlockConfig(**{name: getattr(self, name) for name in BLOCK_FIELDS})
+            )
+            self.check()
+        except ValueError as error:
+            raise ValueError(f"backbone ({type(self).__name__}): {error}") from None
 
     def check(self) -> None:
         """A ValueError naming the first invalid field beyond the block's (subclasses)."""
@@ -166,6 +176,7 @@ WT103_SMALL = {
     "d_model": 128,
     "n_layers": 16,
     "n_heads": 8,
+    "d_head": 16,
     "d_ff": 2048,
     "dropout": 0.1,
     "positional": "sinusoidal",
@@ -184,9 +195,9 @@ class DecoderLMConfig(BackboneConfig):
 
     Args:
         preset: the paper's setting to start from: ``synthetic`` (2 layers, d_model 64, 4 heads, d_ff
-            256, no dropout, tied embeddings), ``wt103-small`` (16 layers, d_model 128, 8 heads, d_ff
-            2048, dropout 0.1, Transformer-XL init, tied adaptive input and softmax with cutoffs
-            20k/40k/200k), ``wt103-medium`` (as small with d_model 256).
+            256, no dropout, tied embeddings), ``wt103-small`` (16 layers, d_model 128, 8 heads of 16,
+            d_ff 2048, dropout 0.1, Transformer-XL init, tied adaptive input and softmax with cutoffs
+            20k/40k/200k), ``wt103-medium`` (as small with d_model 256, heads of 32).
         d_model: model width.
         n_layers: number of blocks.
         n_heads: attention heads per block.
@@ -233,7 +244,7 @@ class DecoderLMConfig(BackboneConfig):
             "tie_embeddings": True,
         },
         "wt103-small": WT103_SMALL,
-        "wt103-medium": {**WT103_SMALL, "d_model": 256},
+        "wt103-medium": {**WT103_SMALL, "d_model": 256, "d_head": 32},
     }
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "d_model": 128,

@@ -49,7 +49,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric
 
-from fwp.attention import AttentionSpec
 from fwp.data.files import DataError
 from fwp.data.tokenizer import EOS_ID, UNK_ID
 from fwp.model import (
@@ -61,9 +60,6 @@ from fwp.model import (
     sample,
     saved_state_shape,
 )
-from fwp.model.config import Activation, Norm
-from fwp.model.initialization import Init
-from fwp.model.positions import Positional
 from fwp.training.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.training.optimization import SCHEDULES, Schedule, adam_with_schedule
 from fwp.training.outputs import check_output_file, write_lines
@@ -126,57 +122,28 @@ def prompt_text(prompt: str | None, prompt_file: str | None) -> str | None:
 class LanguageModel(GradientNormLogging, L.LightningModule):
     """Decoder-only language model over ``vocab_size`` tokens (linked from the data module).
 
-    Backbone arguments are those of ``fwp.model.DecoderLM`` (``attention`` is a registry spec such as
-    ``delta`` or ``{name: performer, m: 16}``). See the module docstring for ``carry_state``,
-    ``eval_carry_state``, the optimiser and schedule arguments (``max_steps`` None: the Trainer's), and
-    the prediction arguments: ``num_samples`` (>= 1), ``prompt`` or ``prompt_file`` (at most one;
-    neither: ``prompt_length`` tokens of the test split), ``max_new_tokens``, ``temperature`` (>= 0,
-    0 = greedy), ``top_k``, ``predict_output`` (a file; None: stdout). ``log_text_samples``: validation
-    continuations logged as TensorBoard text during ``fit`` (0: none).
+    ``backbone``: the ``DecoderLMConfig`` of the model (a ``preset`` such as ``wt103-small`` and any
+    fields to override; ``attention`` is a registry spec such as ``delta`` or ``{name: performer, m:
+    16}``). See the module docstring for ``carry_state``, ``eval_carry_state``, the optimiser and
+    schedule arguments (``max_steps`` None: the Trainer's), and the prediction arguments:
+    ``num_samples`` (>= 1), ``prompt`` or ``prompt_file`` (at most one; neither: ``prompt_length``
+    tokens of the test split), ``max_new_tokens``, ``temperature`` (>= 0, 0 = greedy), ``top_k``,
+    ``predict_output`` (a file; None: stdout). ``log_text_samples``: validation continuations logged as
+    TensorBoard text during ``fit`` (0: none).
     """
 
     best_metric = "valid/ppl"
     best_metric_mode = "min"
+    BACKBONE_CONFIG = DecoderLMConfig
 
     # The arguments that shape the weights or what they compute: with --ckpt_path the run's values must
     # be the checkpoint's (fwp.training.cli); any other argument (decoding, optimisation, dropout) may differ.
-    ARCHITECTURE_ARGUMENTS = frozenset(
-        {
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "d_head",
-            "d_ff",
-            "attention",
-            "positional",
-            "norm",
-            "activation",
-            "tie_embeddings",
-            "adaptive_cutoffs",
-            "adaptive_div_value",
-            "max_positions",
-        }
-    )
+    ARCHITECTURE_ARGUMENTS = frozenset({"vocab_size"} | DecoderLMConfig.architecture_fields())
 
     def __init__(
         self,
         vocab_size: int,
-        d_model: int = 128,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_head: int | None = None,
-        d_ff: int = 512,
-        attention: AttentionSpec = "delta",
-        dropout: float = 0.1,
-        positional: Positional = "sinusoidal",
-        norm: Norm = "post",
-        activation: Activation = "relu",
-        init: Init = "torch",
-        tie_embeddings: bool = False,
-        adaptive_cutoffs: list[int] | None = None,
-        adaptive_div_value: float = 1.0,
-        max_positions: int = 4096,
+        backbone: DecoderLMConfig | None = None,
         carry_state: bool = False,
         eval_carry_state: bool | None = None,
         lr: float = 2.5e-4,
@@ -196,7 +163,9 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         log_text_samples: int = 1,
     ) -> None:
         super().__init__()
+        config = DecoderLMConfig.of(backbone)
         self.save_hyperparameters()
+        self.hparams["backbone"] = config.as_dict()  # resolved: a checkpoint rebuilds exactly this model
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got schedule={schedule!r}")
         for name, value in (("lr", lr), ("prompt_length", prompt_length), ("num_samples", num_samples)):
@@ -214,37 +183,18 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         check_sampling_options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
         check_output_file("predict_output", predict_output)
         self.prompt_text = prompt_text(prompt, prompt_file)
-        self.model = DecoderLM(
-            vocab_size,
-            DecoderLMConfig(
-                d_model=d_model,
-                n_layers=n_layers,
-                n_heads=n_heads,
-                d_head=d_head,
-                d_ff=d_ff,
-                attention=attention,
-                dropout=dropout,
-                positional=positional,
-                norm=norm,
-                activation=activation,
-                init=init,
-                tie_embeddings=tie_embeddings,
-                max_positions=max_positions,
-                adaptive_cutoffs=adaptive_cutoffs,
-                adaptive_div_value=adaptive_div_value,
-            ),
-        )
+        self.model = DecoderLM(vocab_size, config)
         self.carry_state = carry_state
         self.eval_carry_state = carry_state if eval_carry_state is None else eval_carry_state
         if (self.carry_state or self.eval_carry_state) and not self.model.bounded_state:
             raise ValueError(
                 "carry_state/eval_carry_state need fast-weight attention (a fixed-size state) in every "
-                f"layer, got attention={attention!r}"
+                f"layer, got backbone.attention={config.attention!r}"
             )
-        if (self.carry_state or self.eval_carry_state) and positional == "learned":
+        if (self.carry_state or self.eval_carry_state) and config.positional == "learned":
             raise ValueError(
-                "carrying state continues positions without bound; use positional='none' (the paper's "
-                "choice) or 'sinusoidal', got positional='learned'"
+                "carrying state continues positions without bound; use backbone.positional='none' (the "
+                "paper's choice) or 'sinusoidal', got positional='learned'"
             )
         check_generation_fits(self.model, prompt_length, max_new_tokens)  # test-split and validation prompts
         self.valid_nll = TokenNLL()

@@ -45,11 +45,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from fwp.attention import AttentionSpec
 from fwp.data import PAD_ID
 from fwp.model import EncoderDecoder, EncoderDecoderConfig, beam_search, greedy_decode
-from fwp.model.config import Norm
-from fwp.model.positions import Positional
 from fwp.training.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.training.optimization import adam_with_schedule
 from fwp.training.outputs import check_output_file, new_file, write_lines
@@ -100,16 +97,11 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
     Args:
         vocab_size: from the data module (linked by the CLI; do not set in YAML). pad_id: the padding id
             of the data (``fwp.data.PAD_ID`` for every data module of this project).
-        d_model, n_encoder_layers, n_decoder_layers, n_heads, d_head, d_ff, dropout, positional, norm,
-            share_embeddings: ``fwp.model.EncoderDecoder`` sizes and options.
-        activation_dropout: dropout of the feed-forward hidden units (None: ``dropout``; fairseq's WMT
-            Transformers, and the WMT14 configs, use 0).
-        position_limit: positions of the learned table with ``positional="learned"`` (the backbone's
-            ``max_positions``; named apart from the data module's ``max_positions``, the longest kept
-            pair); decoding then stops before it.
-        encoder_attention, decoder_attention, cross_attention: registry specs (name or ``{name:
-            ..., options}``) of the encoder self-attention (bidirectional: softmax or a sum-rule core),
-            the decoder causal self-attention (any core) and the encoder-decoder attention.
+        backbone: the ``EncoderDecoderConfig`` of the model: a ``preset`` (``wmt14-base``,
+            ``wmt14-big``, ``synthetic``) and any fields to override, e.g. the registry specs
+            ``encoder_attention`` (bidirectional: softmax or a sum-rule core), ``decoder_attention``
+            (causal, any core) and ``cross_attention``; ``max_positions`` (positions of a learned table;
+            decoding then stops before it).
         label_smoothing: ε of the loss.
         loss_normalization: ``tokens`` (fairseq): an optimizer step follows the gradient of the loss
             summed over all its micro-batches (gradient accumulation) and ranks, divided by their total
@@ -126,47 +118,17 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
         log_text_samples: sentences shown as TensorBoard text at each validation of ``fit`` (0: none).
     """
 
+    BACKBONE_CONFIG = EncoderDecoderConfig
+
     # The arguments that shape the weights or what they compute: with --ckpt_path the run's values must
     # be the checkpoint's (fwp.training.cli); any other argument (decoding, optimisation, dropout) may differ.
-    ARCHITECTURE_ARGUMENTS = frozenset(
-        {
-            "vocab_size",
-            "pad_id",
-            "d_model",
-            "n_encoder_layers",
-            "n_decoder_layers",
-            "n_heads",
-            "d_head",
-            "d_ff",
-            "encoder_attention",
-            "decoder_attention",
-            "cross_attention",
-            "positional",
-            "norm",
-            "share_embeddings",
-            "position_limit",
-        }
-    )
+    ARCHITECTURE_ARGUMENTS = frozenset({"vocab_size", "pad_id"} | EncoderDecoderConfig.architecture_fields())
 
     def __init__(
         self,
         vocab_size: int,
         pad_id: int = PAD_ID,
-        d_model: int = 512,
-        n_encoder_layers: int = 6,
-        n_decoder_layers: int = 6,
-        n_heads: int = 8,
-        d_head: int | None = None,
-        d_ff: int = 2048,
-        encoder_attention: AttentionSpec = "softmax",
-        decoder_attention: AttentionSpec = "softmax",
-        cross_attention: AttentionSpec = "softmax",
-        dropout: float = 0.1,
-        activation_dropout: float | None = None,
-        positional: Positional = "sinusoidal",
-        norm: Norm = "post",
-        share_embeddings: bool = True,
-        position_limit: int = 1024,
+        backbone: EncoderDecoderConfig | None = None,
         label_smoothing: float = 0.1,
         loss_normalization: LossNormalization = "tokens",
         lr: float = 5e-4,
@@ -214,28 +176,10 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
                 f"TranslationModel: length_penalty must be finite, got length_penalty={length_penalty}"
             )
         check_output_file("predict_output", predict_output)
+        config = EncoderDecoderConfig.of(backbone)
         self.save_hyperparameters()
-        self.model = EncoderDecoder(
-            vocab_size,
-            EncoderDecoderConfig(
-                d_model=d_model,
-                n_encoder_layers=n_encoder_layers,
-                n_decoder_layers=n_decoder_layers,
-                n_heads=n_heads,
-                d_head=d_head,
-                d_ff=d_ff,
-                encoder_attention=encoder_attention,
-                decoder_attention=decoder_attention,
-                cross_attention=cross_attention,
-                dropout=dropout,
-                activation_dropout=activation_dropout,
-                positional=positional,
-                norm=norm,
-                share_embeddings=share_embeddings,
-                max_positions=position_limit,
-            ),
-            pad_id=pad_id,
-        )
+        self.hparams["backbone"] = config.as_dict()  # resolved: a checkpoint rebuilds exactly this model
+        self.model = EncoderDecoder(vocab_size, config, pad_id=pad_id)
         self.bleu_variants: tuple[BleuVariant, ...] = ()  # per evaluation, for the target language
         self._eval_sums: SentenceSums | None = None
         self._bleu_statistics: list[CorpusBleuStatistics] = []

@@ -17,10 +17,15 @@ from tests.faults.cli_run import Fault
 LM_FIT = ["fit", "--config", "conf/lm/synthetic.yaml", "--trainer.fast_dev_run", "1"]
 
 
+def lm_fit(tmp_path: Path, *options: str) -> list[str]:
+    """One step of the synthetic LM on a tiny corpus with ``options`` added."""
+    data = write_lm_corpus(tmp_path / "wiki")
+    return [*config(LM_FIT), "--data.init_args.data_dir", str(data), *options]
+
+
 def lm_fit_with_attention(tmp_path: Path, attention: str) -> list[str]:
     """One step of the synthetic LM on a tiny corpus with ``attention`` (a YAML flow mapping)."""
-    data = write_lm_corpus(tmp_path / "wiki")
-    return [*config(LM_FIT), "--data.init_args.data_dir", str(data), "--model.init_args.attention", attention]
+    return lm_fit(tmp_path, "--model.init_args.backbone.attention", attention)
 
 
 def legacy_softmax_checkpoint_test(tmp_path: Path) -> list[str]:
@@ -30,7 +35,7 @@ def legacy_softmax_checkpoint_test(tmp_path: Path) -> list[str]:
 
     data = write_lm_corpus(tmp_path / "wiki")
     args = [*config(LM_FIT[1:3]), "--data.init_args.data_dir", str(data)]
-    args += ["--model.init_args.adaptive_cutoffs", "[5, 10]", "--trainer.logger", "false"]
+    args += ["--model.init_args.backbone.adaptive_cutoffs", "[5, 10]", "--trainer.logger", "false"]
     model = main(args, run=False).model
     legacy = torch.nn.AdaptiveLogSoftmaxWithLoss(64, model.hparams.vocab_size, [5, 10]).state_dict()
     state = {k: v for k, v in model.state_dict().items() if ".adaptive_softmax." not in k}
@@ -48,10 +53,25 @@ CASES: list[Fault] = [
         lambda t: lm_fit_with_attention(t, "{name: delta, normalization: both}"),
         names=lambda t: ["normalization", "[sum, denominator]", "'both'"],
     ),
+    Fault(  # elu + 1 has no order: nu was silently ignored
+        "model-option-the-system-does-not-use",
+        lambda t: lm_fit_with_attention(t, "{name: linear, nu: 3}"),
+        names=lambda t: ["'linear'", "nu=3", "is not used"],
+    ),
     Fault(
         "model-denominator-write-without-denominator",
         lambda t: lm_fit_with_attention(t, "{name: delta, normalization: sum, denominator_write: true}"),
         names=lambda t: ["denominator_write", "normalization"],
+    ),
+    Fault(  # checked when jsonargparse builds the config, inside its union of types: the reason alone
+        "model-backbone-field-out-of-range",
+        lambda t: lm_fit(t, "--model.init_args.backbone.n_layers", "0"),
+        names=lambda t: ["backbone (DecoderLMConfig)", "n_layers must be >= 1", "n_layers=0"],
+    ),
+    Fault(
+        "model-backbone-unknown-preset",
+        lambda t: lm_fit(t, "--model.init_args.backbone.preset", "wt103-large"),
+        names=lambda t: ["preset", "'wt103-large'", "wt103-small"],
     ),
     Fault(
         "model-checkpoint-with-the-earlier-adaptive-softmax",

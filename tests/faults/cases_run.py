@@ -12,8 +12,8 @@ from tests.faults.cli_run import Fault
 LM_PREDICT = ["predict", "--config", "conf/lm/synthetic.yaml"]
 LEARNED_POSITIONS = [
     "--model.init_args.carry_state", "false",
-    "--model.init_args.positional", "learned",
-    "--model.init_args.max_positions", "8",
+    "--model.init_args.backbone.positional", "learned",
+    "--model.init_args.backbone.max_positions", "8",
 ]  # fmt: skip
 SIX_WORD_PROMPT = [
     "--model.init_args.prompt_length",

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from fwp.attention import FastWeightAttention, build_attention
+from fwp.model import DecoderLMConfig
 from fwp.training.cli import main
 from tasks.language_modeling.data import SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.synthetic import write_synthetic_corpus
-from tests.experiments import documented_experiments, experiment_arguments, experiment_config
+from tests.experiments import documented_experiments, experiment_arguments, experiment_config, model_arguments
 
 EXPERIMENTS = sorted(name for name in documented_experiments() if name.startswith(("wt103_", "lm_")))
 DELTA = {"rule": "delta", "normalization": ["sum", "denominator"], "eps": 1e-5, "sum_eps": 0.0}
@@ -49,8 +50,9 @@ PAPER = {
     "small": {"d_model": 128, "d_head": 16, "max_steps": 500000, "batch_size": 96, "segment_length": 256},
     "medium": {"d_model": 256, "d_head": 32, "max_steps": 400000, "batch_size": 56, "segment_length": 384},
 }
-TINY_MODEL = ["--model.init_args.n_layers=1", "--model.init_args.d_model=16", "--model.init_args.n_heads=2"]
-TINY_MODEL += ["--model.init_args.d_head=8", "--model.init_args.d_ff=16"]
+TINY_MODEL = [f"--model.init_args.backbone.{option}" for option in ("n_layers=1", "d_model=16", "n_heads=2")]
+TINY_MODEL += ["--model.init_args.backbone.d_head=8", "--model.init_args.backbone.d_ff=16"]
+CUTOFFS = "--model.init_args.backbone.adaptive_cutoffs=[20, 40, 80]"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_every_paper_experiment_has_a_config() -> None:
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_config_runs_one_step(name: str, corpus: Path, tmp_path: Path, monkeypatch, one_thread) -> None:
     monkeypatch.chdir(tmp_path)
-    model_args = experiment_config(name)["model"]["init_args"]
+    model_args = model_arguments(experiment_config(name))
     args = [
         "fit",
         *experiment_arguments(name),
@@ -79,12 +81,26 @@ def test_config_runs_one_step(name: str, corpus: Path, tmp_path: Path, monkeypat
     args += ["--data.init_args.batch_size=2", "--data.init_args.segment_length=8"]
     args += ["--data.init_args.eval_batch_size=2", "--data.init_args.eval_segment_length=8", *TINY_MODEL]
     if model_args.get("adaptive_cutoffs"):
-        args.append("--model.init_args.adaptive_cutoffs=[20, 40, 80]")
+        args.append(CUTOFFS)
     cli = main(args)
     assert cli.trainer.global_step == 1
-    assert cli.model.hparams.attention == model_args["attention"]
+    assert cli.model.hparams.backbone["attention"] == model_args["attention"]
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size
     assert torch.isfinite(cli.trainer.callback_metrics["valid/ppl"])
+
+
+def test_backbone_preset_overlay_and_flag_compose_field_by_field(corpus: Path, tmp_path: Path, monkeypatch):
+    """jsonargparse builds the ``DecoderLMConfig`` from the base's ``backbone`` (preset ``synthetic``,
+    a delta-rule attention, no positions), the overlay's keys (conf/lm/softmax.yaml: attention and
+    positions) and a command-line field, merged key by key; the preset fills every field not given."""
+    monkeypatch.chdir(tmp_path)
+    args = [*experiment_arguments("lm_synthetic_softmax"), f"--data.init_args.data_dir={corpus}"]
+    cli = main([*args, "--model.init_args.backbone.d_model=32", "--trainer.logger=false"], run=False)
+    expected = DecoderLMConfig(preset="synthetic", attention="softmax", positional="sinusoidal", d_model=32)
+    assert cli.model.model.config == expected
+    assert cli.model.hparams.backbone == expected.as_dict()
+    assert cli.model.model.embedding.weight.shape[1] == 32
+    assert len(cli.model.model.stack.blocks) == DecoderLMConfig.PRESETS["synthetic"]["n_layers"]
 
 
 def test_sliding_evaluation_is_a_command_line_override(corpus: Path, tmp_path: Path, monkeypatch, one_thread):
@@ -106,7 +122,7 @@ def test_paper_test_protocol_is_the_default(name, test_dataset, corpus, tmp_path
     (carry); validation keeps ``eval_batch_size`` segments."""
     monkeypatch.chdir(tmp_path)
     args = ["test", *experiment_arguments(name), f"--data.init_args.data_dir={corpus}", *TINY_MODEL]
-    args += ["--data.init_args.eval_segment_length=8", "--model.init_args.adaptive_cutoffs=[20, 40, 80]"]
+    args += ["--data.init_args.eval_segment_length=8", CUTOFFS]
     cli = main([*args, "--trainer.limit_test_batches=3", "--trainer.logger=false"])
     test = cli.datamodule.datasets["test"]
     assert isinstance(test, test_dataset)
@@ -124,14 +140,13 @@ def test_wikitext_configs_hold_the_paper_settings(experiment: str) -> None:
     config = experiment_config(experiment)
     size, name = experiment.split("_", 2)[1:]
     paper = PAPER[size]
-    model, trainer, data = config["model"]["init_args"], config["trainer"], config["data"]["init_args"]
+    model, trainer, data = model_arguments(config), config["trainer"], config["data"]["init_args"]
     assert config["model"]["class_path"] == "tasks.language_modeling.module.LanguageModel"
     assert config["data"]["class_path"] == "tasks.language_modeling.data.LanguageModelingDataModule"
     expected_model = {
         "n_layers": 16,
         "d_model": paper["d_model"],
         "n_heads": 8,
-        "d_head": paper["d_head"],
         "d_ff": 2048,
         "dropout": 0.1,
         "norm": "post",
@@ -141,6 +156,7 @@ def test_wikitext_configs_hold_the_paper_settings(experiment: str) -> None:
         "schedule": "cosine",
     }
     assert {key: model[key] for key in expected_model} == expected_model
+    assert (model["d_head"] or model["d_model"] // model["n_heads"]) == paper["d_head"]
     carry = name in CARRY
     assert model["carry_state"] is carry
     assert model["positional"] == ("none" if carry else "sinusoidal")

@@ -12,7 +12,7 @@ from lightning_runs import quiet_trainer
 
 from fwp.data.files import DataError
 from fwp.data.tokenizer import EOS_ID
-from fwp.model import sample, step_log_probs
+from fwp.model import DecoderLMConfig, sample, step_log_probs
 from fwp.training.optimization import learning_rate_factor
 from tasks.language_modeling.data import LanguageModelingDataModule, SegmentDataset, SlidingWindowDataset
 from tasks.language_modeling.module import (
@@ -26,17 +26,25 @@ VOCAB = 41
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def language_model(vocab_size: int, options: dict) -> LanguageModel:
+    """A ``LanguageModel`` from ``options``: the ``DecoderLMConfig`` fields among them make its
+    backbone, the others are the task's arguments."""
+    fields = DecoderLMConfig.field_names()
+    backbone = DecoderLMConfig(**{key: value for key, value in options.items() if key in fields})
+    return LanguageModel(vocab_size, backbone, **{k: v for k, v in options.items() if k not in fields})
+
+
 def tiny_language_model(**kwargs) -> LanguageModel:
     """A two-layer model over ``VOCAB`` tokens (d_model 16, 2 heads, d_ff 24, no dropout); ``kwargs``
     override."""
     options = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 24, "dropout": 0.0} | kwargs
-    return LanguageModel(VOCAB, **options)
+    return language_model(VOCAB, options)
 
 
 def corpus_language_model(data: LanguageModelingDataModule, **kwargs) -> LanguageModel:
     """A one-layer model over ``data``'s vocabulary (d_model 16, 2 heads, d_ff 16); ``kwargs`` override."""
     options = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16} | kwargs
-    return LanguageModel(data.vocab_size, **options)
+    return language_model(data.vocab_size, options)
 
 
 def segment(stream: torch.Tensor, index: int, length: int) -> dict:

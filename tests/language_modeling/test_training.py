@@ -7,6 +7,7 @@ import pytest
 import torch
 from lightning_runs import quiet_trainer
 
+from fwp.model import DecoderLMConfig
 from tasks.language_modeling.data import LanguageModelingDataModule
 from tasks.language_modeling.module import LanguageModel
 from tasks.language_modeling.synthetic import write_synthetic_corpus
@@ -30,14 +31,16 @@ def test_a_few_hundred_steps_cut_validation_perplexity(
     data = LanguageModelingDataModule(str(corpus), batch_size=8, segment_length=32)
     model = LanguageModel(
         data.vocab_size,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        d_ff=64,
-        attention=attention,
-        dropout=0.0,
-        positional="none" if carry else "sinusoidal",
-        tie_embeddings=True,
+        backbone=DecoderLMConfig(
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            d_ff=64,
+            attention=attention,
+            dropout=0.0,
+            positional="none" if carry else "sinusoidal",
+            tie_embeddings=True,
+        ),
         carry_state=carry,
         lr=0.01,
         warmup_steps=10,

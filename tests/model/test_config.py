@@ -27,12 +27,9 @@ def test_without_a_preset_every_field_not_given_is_the_default() -> None:
 
 def test_wt103_medium_is_small_with_twice_the_width_and_wmt14_big_overrides_base() -> None:
     small, medium = DecoderLMConfig(preset="wt103-small"), DecoderLMConfig(preset="wt103-medium")
-    assert medium.d_model == 2 * small.d_model
-    assert {**small.as_dict(), "preset": None, "d_model": None} == {
-        **medium.as_dict(),
-        "preset": None,
-        "d_model": None,
-    }
+    assert (medium.d_model, medium.d_head) == (2 * small.d_model, 2 * small.d_head)
+    widths = {"preset": None, "d_model": None, "d_head": None}
+    assert small.as_dict() | widths == medium.as_dict() | widths
     base, big = EncoderDecoderConfig(preset="wmt14-base"), EncoderDecoderConfig(preset="wmt14-big")
     assert (base.activation_dropout, big.activation_dropout) == (0.0, 0.0)
     assert (big.d_model, big.n_heads, big.d_ff, big.dropout) == (1024, 16, 4096, 0.3)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from fwp.model import BlockConfig, TransformerBlock
-from tests.experiments import documented_experiments, experiment_config
+from tests.experiments import documented_experiments, experiment_config, model_arguments
 
 D_MODEL, N_HEAD, D_HEAD, D_INNER, T, B = 16, 2, 4, 12, 6, 2
 EPS = 1e-5  # the official layers' eps
@@ -253,7 +253,7 @@ def framework_qkv_weight(kind: Official, p) -> torch.Tensor:
 
 
 def framework_block(config: str, kind: Official, p) -> TransformerBlock:
-    model = experiment_config(config)["model"]["init_args"]
+    model = model_arguments(experiment_config(config))
     sizes = BlockConfig(
         d_model=D_MODEL, n_heads=N_HEAD, d_ff=D_INNER, d_head=D_HEAD, dropout=0.0, norm=model["norm"]
     )
@@ -346,7 +346,7 @@ def test_carry_model_equals_the_official_model() -> None:
     conf/README.md (sizes shrunk)."""
     from fwp.model import DecoderLM, DecoderLMConfig
 
-    options = experiment_config(CARRY_EXPERIMENT)["model"]["init_args"]
+    options = model_arguments(experiment_config(CARRY_EXPERIMENT))
     assert options["positional"] == "none" and options["tie_embeddings"] and options["carry_state"]
     generator = torch.Generator().manual_seed(1)
     layers = [official_parameters(DELTA_NETWORK, generator) for _ in range(N_LAYER)]

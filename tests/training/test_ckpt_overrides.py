@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from fwp.training.cli import main
 from tasks.language_modeling.synthetic import write_synthetic_corpus
@@ -33,14 +34,15 @@ def model_options(values: dict) -> list[str]:
     return [item for key, value in values.items() for item in (f"--model.init_args.{key}", str(value))]
 
 
-def mt_args(directory: Path) -> list[str]:
-    """A tiny translation model on a tiny generated corpus, logs under ``directory/runs``."""
+def mt_args(directory: Path, sizes: bool = True) -> list[str]:
+    """A tiny translation model on a tiny generated corpus, logs under ``directory/runs``: the
+    ``synthetic`` backbone preset with d_model 32 and d_ff 64 (``sizes`` False: the preset's own)."""
+    tiny = ["--model.init_args.backbone.d_model", "32", "--model.init_args.backbone.d_ff", "64"]
     return [
         "--config", str(CONF / "mt" / "synthetic.yaml"),
         "--data.init_args.data_dir", str(directory / "corpus"),
         "--data.init_args.bpe_vocab_size", "300",
-        "--model.init_args.d_model", "32",
-        "--model.init_args.d_ff", "64",
+        *(tiny if sizes else []),
         "--trainer.logger.init_args.save_dir", str(directory / "runs"),
         *QUIET,
     ]  # fmt: skip
@@ -156,16 +158,17 @@ def test_architecture_conflict_is_an_error_naming_each_argument(mt_run, capsys):
                 *mt_args(directory),
                 "--ckpt_path",
                 str(checkpoint),
-                "--model.init_args.d_model",
+                "--model.init_args.backbone.d_model",
                 "48",
-                "--model.init_args.n_heads",
+                "--model.init_args.backbone.n_heads",
                 "2",
             ]
         )
     assert exit_info.value.code == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fwp: error:")]
     assert "CheckpointMismatchError" in line and str(checkpoint) in line
-    assert "d_model: given 48, checkpoint 32" in line and "n_heads: given 2, checkpoint 4" in line
+    assert "backbone.d_model: given 48, checkpoint 32" in line
+    assert "backbone.n_heads: given 2, checkpoint 4" in line
 
 
 def test_vocabulary_from_the_data_must_match_the_checkpoint(mt_run, capsys):
@@ -195,3 +198,59 @@ def test_checkpoint_of_another_task_is_an_error_naming_both_classes(lm_run, caps
     error = capsys.readouterr().err
     assert "tasks.language_modeling.module.LanguageModel" in error
     assert "tasks.retrieval.module.RetrievalModel" in error
+
+
+def test_a_named_preset_counts_as_given(mt_run, capsys):
+    """The base config names the backbone preset ``synthetic`` (d_model 64, d_ff 256); the checkpoint
+    was trained with d_model 32 and d_ff 64 given over it. The preset's values are the user's, so they
+    are not replaced by the checkpoint's: they disagree with it, by name."""
+    directory, checkpoint = mt_run
+    with pytest.raises(SystemExit):
+        main(["validate", *mt_args(directory, sizes=False), "--ckpt_path", str(checkpoint)])
+    error = capsys.readouterr().err
+    assert (
+        "backbone.d_model: given 64, checkpoint 32" in error
+        and "backbone.d_ff: given 256, checkpoint 64" in error
+    )
+
+
+def flat_checkpoint(checkpoint: Path, path: Path, renamed: dict[str, str], absent: set[str]) -> Path:
+    """``checkpoint`` with its hyperparameters in the layout written before the backbone config: the
+    backbone fields flat beside the task's arguments, under their old names (``renamed``), without the
+    fields the task did not take then (``absent``). The weights are the same (their keys did not
+    change)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    hparams = dict(saved["hyper_parameters"])
+    backbone = hparams.pop("backbone")
+    hparams |= {
+        renamed.get(key, key): value for key, value in backbone.items() if key not in {"preset", *absent}
+    }
+    torch.save(saved | {"hyper_parameters": hparams}, path)
+    return path
+
+
+def test_checkpoint_with_flat_hyperparameters_loads_and_is_checked(mt_run, capsys, tmp_path):
+    """A translation checkpoint of the layout before ``backbone:`` (``d_model``, ``position_limit``, ...
+    beside ``beam_size``) evaluates with today's config, and its backbone fields are still compared:
+    another ``n_heads`` (which changes no weight shape) is refused by name, not run."""
+    directory, checkpoint = mt_run
+    flat = flat_checkpoint(
+        checkpoint, tmp_path / "flat.ckpt", {"max_positions": "position_limit"}, {"activation"}
+    )
+    hparams = torch.load(flat, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert "backbone" not in hparams and hparams["d_model"] == 32 and "position_limit" in hparams
+    cli = main(["validate", *mt_args(directory), "--ckpt_path", str(flat)])
+    assert cli.model.hparams.backbone["d_model"] == 32
+    assert "valid/loss" in cli.trainer.callback_metrics
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "validate",
+                *mt_args(directory),
+                "--ckpt_path",
+                str(flat),
+                "--model.init_args.backbone.n_heads",
+                "2",
+            ]
+        )
+    assert "backbone.n_heads: given 2, checkpoint 4" in capsys.readouterr().err

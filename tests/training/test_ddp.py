@@ -112,8 +112,12 @@ def test_batch_size_must_split_into_shards():
 # 2 processes × 3 windows per batch = 6 does not divide the windows of the valid split (asserted below)
 SLIDING = ["--data.init_args.eval_mode", "sliding", "--data.init_args.eval_segment_length", "16"]
 SLIDING += ["--data.init_args.eval_stride", "5", "--data.init_args.eval_batch_size", "3"]
-TINY_LM = ["--model.init_args.n_layers=1", "--model.init_args.d_model=16", "--model.init_args.n_heads=2"]
-TINY_LM += ["--model.init_args.d_head=8", "--model.init_args.d_ff=16"]
+TINY_LM = [
+    "--model.init_args.backbone.n_layers=1",
+    "--model.init_args.backbone.d_model=16",
+    "--model.init_args.backbone.n_heads=2",
+]
+TINY_LM += ["--model.init_args.backbone.d_head=8", "--model.init_args.backbone.d_ff=16"]
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def language_model(directory, config: str = "lm_synthetic_softmax") -> list[str]
         corpus,
         "--trainer.limit_val_batches",
         "2",
-        "--model.init_args.dropout",
+        "--model.init_args.backbone.dropout",
         "0.1",
         *run_options(directory),
     )

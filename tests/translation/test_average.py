@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 
+from fwp.model import EncoderDecoderConfig
 from tasks.translation.average_checkpoints import average_checkpoints, main
 from tasks.translation.module import TranslationModel
 
@@ -17,7 +18,10 @@ SIZES = {"d_model": 8, "n_encoder_layers": 1, "n_decoder_layers": 1, "n_heads": 
 def tiny_model(seed: int) -> TranslationModel:
     torch.manual_seed(seed)
     performer = {"name": "performer", "m": 4}
-    return TranslationModel(vocab_size=20, encoder_attention=performer, decoder_attention=performer, **SIZES)
+    return TranslationModel(
+        backbone=EncoderDecoderConfig(encoder_attention=performer, decoder_attention=performer, **SIZES),
+        vocab_size=20,
+    )
 
 
 def save_checkpoint(model: TranslationModel, path: Path, step: int) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import pytest
 
 from fwp.training.cli import main
 from tasks.translation.synthetic import write_synthetic_parallel_corpus
-from tests.experiments import documented_experiments, experiment_arguments, experiment_config
+from tests.experiments import documented_experiments, experiment_arguments, experiment_config, model_arguments
 
 EXPERIMENTS = sorted(name for name in documented_experiments() if name.startswith(("wmt14_", "mt_")))
 PRESETS = ("softmax", "linear", "performer", "dpfp", "delta")
@@ -24,7 +24,7 @@ def test_the_expected_experiments_exist() -> None:
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_config_holds_its_settings(name: str) -> None:
     config = experiment_config(name)
-    model = config["model"]["init_args"]
+    model = model_arguments(config)
     assert config["model"]["class_path"] == "tasks.translation.module.TranslationModel"
     assert config["data"]["class_path"] == "tasks.translation.data.TranslationDataModule"
     assert model["cross_attention"] == "softmax"
@@ -61,8 +61,8 @@ def test_synthetic_config_trains_one_step_and_scores_bleu(
         f"--data.init_args.data_dir={small_corpus}",
         f"--data.init_args.cache_dir={tmp_path / 'cache'}",
         "--data.init_args.bpe_vocab_size=300",
-        "--model.init_args.d_model=16",
-        "--model.init_args.d_ff=32",
+        "--model.init_args.backbone.d_model=16",
+        "--model.init_args.backbone.d_ff=32",
         "--trainer.max_steps=1",
         "--trainer.val_check_interval=1",
         "--trainer.limit_val_batches=1",

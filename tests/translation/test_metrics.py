@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning_runs import quiet_trainer
 
+from fwp.model import EncoderDecoderConfig
 from tasks.translation import module
 from tasks.translation.data import TranslationDataModule
 from tasks.translation.metrics import (
@@ -191,7 +192,13 @@ def test_an_english_french_validation_reports_both_scores_and_the_signatures(
     )
     torch.manual_seed(0)
     tiny = {"d_model": 16, "n_encoder_layers": 1, "n_decoder_layers": 1, "n_heads": 2, "d_ff": 16}
-    model = TranslationModel(data.vocab_size, data.pad_id, **tiny, dropout=0.0, beam_size=1, max_len_b=4)
+    model = TranslationModel(
+        data.vocab_size,
+        data.pad_id,
+        backbone=EncoderDecoderConfig(**tiny, dropout=0.0),
+        beam_size=1,
+        max_len_b=4,
+    )
     metrics = quiet_trainer().validate(model, data, verbose=False)[0]
     assert {"valid/sacrebleu", "valid/bleu_moses"} <= set(metrics)
     assert "valid/bleu_compound_split" not in metrics

@@ -14,6 +14,7 @@ from lightning_runs import quiet_trainer
 from torch.utils.data import DataLoader
 
 from fwp.data import PAD_ID
+from fwp.model import EncoderDecoderConfig
 from fwp.training.cli import main
 from tasks.translation.data import TranslationDataModule
 from tasks.translation.module import TranslationModel, label_smoothed_token_losses
@@ -53,7 +54,9 @@ def test_label_smoothed_loss_is_cross_entropy_against_the_smoothed_distribution(
 
 
 def test_inverse_sqrt_schedule_and_adam_settings() -> None:
-    model = TranslationModel(vocab_size=12, **TINY, lr=1e-3, warmup_steps=4, warmup_init_lr=1e-7)
+    model = TranslationModel(
+        backbone=EncoderDecoderConfig(**TINY), vocab_size=12, lr=1e-3, warmup_steps=4, warmup_init_lr=1e-7
+    )
     configured = model.configure_optimizers()
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
     assert configured["lr_scheduler"]["interval"] == "step"
@@ -75,7 +78,7 @@ def test_bad_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="warmup_init_lr"):
         TranslationModel(vocab_size=12, lr=1e-4, warmup_init_lr=1e-3)
     with pytest.raises(ValueError, match="unknown attention"):
-        TranslationModel(vocab_size=12, decoder_attention="nope")
+        TranslationModel(backbone=EncoderDecoderConfig(decoder_attention="nope"), vocab_size=12)
     with pytest.raises(ValueError, match=r"max_len_a must be >= 0, got max_len_a=-1.0"):
         TranslationModel(vocab_size=12, max_len_a=-1.0)
     with pytest.raises(ValueError, match=r"max_len_b must be >= 0, got max_len_b=-5"):
@@ -83,7 +86,7 @@ def test_bad_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match=r"length_penalty must be finite, got length_penalty=nan"):
         TranslationModel(vocab_size=12, length_penalty=float("nan"))
     with pytest.raises(ValueError, match=r"n_decoder_layers must be >= 1, got n_decoder_layers=0"):
-        TranslationModel(vocab_size=12, n_decoder_layers=0)
+        TranslationModel(backbone=EncoderDecoderConfig(n_decoder_layers=0), vocab_size=12)
     with pytest.raises(ValueError, match=r"log_text_samples must be >= 0"):
         TranslationModel(vocab_size=12, log_text_samples=-1)
 
@@ -96,7 +99,9 @@ def test_a_predict_output_that_cannot_be_a_file_is_refused_at_construction(tmp_p
     with pytest.raises(ValueError, match=r"predict_output .*file/out.txt: cannot create it under"):
         TranslationModel(vocab_size=12, predict_output=str(tmp_path / "file" / "out.txt"))
     TranslationModel(
-        vocab_size=12, d_model=8, n_heads=2, d_ff=8, predict_output=str(tmp_path / "new" / "o.txt")
+        backbone=EncoderDecoderConfig(d_model=8, n_heads=2, d_ff=8),
+        vocab_size=12,
+        predict_output=str(tmp_path / "new" / "o.txt"),
     )
 
 
@@ -151,10 +156,9 @@ def test_predict_writes_translations_in_input_order(corpus: Path, tmp_path: Path
     model = TranslationModel(
         data.vocab_size,
         data.pad_id,
-        **TINY,
-        encoder_attention="linear",
-        decoder_attention="delta",
-        dropout=0.0,
+        backbone=EncoderDecoderConfig(
+            **TINY, encoder_attention="linear", decoder_attention="delta", dropout=0.0
+        ),
         beam_size=2,
         max_len_a=0.5,
         max_len_b=2,
@@ -199,7 +203,13 @@ def test_a_repeated_batch_counts_once_in_the_validation_loss(corpus: Path, tmp_p
     options |= {"max_positions": 64, "max_tokens": 160}
     plain, repeating = TranslationDataModule(**options), RepeatsTheFirstValidationBatch(**options)
     torch.manual_seed(0)
-    model = TranslationModel(plain.vocab_size, plain.pad_id, **TINY, dropout=0.0, beam_size=1, max_len_b=4)
+    model = TranslationModel(
+        plain.vocab_size,
+        plain.pad_id,
+        backbone=EncoderDecoderConfig(**TINY, dropout=0.0),
+        beam_size=1,
+        max_len_b=4,
+    )
     expected = quiet_trainer().validate(model, plain, verbose=False)[0]
     actual = quiet_trainer().validate(model, repeating, verbose=False)[0]
     assert len(repeating.val_dataloader()) == len(plain.val_dataloader()) + 1 > 2
@@ -235,7 +245,9 @@ def test_loss_normalization_of_an_accumulated_step(normalization: str) -> None:
     """``tokens`` (fairseq): the step's gradient is that of the loss summed over both accumulated
     batches divided by their tokens; ``batch``: the mean of the two batches' per-token means."""
     torch.manual_seed(0)
-    model = TranslationModel(12, PAD_ID, **TINY, dropout=0.0, loss_normalization=normalization)
+    model = TranslationModel(
+        12, PAD_ID, backbone=EncoderDecoderConfig(**TINY, dropout=0.0), loss_normalization=normalization
+    )
     batches = two_batches_of_different_lengths()
     expected_model = copy.deepcopy(model)
     sums = [
