@@ -36,6 +36,7 @@ Scale = Literal["output", "scores"]
 OmegaDraw = Literal["orthogonal", "transposed"]
 
 SCALES = ("output", "scores")
+FEATURE_MAP_OPTIONS = ("nu", "m", "redraw", "omega_draw", "feature_eps")
 
 
 def moved_omega(module: AttentionCore, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
@@ -127,6 +128,17 @@ class FastWeightAttention(AttentionCore):
                 "bidirectional": f"the {rule} rule's memory depends on the order of the writes"
             }
         self.register_load_state_dict_pre_hook(moved_omega)
+
+    @staticmethod
+    def unused_options(options: dict[str, Any]) -> dict[str, str]:
+        """The options in ``options`` (this class's keyword options) that the system they describe does
+        not use, each with the reason (the registry refuses those a user gives and drops a preset's)."""
+        feature_map = options.get("feature_map", "dpfp")
+        if feature_map not in FEATURE_MAPS:
+            return {}
+        takes = FEATURE_MAPS[feature_map].options
+        reason = f"feature_map={feature_map!r} takes {list(takes) if takes else 'no options'}"
+        return {option: reason for option in FEATURE_MAP_OPTIONS if option in options and option not in takes}
 
     def extra_repr(self) -> str:
         return (

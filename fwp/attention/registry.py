@@ -124,7 +124,9 @@ def build_attention(spec: AttentionSpec, d_head: int) -> AttentionCore:
         if extra:
             raise ValueError(f"attention spec with class_path takes only init_args, got extra keys {extra}")
         class_path = spec["class_path"]
-        return _construct(class_path, _import_class(class_path), d_head, dict(spec.get("init_args") or {}))
+        entry = _Entry(_import_class(class_path))
+        options = _resolved_options(class_path, entry, dict(spec.get("init_args") or {}))
+        return _construct(class_path, entry.factory, d_head, options)
     if "name" not in spec:
         raise ValueError(f"attention spec dict needs a 'name' or a 'class_path', got keys {sorted(spec)}")
     options = dict(spec)
@@ -132,7 +134,27 @@ def build_attention(spec: AttentionSpec, d_head: int) -> AttentionCore:
     if name not in _REGISTRY:
         raise ValueError(f"unknown attention {name!r}; known: {', '.join(available_attentions())}")
     entry = _REGISTRY[name]
-    return _construct(name, entry.factory, d_head, {**entry.preset, **options})
+    return _construct(name, entry.factory, d_head, _resolved_options(name, entry, options))
+
+
+def _resolved_options(attention: str, entry: _Entry, options: dict[str, Any]) -> dict[str, Any]:
+    """The preset's options overridden by the user's ``options``, without the preset defaults the
+    resolved system does not use (``{name: delta, feature_map: elu}`` drops the preset's ``nu``); a
+    ValueError naming the option and the system for an option the user gave that it does not use
+    (``{name: linear, nu: 3}``: elu + 1 has no ``nu``). A factory states what it does not use with an
+    ``unused_options(options) -> {option: reason}`` callable; without one every option counts as used."""
+    merged = {**entry.preset, **options}
+    unused_options = getattr(entry.factory, "unused_options", None)
+    if unused_options is None:
+        return merged
+    unused = unused_options(merged)
+    for option, reason in unused.items():
+        if option in options:
+            raise ValueError(
+                f"attention {attention!r}: option {option}={options[option]!r} is not used by this system "
+                f"({reason}); remove it or choose a system that uses it"
+            )
+    return {option: value for option, value in merged.items() if option not in unused}
 
 
 register_attention("softmax", SoftmaxAttention)

@@ -132,3 +132,32 @@ def test_factory_must_return_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="not an AttentionCore"):
         build_attention("not_a_core", d_head=4)
     assert issubclass(FastWeightAttention, AttentionCore)
+
+
+@pytest.mark.parametrize(
+    ("spec", "option", "system"),
+    [
+        ({"name": "linear", "nu": 3}, "nu", "'linear'"),
+        ({"name": "delta", "feature_map": "elu", "m": 32}, "m", "'delta'"),
+        ({"name": "performer", "nu": 2}, "nu", "'performer'"),
+        (
+            {"class_path": "fwp.attention.FastWeightAttention", "init_args": {"feature_map": "tanh", "m": 8}},
+            "m",
+            "'fwp.attention.FastWeightAttention'",
+        ),
+    ],
+)
+def test_an_option_the_system_does_not_use_is_refused(spec: dict, option: str, system: str) -> None:
+    """Bug caught: ``{name: linear, nu: 3}`` built elu + 1 and silently ignored ``nu``."""
+    with pytest.raises(ValueError, match="is not used by this system") as error:
+        build_attention(spec, d_head=8)
+    assert f"option {option}=" in str(error.value)
+    assert system in str(error.value)
+
+
+def test_preset_defaults_the_resolved_system_does_not_use_are_dropped() -> None:
+    """``{name: delta, feature_map: elu}``: the preset's ``nu = 2`` is a default, not the user's choice."""
+    core = build_attention({"name": "delta", "feature_map": "elu"}, d_head=8)
+    assert isinstance(core, FastWeightAttention)
+    assert core.feature_map == "elu"
+    assert core.phi.d_dot == 8
