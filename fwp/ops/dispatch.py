@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from typing import Protocol
 
 import torch
@@ -44,12 +45,26 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def load_backend(name: str) -> Backend:
-    """The backend function registered under ``name`` (an imported module is looked up in
-    ``sys.modules``, which ``torch.compile`` traces; it cannot trace ``importlib``)."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got backend={name!r}")
-    module_name, function_name = BACKENDS[name].split(":")
+GATED_BACKENDS: dict[str, str] = {
+    "reference": "fwp.ops.gated_reference:gated_reference_backend",
+    "step": "fwp.ops.gated_reference:gated_reference_backend",
+    "chunk": "fwp.ops.gated_chunk:gated_chunk_backend",
+}
+"""The backends of the gated rules (``log_decay`` given), called as ``run(q, k, v, beta, log_decay,
+state, chunk_size=...)`` (the delta rule when ``beta`` is given, else the sum rule). One token steps
+through the gated oracle; there is no gated Triton kernel."""
+
+_warned_no_gated_triton = False
+
+
+def load_backend(name: str, *, gated: bool = False) -> Backend:
+    """The backend function registered under ``name`` (``GATED_BACKENDS`` when ``gated``; an imported
+    module is looked up in ``sys.modules``, which ``torch.compile`` traces; it cannot trace
+    ``importlib``)."""
+    table = GATED_BACKENDS if gated else BACKENDS
+    if name not in table:
+        raise ValueError(f"backend must be one of {['auto', *table]}, got backend={name!r}")
+    module_name, function_name = table[name].split(":")
     module = sys.modules.get(module_name) or importlib.import_module(module_name)
     return getattr(module, function_name)
 
@@ -85,6 +100,33 @@ def resolve_backend(name: str, q: Tensor) -> str:
     if triton_usable(q):
         return "triton"
     return "chunk" if q.shape[2] > 1 else "step"
+
+
+def resolve_gated_backend(name: str, q: Tensor) -> str:
+    """The backend of a gated recurrence: ``auto`` → ``chunk`` for ``T > 1``, else ``step``; on CUDA,
+    where ``auto`` would pick Triton for the ungated rules, a warning (once) says that it uses
+    ``chunk``. ``triton`` is refused: it has no gated kernel."""
+    global _warned_no_gated_triton
+    require_gated_backend(name)
+    if name != "auto":
+        return name
+    if triton_usable(q) and not _warned_no_gated_triton:
+        _warned_no_gated_triton = True
+        warnings.warn(
+            "backend='auto' with log_decay uses the chunk backend on CUDA: there is no Triton kernel "
+            "for the gated rules",
+            stacklevel=3,
+        )
+    return "chunk" if q.shape[2] > 1 else "step"
+
+
+def require_gated_backend(name: str) -> None:
+    """A ValueError naming ``backend`` when ``name`` has no gated form (``triton``)."""
+    if name == "triton":
+        raise ValueError(
+            "backend='triton' has no kernel for the gated rules (log_decay / a decay); use "
+            "backend='auto' or 'chunk' (the chunk backend runs them on any device) or 'reference'"
+        )
 
 
 def compute_dtype(*xs: Tensor | None) -> torch.dtype:

@@ -6,9 +6,11 @@
 1. starts a sequence (``feature_map.start_sequence()``, e.g. FAVOR+'s redraw) when a write has no state;
 2. maps keys and queries, ``φ(x)`` then the ``sum`` normalisation, in the compute dtype (float32, or
    float64 when any input is float64) with autocast off;
-3. zeroes padded keys (and their β), so that they write nothing;
+3. zeroes padded keys (and their β), so that they write nothing, and their log-decay (``α = 1``), so
+   that they do not shrink the memory;
 4. computes the read-out numerator ``φ(q_t) W_t`` and the memory after the call by mode:
-   ``causal`` — the recurrence of ``rule`` on a backend (``denominator_write`` rescales keys and β first);
+   ``causal`` — the recurrence of ``rule`` on a backend (``denominator_write`` rescales keys and β first),
+   gated by ``α_t = exp(log_decay_t)`` when ``log_decay`` is given (``fwp.ops.dispatch.GATED_BACKENDS``);
    ``bidirectional`` — ``W = W_0 + Σ_j φ(k_j)ᵀ v_j`` read by every query (order-free rules only);
    ``read`` — the memory of ``state`` is read, nothing is written;
 5. divides by the denominator ``φ(q_t) · z_t + ε`` when it is on: here, once, for every mode and backend.
@@ -25,8 +27,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from fwp.ops.dispatch import BACKENDS, compute_dtype, load_backend, resolve_backend
+from fwp.ops.dispatch import BACKENDS, compute_dtype, load_backend, resolve_backend, resolve_gated_backend
 from fwp.ops.feature_maps import FeatureMap
+from fwp.ops.gated_chunk import gated_causal_denominator
+from fwp.ops.gated_reference import validate_gated_options
 from fwp.ops.normalization import Normalization, causal_denominator, normalized_write, sum_normalize
 from fwp.ops.rules import RULES, get_rule
 from fwp.ops.state import FastWeightState
@@ -50,6 +54,7 @@ def fast_weight_attention(
     v: Tensor | None = None,
     beta: Tensor | None = None,
     *,
+    log_decay: Tensor | None = None,
     feature_map: FeatureMap | None = None,
     rule: str = "sum",
     normalization: Normalization = NO_NORMALIZATION,
@@ -63,7 +68,9 @@ def fast_weight_attention(
     """A fast-weight layer's read-out and memory (module docstring).
 
     q ``[B, H, T_q, d_k]``; k ``[B, H, T, d_k]``, v ``[B, H, T, d_v]`` (None in ``read`` mode); beta
-    ``[B, H, T]``; feature_map: φ (None: q and k are already features); state: the memory to continue
+    ``[B, H, T]``; log_decay ``[B, H, T]`` (≤ 0, causal mode): the gated rules, ``W_t = α_t W_{t−1} + …``
+    with ``α_t = exp(log_decay_t)`` (docs/ops.md, "Gated rules"); feature_map: φ (None: q and k are
+    already features); state: the memory to continue
     (``causal``), add to (``bidirectional``) or read (``read``, required), ``W`` ``[B, H, d_dot, d_v]``
     and ``z`` ``[B, H, d_dot]`` exactly when the denominator is on; key_padding_mask ``[B, T]`` (True =
     padding). Returns ``y`` ``[B, H, T_q, d_v]`` in ``v``'s dtype (``q``'s when reading) and the memory
@@ -72,11 +79,11 @@ def fast_weight_attention(
     require_choice("mode", mode, MODES)
     require_choice("backend", backend, ("auto", *BACKENDS))
     require_at_least("chunk_size", chunk_size, 1)
-    _check_mode(mode, rule, normalization, k, v, beta, state, key_padding_mask)
-    for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta)):
+    _check_mode(mode, rule, normalization, k, v, beta, state, key_padding_mask, log_decay)
+    for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta), ("log_decay", log_decay)):
         if x is not None:
             require_float(name, x)
-    dtype = state.W.dtype if mode == "read" else compute_dtype(q, k, v, beta)
+    dtype = state.W.dtype if mode == "read" else compute_dtype(q, k, v, beta, log_decay)
     with autocast_off(q.device.type):
         if mode != "read" and state is None and feature_map is not None:
             feature_map.start_sequence()
@@ -85,8 +92,8 @@ def fast_weight_attention(
             numerator, memory, den = _read(phi_q, state, normalization)
         else:
             phi_q, phi_k = _query_and_key_features(q, k, feature_map, normalization, dtype)
-            phi_k, beta = _without_padding(
-                phi_k, None if beta is None else cast(beta, dtype), key_padding_mask
+            phi_k, beta, log_decay = _without_padding(
+                phi_k, optional_cast(beta, dtype), optional_cast(log_decay, dtype), key_padding_mask
             )
             if mode == "bidirectional":
                 numerator, memory, den = _bidirectional(phi_q, phi_k, cast(v, dtype), state, normalization)
@@ -96,6 +103,7 @@ def fast_weight_attention(
                     phi_k,
                     cast(v, dtype),
                     beta,
+                    log_decay,
                     state,
                     rule=rule,
                     normalization=normalization,
@@ -114,6 +122,7 @@ def fast_weight_recurrence(
     v: Tensor,
     beta: Tensor | None = None,
     *,
+    log_decay: Tensor | None = None,
     rule: str = "sum",
     denominator: bool = False,
     eps: float = 1e-6,
@@ -125,7 +134,8 @@ def fast_weight_recurrence(
     """The causal fast-weight recurrence of docs/design.md §1 over feature-mapped keys and queries.
 
     q, k: ``[B, H, T, d_dot]``; v: ``[B, H, T, d_v]``; beta: ``[B, H, T]`` (``rule='delta'`` only);
-    initial_state: ``W_0`` ``[B, H, d_dot, d_v]`` (+ ``z_0`` with ``denominator``), zeros if None.
+    log_decay: ``[B, H, T]`` (≤ 0; the gated rules, or None); initial_state: ``W_0``
+    ``[B, H, d_dot, d_v]`` (+ ``z_0`` with ``denominator``), zeros if None.
     Returns ``y``: ``[B, H, T, d_v]`` in ``v``'s dtype and the final state in the compute dtype
     (float32, or float64 for float64 inputs), with autocast off inside.
     """
@@ -134,6 +144,7 @@ def fast_weight_recurrence(
         k,
         v,
         beta,
+        log_decay=log_decay,
         rule=rule,
         normalization=Normalization(denominator=denominator, eps=eps),
         state=initial_state,
@@ -146,6 +157,11 @@ def fast_weight_recurrence(
 def cast(x: Tensor, dtype: torch.dtype) -> Tensor:
     """``x`` in ``dtype``, without a call when it already is (a decoding step makes a dozen such calls)."""
     return x if x.dtype == dtype else x.to(dtype)
+
+
+def optional_cast(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``cast`` of a tensor that may be absent."""
+    return None if x is None else cast(x, dtype)
 
 
 def autocast_off(device_type: str) -> AbstractContextManager:
@@ -185,12 +201,14 @@ def _check_mode(
     beta: Tensor | None,
     state: FastWeightState | None,
     key_padding_mask: Tensor | None,
+    log_decay: Tensor | None,
 ) -> None:
     """A ValueError naming the argument when ``mode`` does not fit the rule or the arguments given (the
-    causal mode's shapes are checked by ``validate_recurrence_inputs``)."""
+    causal mode's shapes are checked by ``validate_recurrence_inputs``, ``log_decay``'s by
+    ``validate_log_decay``)."""
     entry = get_rule(rule)
     if mode == "read":
-        given = {"k": k, "v": v, "beta": beta, "key_padding_mask": key_padding_mask}
+        given = {"k": k, "v": v, "beta": beta, "key_padding_mask": key_padding_mask, "log_decay": log_decay}
         extra = [name for name, x in given.items() if x is not None]
         if state is None or extra:
             raise ValueError(
@@ -200,6 +218,8 @@ def _check_mode(
         return
     if k is None or v is None:
         raise ValueError(f"mode={mode!r} writes k and v into the memory, got k or v None")
+    if log_decay is not None:
+        validate_gated_options(mode=mode, denominator_write=normalization.denominator_write)
     if mode == "bidirectional":
         order_free = [name for name, candidate in RULES.items() if candidate.order_free]
         if not entry.order_free:
@@ -214,13 +234,18 @@ def _check_mode(
 
 
 def _without_padding(
-    phi_k: Tensor, beta: Tensor | None, key_padding_mask: Tensor | None
-) -> tuple[Tensor, Tensor | None]:
-    """Padded keys (key_padding_mask ``[B, T]`` True) and their β set to zero: they write nothing."""
+    phi_k: Tensor, beta: Tensor | None, log_decay: Tensor | None, key_padding_mask: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Padded keys (key_padding_mask ``[B, T]`` True) and their β set to zero: they write nothing; and
+    their log-decay set to zero (``α = 1``): they do not shrink the memory either."""
     if key_padding_mask is None:
-        return phi_k, beta
+        return phi_k, beta, log_decay
     keep = (~key_padding_mask)[:, None, :].to(phi_k.dtype)
-    return phi_k * keep.unsqueeze(-1), None if beta is None else beta * keep
+    return (
+        phi_k * keep.unsqueeze(-1),
+        None if beta is None else beta * keep,
+        None if log_decay is None else log_decay * keep,
+    )
 
 
 def _read(
@@ -259,6 +284,7 @@ def _causal(
     phi_k: Tensor,
     v: Tensor,
     beta: Tensor | None,
+    log_decay: Tensor | None,
     state: FastWeightState | None,
     *,
     rule: str,
@@ -269,7 +295,7 @@ def _causal(
     check_finite: bool,
 ) -> tuple[Tensor, FastWeightState, Tensor | None]:
     """The recurrence on a backend: ``φ(q_t) W_t``, ``W_T`` and, with the denominator, ``φ(q_t) · z_t``
-    and ``z_T``."""
+    and ``z_T`` (the gated backends and the gated denominator when ``log_decay`` is given)."""
     validate_recurrence_inputs(
         phi_q,
         phi_k,
@@ -286,9 +312,16 @@ def _causal(
     keys = phi_k
     if normalization.denominator_write:
         keys, beta = normalized_write(phi_k, beta, z0, key_padding_mask, normalization.write_eps)
-    run = load_backend(resolve_backend(backend, phi_q))
-    numerator, written = run(phi_q, keys, v, beta, FastWeightState(W0), rule=rule, chunk_size=chunk_size)
+    if log_decay is not None:
+        run = load_backend(resolve_gated_backend(backend, phi_q), gated=True)
+        numerator, written = run(phi_q, keys, v, beta, log_decay, FastWeightState(W0), chunk_size=chunk_size)
+    else:
+        run = load_backend(resolve_backend(backend, phi_q))
+        numerator, written = run(phi_q, keys, v, beta, FastWeightState(W0), rule=rule, chunk_size=chunk_size)
     if not normalization.denominator:
         return numerator, written, None
-    den, z = causal_denominator(phi_q, phi_k, z0)
+    if log_decay is not None:
+        den, z = gated_causal_denominator(phi_q, phi_k, log_decay, z0, backend=run, chunk_size=chunk_size)
+    else:
+        den, z = causal_denominator(phi_q, phi_k, z0)
     return numerator, FastWeightState(written.W, z), den

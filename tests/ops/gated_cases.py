@@ -3,6 +3,7 @@ runner of the gated backends returning outputs, final state and the gradients of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,11 +82,19 @@ def run_gated(problem: GatedProblem, *, backend: str, chunk_size: int = 4) -> tu
 
 
 def gated_outputs_and_gradients(
-    problem: GatedProblem, *, backend: str, chunk_size: int = 4
+    problem: GatedProblem,
+    *,
+    backend: str = "reference",
+    chunk_size: int = 4,
+    runner: Callable[[GatedProblem], tuple[Tensor, FastWeightState]] | None = None,
 ) -> dict[str, Tensor]:
     """``y``, the final ``W`` (and ``z``) and the gradients of one fixed random functional of them
-    w.r.t. every leaf (raw q, k, v, β, W_0, z_0 and log_decay), keyed ``y``, ``W``, ``z``, ``grad_q``, …."""
-    y, state = run_gated(problem, backend=backend, chunk_size=chunk_size)
+    w.r.t. every leaf (raw q, k, v, β, W_0, z_0 and log_decay), keyed ``y``, ``W``, ``z``, ``grad_q``, ….
+    ``runner`` computes ``y`` and the state (default: ``run_gated`` on ``backend``)."""
+    if runner is None:
+        y, state = run_gated(problem, backend=backend, chunk_size=chunk_size)
+    else:
+        y, state = runner(problem)
     results = {"y": y, "W": state.W} | ({"z": state.z} if state.z is not None else {})
     g = torch.Generator().manual_seed(99)
     weights = [torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype) for x in results.values()]
