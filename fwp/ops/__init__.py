@@ -13,7 +13,9 @@ from fwp.ops.feature_maps import (
     elu_plus_one,
     favor,
     identity,
+    l2_normalize,
     orthogonal_random_projection,
+    silu_l2_normalize,
     transposed_orthogonal_projection,
 )
 from fwp.ops.normalization import (
@@ -47,11 +49,13 @@ __all__ = [
     "fast_weight_step",
     "favor",
     "identity",
+    "l2_normalize",
     "load_backend",
     "orthogonal_random_projection",
     "parse_normalization",
     "reference_backend",
     "resolve_backend",
+    "silu_l2_normalize",
     "sum_normalize",
     "transposed_orthogonal_projection",
 ]

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from fwp.ops.validation import require_at_least, require_choice
 
+L2_EPS = 1e-6
+
 
 def identity(x: Tensor) -> Tensor:
     """``φ(x) = x``; ``d_dot = d_k`` (tests and ablations)."""
@@ -54,6 +56,18 @@ def favor(x: Tensor, omega: Tensor, eps: float = 0.0) -> Tensor:
     half_norm = 0.5 * (x * x).sum(dim=-1, keepdim=True)
     features = torch.cat([torch.exp(u - half_norm), torch.exp(-u - half_norm)], dim=-1)
     return (features + eps) / math.sqrt(2 * m)
+
+
+def l2_normalize(x: Tensor, eps: float = L2_EPS) -> Tensor:
+    """``φ(x) = x / √(‖x‖² + ε)`` over the last dimension (DeltaNet's normalised keys and queries, Yang
+    et al. 2024; ε as in their code); ``d_dot = d_k``. Every feature vector has norm < 1, so the delta
+    rule's ``I − β kᵀk`` has eigenvalues in ``[1 − β, 1]``."""
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+def silu_l2_normalize(x: Tensor, eps: float = L2_EPS) -> Tensor:
+    """``φ(x) = l2_normalize(silu(x))``, DeltaNet's feature map without a short convolution."""
+    return l2_normalize(F.silu(x), eps)
 
 
 def orthogonal_random_projection(
@@ -147,6 +161,25 @@ class Tanh(FeatureMap):
         return torch.tanh(x)
 
 
+class L2(FeatureMap):
+    """``φ(x) = x / √(‖x‖² + 1e-6)`` (``l2``): keys and queries of unit norm (Yang et al. 2024)."""
+
+    name = "l2"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return l2_normalize(x)
+
+
+class SiluL2(FeatureMap):
+    """``φ(x) = l2(silu(x))`` (``silu_l2``): DeltaNet's map when no short convolution (whose output
+    passes a SiLU already) comes before it."""
+
+    name = "silu_l2"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return silu_l2_normalize(x)
+
+
 class Dpfp(FeatureMap):
     """DPFP of order ``nu`` (``dpfp``); ``d_dot = 2 d_k ν``."""
 
@@ -215,7 +248,7 @@ class Favor(FeatureMap):
 
 
 FEATURE_MAPS: dict[str, type[FeatureMap]] = {
-    cls.name: cls for cls in (Identity, EluPlusOne, Dpfp, Favor, Tanh)
+    cls.name: cls for cls in (Identity, EluPlusOne, Dpfp, Favor, Tanh, L2, SiluL2)
 }
 """Every feature map by name; a new one is a ``FeatureMap`` subclass added here."""
 

@@ -20,6 +20,7 @@ from fwp.ops import (
     fast_weight_recurrence,
     favor,
     identity,
+    l2_normalize,
     load_backend,
     sum_normalize,
 )
@@ -44,6 +45,8 @@ def test_every_feature_map_module_is_its_function_with_its_d_dot() -> None:
         "dpfp": dpfp(x, 1),
         "favor": favor(x, maps["favor"].omega),
         "tanh": torch.tanh(x),
+        "l2": l2_normalize(x),
+        "silu_l2": l2_normalize(torch.nn.functional.silu(x)),
     }
     assert set(expected) == set(FEATURE_MAPS)
     for name, phi in maps.items():
