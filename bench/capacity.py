@@ -84,12 +84,15 @@ OFFICIAL_FINAL_LOSS: dict[str, dict[int, float]] = {
         80: 0.11903926,
         100: 0.11650743,
     },  # dpfp1_sum
-    "setting2_dpfp_delta": {
+    "setting2_dpfp_delta": {  # dpfp1_ours: 80 just above the threshold, 100 solved, 120 above it
         20: 0.0007664201,
         40: 0.0009702948,
         60: 0.0060898424,
         80: 0.010567849,
-    },  # dpfp1_ours
+        100: 8.620099e-05,
+        120: 0.01825895,
+        140: 0.049288824,
+    },
     "setting2_dpfp2_delta": {  # dpfp2_ours (S = 100: the complete one of two stored versions)
         40: 0.0005252526,
         60: 0.00048706,
@@ -125,6 +128,12 @@ def capacity(losses: dict[int, float]) -> int | None:
     return next((s for s in sorted(losses) if not losses[s] <= CAPACITY_THRESHOLD), None)
 
 
+def loss_text(loss: float) -> str:
+    """A loss with four decimals, or in scientific notation below 1e-4 (a solved softmax run ends
+    near 1e-6, which four decimals would show as 0)."""
+    return f"{loss:.1e}" if 0 < abs(loss) < 1e-4 else f"{loss:.4f}"
+
+
 def capacity_text(losses: dict[int, float]) -> str:
     """The capacity as the table shows it: the S, ``> S_max`` when no S run exceeds the threshold,
     ``—`` without any S."""
@@ -148,10 +157,10 @@ def table(results: list[Result]) -> str:
         config, s = Path(point.config).stem, point.num_keys
         ours_by_config[config][s] = point.mean_final_eval_loss
         official = OFFICIAL_FINAL_LOSS.get(config, {}).get(s)
-        official_text = f"{official:.4f}" if official is not None else "—"
+        official_text = loss_text(official) if official is not None else "—"
         lines.append(
-            f"| {point.system} | {config} | {s} | {point.mean_final_eval_loss:.4f} ± "
-            f"{point.std_final_eval_loss:.4f} ({point.runs}) | {', '.join(stops[(point.config, s)])} "
+            f"| {point.system} | {config} | {s} | {loss_text(point.mean_final_eval_loss)} ± "
+            f"{loss_text(point.std_final_eval_loss)} ({point.runs}) | {', '.join(stops[(point.config, s)])} "
             f"| {official_text} |"
         )
     lines += [

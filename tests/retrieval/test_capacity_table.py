@@ -42,3 +42,9 @@ def test_table_bounds_a_capacity_beyond_every_logged_s():
     text = capacity_script.table([result("setting2_dpfp2_delta", 40, 0.0006)])
     official = max(capacity_script.OFFICIAL_FINAL_LOSS["setting2_dpfp2_delta"])
     assert f"| setting2_dpfp2_delta | 40 | > 40 | > 40 | > {official} | — |" in text
+
+
+def test_table_shows_losses_below_1e_4_in_scientific_notation():
+    """A solved run's loss near 1e-6 is shown as such, not rounded to 0.0000."""
+    text = capacity_script.table([result("setting1_softmax", 400, 6.7e-6)])
+    assert "| 400 | 6.7e-06 ± 0.0000 (1) | patience (500) | 2.8e-06 |" in text
