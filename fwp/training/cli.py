@@ -193,6 +193,20 @@ def with_nested_backbone(model_class: type, hparams: dict[str, Any]) -> dict[str
     return hparams if config_class is None else config_class.nest_legacy_hyperparameters(hparams)
 
 
+def resolved_backbone(model_class: type, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` (a model's parsed init arguments) with its ``backbone`` resolved into the values
+    the model is built with (its preset applied, ``BACKBONE_CONFIG``); unchanged for a model without
+    one, or a backbone that does not build (its own error is reported when the model is built)."""
+    config_class = getattr(model_class, "BACKBONE_CONFIG", None)
+    if config_class is None or arguments.get("backbone") is None:
+        return arguments
+    try:
+        backbone = config_class.of(comparable(arguments["backbone"]))
+    except (ValueError, TypeError):
+        return arguments
+    return arguments | {"backbone": backbone.as_dict()}
+
+
 def backbone_defaults(model_class: type, saved: dict[str, Any], given: Any) -> dict[str, Any]:
     """The checkpoint's backbone fields that may stand in for the user's: all of them, or, when the
     user names a ``preset`` (``given``: the backbone as parsed without the checkpoint), those the
@@ -455,14 +469,14 @@ class FwpCLI(LightningCLI):
     def model_sizes(self) -> str:
         """``"its sizes: --model.init_args.backbone.d_model=…, …"``: the model's integer architecture
         arguments (``ARCHITECTURE_ARGUMENTS``; every integer argument of a model without it) as
-        configured (a backbone field left to its preset is not listed), then
-        the ones the model takes from the data (``DATA_TO_MODEL_LINKS``; not known before it is built)."""
+        configured (a backbone with its preset applied, ``resolved_backbone``), then the ones the model
+        takes from the data (``DATA_TO_MODEL_LINKS``; not known before it is built)."""
         model = self.config[self.config.subcommand].model
         model_class = import_class(model.class_path)
         linked = [
             target for _, target in DATA_TO_MODEL_LINKS if target in inspect.signature(model_class).parameters
         ]
-        arguments = vars(model.init_args)
+        arguments = resolved_backbone(model_class, vars(model.init_args))
         values = {
             path: nested_value(arguments, path) for path in architecture_arguments(model_class, arguments)
         }

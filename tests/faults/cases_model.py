@@ -73,6 +73,16 @@ CASES: list[Fault] = [
         lambda t: lm_fit(t, "--model.init_args.backbone.preset", "wt103-large"),
         names=lambda t: ["preset", "'wt103-large'", "wt103-small"],
     ),
+    Fault(  # the sizes listed are the backbone's with its preset (synthetic: d_model 64) applied
+        "model-backbone-too-large-for-memory",
+        lambda t: lm_fit(t, "--model.init_args.backbone.d_ff", str(10**14)),
+        names=lambda t: [
+            "MemoryError",
+            f"--model.init_args.backbone.d_ff={10**14}",
+            "--model.init_args.backbone.d_model=64",
+            "--model.init_args.backbone.n_layers=2",
+        ],
+    ),
     Fault(
         "model-checkpoint-with-the-earlier-adaptive-softmax",
         legacy_softmax_checkpoint_test,
