@@ -44,9 +44,22 @@ class AttentionCore(nn.Module, ABC):
     ``refused_modes`` — the modes it cannot run, mode → reason (e.g. the delta rule: bidirectional);
     ``is_fast_weight`` — a fast-weight layer, whose output the paper scales by 1/√d_head
     (``output_scale``, applied by ``MultiHeadAttention``; a core may set its own).
+
+    And what ``MultiHeadAttention`` builds around it (``fwp.attention.parametrisation``):
+    ``short_conv`` — the kernel length of a causal depthwise convolution (+ SiLU) on q, k, v, 0 for none;
+    ``decay`` — the core takes ``log_decay`` ``[B, H, T]`` in ``forward`` (Gated DeltaNet's decay);
+    ``output_gate`` — every head's output is RMS-normalised and gated by ``silu(x W_g)``;
+    ``beta_scale`` — β = ``beta_scale · sigmoid(·)`` (2: β ∈ (0, 2), negative eigenvalues).
+    A core with any of these (``layer_parts``) runs only inside a ``MultiHeadAttention``, which sets
+    ``in_layer``; called bare (a model that projects its own q, k, v) it refuses to run without them.
     """
 
     uses_beta: bool = False
+    short_conv: int = 0
+    decay: bool = False
+    output_gate: bool = False
+    beta_scale: float = 1.0
+    in_layer: bool = False
     refused_modes: dict[str, str] = {}  # noqa: RUF012  (read-only; a core replaces it, never mutates it)
     is_fast_weight: bool = False
 
@@ -56,6 +69,26 @@ class AttentionCore(nn.Module, ABC):
             raise ValueError(f"d_head must be >= 1, got d_head={d_head}")
         self.d_head = d_head
         self.output_scale = d_head**-0.5 if self.is_fast_weight else 1.0
+
+    @property
+    def layer_parts(self) -> list[str]:
+        """The options of this core that ``MultiHeadAttention`` implements (class docstring)."""
+        parts = {
+            f"short_conv={self.short_conv}": self.short_conv > 0,
+            "decay=True": self.decay,
+            "output_gate=True": self.output_gate,
+            "allow_negative_eigenvalues=True": self.beta_scale != 1.0,
+        }
+        return [part for part, used in parts.items() if used]
+
+    def require_layer(self) -> None:
+        """A ValueError naming the parts when this core has ``layer_parts`` and is called bare."""
+        if self.layer_parts and not self.in_layer:
+            raise ValueError(
+                f"{type(self).__name__} with {', '.join(self.layer_parts)} runs inside "
+                "fwp.attention.MultiHeadAttention, which builds those parts; this model calls the core "
+                "directly and would silently drop them"
+            )
 
     def require_mode(self, mode: str, use: str) -> None:
         """A ValueError naming ``use`` (what needs the mode, e.g. ``cross-attention``) and the reason when

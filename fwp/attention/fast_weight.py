@@ -24,11 +24,11 @@ from fwp.ops import (
     fast_weight_attention,
     parse_normalization,
 )
-from fwp.ops.dispatch import require_backend_usable
+from fwp.ops.dispatch import require_backend_usable, require_gated_backend
 from fwp.ops.feature_maps import FEATURE_MAPS
 from fwp.ops.validation import require_at_least, require_choice
 
-FeatureMapName = Literal["identity", "elu", "dpfp", "favor", "tanh"]
+FeatureMapName = Literal["identity", "elu", "dpfp", "favor", "tanh", "l2", "silu_l2"]
 NormalizationName = Literal["sum", "denominator", "none"]
 Rule = Literal["sum", "delta"]
 Redraw = Literal["train", "always", "never"]
@@ -70,6 +70,12 @@ class FastWeightAttention(AttentionCore):
     - ``denominator_write``: with ``rule='delta'`` and the denominator on, normalise each write by
       ``z_{t-1}·φ(k_t)`` (module docstring), the variant that keeps the denominator with the delta rule.
     - ``backend``, ``chunk_size``: the causal recurrence's (``fwp.ops.dispatch``); ``triton`` needs CUDA.
+    - ``short_conv``: kernel length of a causal depthwise convolution + SiLU on q, k, v before the
+      feature map (0: none), with its own carried state; ``output_gate``: every head's output
+      RMS-normalised and gated by ``silu(x W_g)``; ``decay``: the gated rule, with Gated DeltaNet's
+      ``log α_t = −A · softplus(a_t + b)`` per head (causal only; no Triton kernel);
+      ``allow_negative_eigenvalues``: β = 2·sigmoid ∈ (0, 2) (delta rule). The parameters of these live
+      in ``MultiHeadAttention`` (``fwp.attention.parametrisation``), which knows ``d_model`` and ``H``.
 
     The output is in ``v``'s dtype; the state is a ``FastWeightState`` in the compute dtype.
     """
@@ -94,14 +100,23 @@ class FastWeightAttention(AttentionCore):
         denominator_write: bool = False,
         backend: str = "auto",
         chunk_size: int = 64,
+        short_conv: int = 0,
+        output_gate: bool = False,
+        decay: bool = False,
+        allow_negative_eigenvalues: bool = False,
     ) -> None:
         super().__init__(d_head)
         require_choice("feature_map", feature_map, tuple(FEATURE_MAPS))
         require_choice("rule", rule, tuple(RULES))
         require_choice("scale", scale, SCALES)
         require_choice("backend", backend, ("auto", *BACKENDS))
+        if decay:
+            require_gated_backend(backend)
         require_backend_usable(backend)
         require_at_least("chunk_size", chunk_size, 1)
+        require_at_least("short_conv", short_conv, 0)
+        if allow_negative_eigenvalues and not RULES[rule].uses_beta:
+            raise ValueError(f"allow_negative_eigenvalues scales β, which rule={rule!r} does not use")
         given = {"nu": nu, "m": m, "redraw": redraw, "omega_draw": omega_draw, "feature_eps": feature_eps}
         own = {option: given[option] for option in FEATURE_MAPS[feature_map].options}
         self.phi = build_feature_map(feature_map, d_head, **own)
@@ -123,10 +138,15 @@ class FastWeightAttention(AttentionCore):
         self.eps, self.sum_eps, self.denominator_write = norm.write_eps, norm.sum_eps, denominator_write
         self.backend, self.chunk_size = backend, chunk_size
         self.uses_beta = RULES[rule].uses_beta
-        if not RULES[rule].order_free:
-            self.refused_modes = {
-                "bidirectional": f"the {rule} rule's memory depends on the order of the writes"
-            }
+        self.short_conv, self.output_gate, self.decay = short_conv, output_gate, decay
+        self.allow_negative_eigenvalues = allow_negative_eigenvalues
+        self.beta_scale = 2.0 if allow_negative_eigenvalues else 1.0
+        order = [f"the {rule} rule's memory depends on the order of the writes"] * (
+            not RULES[rule].order_free
+        )
+        order += ["the decay orders the writes, shrinking only earlier ones"] * decay
+        if order:
+            self.refused_modes = {"bidirectional": "; ".join(order)}
         self.register_load_state_dict_pre_hook(moved_omega)
 
     @staticmethod
@@ -145,6 +165,16 @@ class FastWeightAttention(AttentionCore):
             f"d_head={self.d_head}, feature_map={self.feature_map!r}, normalization={self.normalization!r}, "
             f"rule={self.rule!r}, eps={self.eps}, sum_eps={self.sum_eps}, scale={self.scale!r}, "
             f"{'denominator_write=True, ' if self.denominator_write else ''}backend={self.backend!r}"
+            + "".join(
+                f", {name}={value!r}"
+                for name, value in (
+                    ("short_conv", self.short_conv),
+                    ("output_gate", self.output_gate),
+                    ("decay", self.decay),
+                    ("allow_negative_eigenvalues", self.allow_negative_eigenvalues),
+                )
+                if value
+            )
         )
 
     def forward(
@@ -157,17 +187,32 @@ class FastWeightAttention(AttentionCore):
         causal: bool = True,
         state: FastWeightState | None = None,
         key_padding_mask: Tensor | None = None,
+        log_decay: Tensor | None = None,
     ) -> tuple[Tensor, FastWeightState]:
         """q, k, v ``[B, H, T, d_head]``, beta ``[B, H, T]`` (delta rule), key_padding_mask ``[B, T]``
-        (padded keys write nothing) → y ``[B, H, T, d_head]`` and the memory after the sequence.
+        (padded keys write nothing), log_decay ``[B, H, T]`` (required with ``decay``) → y
+        ``[B, H, T, d_head]`` and the memory after the sequence.
 
         Causal: the recurrence continues ``state``. Bidirectional (sum rule only): every query reads
         the memory written by ``state`` (if any) plus all keys of the call. A call without ``state``
         starts a sequence (FAVOR+ may redraw Ω).
         """
+        self.require_layer()
         mode = "causal" if causal else "bidirectional"
+        if self.decay and not causal:
+            raise ValueError(f"causal=False is refused: {self.refused_modes['bidirectional']}")
+        if self.decay and log_decay is None:
+            raise ValueError("this layer has decay=True: give log_decay [B, H, T] (MultiHeadAttention does)")
         return fast_weight_attention(
-            q, k, v, beta, mode=mode, state=state, key_padding_mask=key_padding_mask, **self.layer_options
+            q,
+            k,
+            v,
+            beta,
+            log_decay=log_decay,
+            mode=mode,
+            state=state,
+            key_padding_mask=key_padding_mask,
+            **self.layer_options,
         )
 
     def read(self, q: Tensor, state: FastWeightState) -> Tensor:

@@ -1,8 +1,11 @@
 """Multi-head attention around any registered core: projections in, output projection out.
 
 Self-attention projects ``x`` ``[B, T, d_model]`` with one bias-free linear map to, per head,
-``[q, k, v]`` (``3·d_head`` units) plus, for cores that use it, one β unit: ``β = sigmoid(·)``, one
-write strength per head and position (docs/attention.md). Cross-attention takes q from ``x`` and k, v
+``[q, k, v]`` (``3·d_head`` units) plus, for cores that use it, one β unit: ``β = sigmoid(·)`` (times
+the core's ``beta_scale``), one write strength per head and position (docs/attention.md). Cores of the
+DeltaNet family ask for more (``fwp.attention.parametrisation``): a short causal convolution on q, k, v
+(the layer's state then carries its last inputs: ``ConvolvedState``), Gated DeltaNet's decay from ``x``,
+and a gated RMSNorm of every head's output. Cross-attention takes q from ``x`` and k, v
 (β) from ``memory`` ``[B, S, d_model]``. Outputs are scaled by the core's ``output_scale`` (``1/√d_head``
 for fast weights); then a bias-free output projection ``H·d_head → d_model`` and dropout. Residual and
 normalisation belong to the block.
@@ -14,6 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from fwp.attention.base import AttentionCore, AttentionSpec, AttentionState
+from fwp.attention.parametrisation import (
+    ConvolvedState,
+    GatedDeltaNetDecay,
+    GatedOutputNorm,
+    ShortConvolution,
+)
 from fwp.attention.registry import build_attention
 
 
@@ -64,6 +73,7 @@ class MultiHeadAttention(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got dropout={dropout}")
         self.core = build_attention(attention, d_head)
+        self.core.in_layer = True
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
         self.cross = cross
         self.causal = causal and not cross
@@ -72,6 +82,15 @@ class MultiHeadAttention(nn.Module):
         for mode in modes:
             self.core.require_mode(mode, f"{use} with attention={attention!r}")
         self.beta_sizes = (1,) if self.core.uses_beta else ()
+        if cross and self.core.short_conv:
+            raise ValueError(
+                f"cross-attention with attention={attention!r}: the short convolution runs along the "
+                "sequence of a causal self-attention layer; use short_conv: 0"
+            )
+        channels = 3 * n_heads * d_head
+        self.conv = ShortConvolution(channels, self.core.short_conv) if self.core.short_conv else None
+        self.decay = GatedDeltaNetDecay(d_model, n_heads) if self.core.decay else None
+        self.output_norm = GatedOutputNorm(d_model, n_heads, d_head) if self.core.output_gate else None
         if cross:
             self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=False)
             self.kv_proj = nn.Linear(d_model, n_heads * (2 * d_head + len(self.beta_sizes)), bias=False)
@@ -86,10 +105,13 @@ class MultiHeadAttention(nn.Module):
         heads = projected.view(B, T, self.n_heads, sum(sizes)).transpose(1, 2)
         return list(heads.split(sizes, dim=-1))
 
-    @staticmethod
-    def write_strength(beta_unit: list[Tensor]) -> Tensor | None:
-        """``β = sigmoid(unit)`` ``[B, H, T]`` from the optional ``[B, H, T, 1]`` β unit."""
-        return torch.sigmoid(beta_unit[0].squeeze(-1)) if beta_unit else None
+    def write_strength(self, beta_unit: list[Tensor]) -> Tensor | None:
+        """``β = sigmoid(unit)`` ``[B, H, T]`` from the optional ``[B, H, T, 1]`` β unit, times the core's
+        ``beta_scale`` (2 with ``allow_negative_eigenvalues``: β ∈ (0, 2))."""
+        if not beta_unit:
+            return None
+        beta = torch.sigmoid(beta_unit[0].squeeze(-1))
+        return beta if self.core.beta_scale == 1.0 else self.core.beta_scale * beta
 
     def forward(
         self,
@@ -117,17 +139,53 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("memory is only used by cross-attention (cross=True), got a memory tensor")
             if key_padding_mask is not None:
                 _check_padding_mask(key_padding_mask, x)
-            q, k, v, *beta_unit = self.split_heads(self.qkv_proj(x), (self.d_head,) * 3 + self.beta_sizes)
-            y, state = self.core(
-                q,
-                k,
-                v,
-                self.write_strength(beta_unit),
-                causal=self.causal,
-                state=state,
-                key_padding_mask=key_padding_mask,
+            y, state = self._self_attend(x, state, key_padding_mask)
+        return self.merge_heads(y, x), state
+
+    def _self_attend(
+        self, x: Tensor, state: AttentionState | None, key_padding_mask: Tensor | None
+    ) -> tuple[Tensor, AttentionState]:
+        q, k, v, *beta_unit = self.split_heads(self.qkv_proj(x), (self.d_head,) * 3 + self.beta_sizes)
+        if self.conv is not None:
+            state, past = self._convolution_state(state)
+            (q, k, v), past = self.convolve(q, k, v, past, key_padding_mask)
+        gated = {} if self.decay is None else {"log_decay": self.decay(x)}
+        y, state = self.core(
+            q,
+            k,
+            v,
+            self.write_strength(beta_unit),
+            causal=self.causal,
+            state=state,
+            key_padding_mask=key_padding_mask,
+            **gated,
+        )
+        return y, state if self.conv is None else ConvolvedState(state, past)
+
+    def _convolution_state(self, state: AttentionState | None) -> tuple[AttentionState | None, Tensor | None]:
+        """The core's state and the convolution's past inputs of a ``ConvolvedState`` (None: a new
+        sequence)."""
+        if state is None:
+            return None, None
+        if not isinstance(state, ConvolvedState):
+            raise ValueError(
+                "a layer with a short convolution continues a ConvolvedState (its memory and the "
+                f"convolution's last inputs), got a {type(state).__name__}"
             )
-        return self.merge_heads(y), state
+        return state.memory, state.conv
+
+    def convolve(
+        self, q: Tensor, k: Tensor, v: Tensor, past: Tensor | None, key_padding_mask: Tensor | None
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        """The short convolution (+ SiLU) over the channels of q, k, v ``[B, H, T, d_head]`` each, padded
+        positions entering as zeros; returns the three and the convolution's new past inputs."""
+        B, H, T, d = q.shape
+        channels = torch.cat([q, k, v], dim=-1).transpose(1, 2).reshape(B, T, H * 3 * d)
+        if key_padding_mask is not None:
+            channels = channels * (~key_padding_mask).unsqueeze(-1).to(channels.dtype)
+        out, past = self.conv(channels, past)
+        q, k, v = out.view(B, T, H, 3 * d).transpose(1, 2).split(d, dim=-1)
+        return (q, k, v), past
 
     def _cross_attend(
         self, x: Tensor, memory: Tensor | None, state: AttentionState | None, key_padding_mask: Tensor | None
@@ -145,10 +203,13 @@ class MultiHeadAttention(nn.Module):
             q, k, v, self.write_strength(beta_unit), causal=False, key_padding_mask=key_padding_mask
         )
 
-    def merge_heads(self, y: Tensor) -> Tensor:
-        """``[B, H, T, d_head]`` → scale (1/√d_head for fast weights) → output projection → dropout
-        → ``[B, T, d_model]``."""
+    def merge_heads(self, y: Tensor, x: Tensor | None = None) -> Tensor:
+        """``[B, H, T, d_head]`` → scale (1/√d_head for fast weights) → with ``output_gate``, every head
+        RMS-normalised and gated by ``silu(x W_g)`` (x ``[B, T, d_model]``, the layer's input) → output
+        projection → dropout → ``[B, T, d_model]``."""
         B, H, T, d = y.shape
-        merged = y.transpose(1, 2).reshape(B, T, H * d) * self.core.output_scale
-        out = self.out_proj(merged)
+        y = y * self.core.output_scale
+        if self.output_norm is not None:
+            y = self.output_norm(y, x)
+        out = self.out_proj(y.transpose(1, 2).reshape(B, T, H * d))
         return self.dropout(out) if self.training and self.dropout.p > 0 else out

@@ -13,6 +13,15 @@ the preset's. The built-in presets are the paper's systems:
 | ``delta`` | DPFP ν = 2 | sum | delta (β) |
 | ``fast_weight`` | any combination, defaults = ``delta`` | | |
 | ``fwm`` | tanh (or DPFP) | LayerNorm of the read | FWM (β, rescaled ``W``; causal only) |
+
+and the DeltaNet family (docs/attention.md), each with a short convolution or decay as marked and a
+gated RMSNorm of the output:
+
+| name | feature map | short conv | rule | decay |
+|---|---|---|---|---|
+| ``deltanet`` | l2 (after the convolution's SiLU) | 4 | delta (β = sigmoid) | — |
+| ``gated_deltanet`` | l2 (after the convolution's SiLU) | 4 | gated delta | ``−A·softplus(a_t + b)`` |
+| ``gla`` | identity | — | gated sum | ``−A·softplus(a_t + b)`` |
 """
 
 from __future__ import annotations
@@ -174,4 +183,16 @@ register_attention(
 )
 register_attention("delta", FastWeightAttention, feature_map="dpfp", nu=2, normalization="sum", rule="delta")
 register_attention("fast_weight", FastWeightAttention)
+DELTANET = {"feature_map": "l2", "normalization": "none", "short_conv": 4, "output_gate": True}
+register_attention("deltanet", FastWeightAttention, **DELTANET, rule="delta")
+register_attention("gated_deltanet", FastWeightAttention, **DELTANET, rule="delta", decay=True)
+register_attention(
+    "gla",
+    FastWeightAttention,
+    feature_map="identity",
+    normalization="none",
+    rule="sum",
+    decay=True,
+    output_gate=True,
+)
 register_attention("fwm", FastWeightMemoryAttention)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from fwp.attention import AttentionSpec, AttentionState, KVCache, MultiHeadAttention
+from fwp.attention.parametrisation import ConvolvedState
 from fwp.ops import FastWeightState
 
 D_MODEL, N_HEADS = 16, 2
@@ -49,6 +50,17 @@ FAST_WEIGHT_SPECS: dict[str, dict] = {
         "denominator_write": True,
     },
     "dpfp+denominator+sum+scores": {"name": "dpfp", "scale": "scores", "eps": 1e-5},
+    "deltanet": {"name": "deltanet"},
+    "gated_deltanet": {"name": "gated_deltanet"},
+    "gla": {"name": "gla"},
+    "gla+denominator": {"name": "gla", "normalization": "denominator"},
+    "silu_l2+sum+delta+negative_eigenvalues": {
+        "name": "fast_weight",
+        "feature_map": "silu_l2",
+        "normalization": "none",
+        "rule": "delta",
+        "allow_negative_eigenvalues": True,
+    },
 }
 BACKENDS = ("reference", "step", "auto")
 FWM_SPECS: dict[str, dict] = {
@@ -98,6 +110,8 @@ def state_tensors(state: AttentionState) -> list[Tensor]:
     """The tensors of a state, for comparisons."""
     if isinstance(state, KVCache):
         return [state.k, state.v]
+    if isinstance(state, ConvolvedState):
+        return [*state_tensors(state.memory), state.conv]
     assert isinstance(state, FastWeightState)
     return [state.W] if state.z is None else [state.W, state.z]
 

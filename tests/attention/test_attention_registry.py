@@ -21,6 +21,9 @@ PRESETS = {
     "dpfp": ("dpfp", "denominator", "sum"),
     "delta": ("dpfp", "sum", "delta"),
     "fast_weight": ("dpfp", "sum", "delta"),
+    "deltanet": ("l2", "none", "delta"),
+    "gated_deltanet": ("l2", "none", "delta"),
+    "gla": ("identity", "none", "sum"),
 }
 
 
@@ -35,7 +38,7 @@ def test_fast_weight_presets_build_their_system(name: str) -> None:
     assert isinstance(core, FastWeightAttention)
     assert (core.feature_map, core.normalization, core.rule) == PRESETS[name]
     assert core.uses_beta == (core.rule == "delta")
-    assert ("bidirectional" in core.refused_modes) == (core.rule == "delta")
+    assert ("bidirectional" in core.refused_modes) == (core.rule == "delta" or core.decay)
     assert core.is_fast_weight
 
 
