@@ -4,7 +4,7 @@ Self-attention projects ``x`` ``[B, T, d_model]`` with one bias-free linear map 
 ``[q, k, v]`` (``3·d_head`` units) plus, for cores that use it, one β unit: ``β = sigmoid(·)`` (times
 the core's ``beta_scale``), one write strength per head and position (docs/attention.md). Cores of the
 DeltaNet family ask for more (``fwp.attention.parametrisation``): a short causal convolution on q, k, v
-(the layer's state then carries its last inputs: ``ConvolvedState``), Gated DeltaNet's decay from ``x``,
+(the layer's state then carries its last inputs: ``FastWeightState.conv``), Gated DeltaNet's decay from ``x``,
 and a gated RMSNorm of every head's output. Cross-attention takes q from ``x`` and k, v
 (β) from ``memory`` ``[B, S, d_model]``. Outputs are scaled by the core's ``output_scale`` (``1/√d_head``
 for fast weights); then a bias-free output projection ``H·d_head → d_model`` and dropout. Residual and
@@ -13,16 +13,13 @@ normalisation belong to the block.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
 from fwp.attention.base import AttentionCore, AttentionSpec, AttentionState
-from fwp.attention.parametrisation import (
-    ConvolvedState,
-    GatedDeltaNetDecay,
-    GatedOutputNorm,
-    ShortConvolution,
-)
+from fwp.attention.parametrisation import GatedDeltaNetDecay, GatedOutputNorm, ShortConvolution
 from fwp.attention.registry import build_attention
 
 
@@ -147,8 +144,7 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, AttentionState]:
         q, k, v, *beta_unit = self.split_heads(self.qkv_proj(x), (self.d_head,) * 3 + self.beta_sizes)
         if self.conv is not None:
-            state, past = self._convolution_state(state)
-            (q, k, v), past = self.convolve(q, k, v, past, key_padding_mask)
+            (q, k, v), past = self.convolve(q, k, v, self._convolution_state(state), key_padding_mask)
         gated = {} if self.decay is None else {"log_decay": self.decay(x)}
         y, state = self.core(
             q,
@@ -160,19 +156,19 @@ class MultiHeadAttention(nn.Module):
             key_padding_mask=key_padding_mask,
             **gated,
         )
-        return y, state if self.conv is None else ConvolvedState(state, past)
+        return y, state if self.conv is None else replace(state, conv=past)
 
-    def _convolution_state(self, state: AttentionState | None) -> tuple[AttentionState | None, Tensor | None]:
-        """The core's state and the convolution's past inputs of a ``ConvolvedState`` (None: a new
-        sequence)."""
+    @staticmethod
+    def _convolution_state(state: AttentionState | None) -> Tensor | None:
+        """The convolution's past inputs in a continued state (None: a new sequence)."""
         if state is None:
-            return None, None
-        if not isinstance(state, ConvolvedState):
+            return None
+        if getattr(state, "conv", None) is None:
             raise ValueError(
-                "a layer with a short convolution continues a ConvolvedState (its memory and the "
-                f"convolution's last inputs), got a {type(state).__name__}"
+                "a layer with a short convolution continues a FastWeightState holding the convolution's "
+                f"last inputs (conv), got a {type(state).__name__} without them"
             )
-        return state.memory, state.conv
+        return state.conv
 
     def convolve(
         self, q: Tensor, k: Tensor, v: Tensor, past: Tensor | None, key_padding_mask: Tensor | None

@@ -10,13 +10,11 @@ convolution are the ``3·H·d_head`` units of q, k and v.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fwp.ops import FastWeightState
 from fwp.ops.validation import require_at_least
 
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
@@ -24,24 +22,6 @@ DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
 A_INIT_MAX = 16.0
 """Gated DeltaNet's initial ``A`` per head is uniform in ``(0, A_INIT_MAX)``."""
 OUTPUT_NORM_EPS = 1e-5
-
-
-@dataclass
-class ConvolvedState:
-    """The state of a layer with a short convolution: the fast-weight ``memory`` and ``conv``
-    ``[B, kernel − 1, C]``, the last ``kernel − 1`` inputs of the convolution (zeros before the
-    sequence), so that a continued call convolves exactly as one call over the whole sequence."""
-
-    memory: FastWeightState
-    conv: Tensor
-
-    def detach(self) -> ConvolvedState:
-        """Both parts cut from the autograd graph (segment carry)."""
-        return ConvolvedState(self.memory.detach(), self.conv.detach())
-
-    def index_select(self, index: Tensor) -> ConvolvedState:
-        """Batch rows reordered or repeated (beam search): ``index`` ``[B']``."""
-        return ConvolvedState(self.memory.index_select(index), self.conv.index_select(0, index))
 
 
 class ShortConvolution(nn.Module):

@@ -7,7 +7,8 @@ here, and never build or read a ``FastWeightState`` themselves.
 
 Saved form of the fast-weight states of a stack (``export_fast_weights``, e.g. for a checkpoint):
 ``{"W": [W_l], "z": [z_l or None]}`` over the layers ``l``, ``W_l`` ``[B, H, d_dot, d_v]`` and
-``z_l`` ``[B, H, d_dot]`` (the running key sum of the denominator, None without it).
+``z_l`` ``[B, H, d_dot]`` (the running key sum of the denominator, None without it), and ``"conv"``:
+``[conv_l or None]``, the short convolution's last inputs ``[B, K − 1, C]`` (DeltaNet layers).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def export_fast_weights(
     return {
         "W": [transform(state.W) for state in states],
         "z": [None if state.z is None else transform(state.z) for state in states],
+        "conv": [None if state.conv is None else transform(state.conv) for state in states],
     }
 
 
@@ -75,9 +77,12 @@ def import_fast_weights(
 ) -> list[FastWeightState]:
     """The states saved by ``export_fast_weights``, each tensor passed through ``transform`` (e.g.
     selecting this rank's rows and moving them to its device)."""
+    convs = saved.get("conv") or [None] * len(saved["W"])  # saved before layers had a convolution
     return [
-        FastWeightState(transform(W), None if z is None else transform(z))
-        for W, z in zip(saved["W"], saved["z"], strict=True)
+        FastWeightState(
+            transform(W), None if z is None else transform(z), None if c is None else transform(c)
+        )
+        for W, z, c in zip(saved["W"], saved["z"], convs, strict=True)
     ]
 
 

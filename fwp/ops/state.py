@@ -16,10 +16,15 @@ class FastWeightState:
     read-out of a row feature ``φ(q)`` is ``φ(q) @ W``.
     ``z``: ``[B, H, d_dot]``, the running key sum ``Σ_j φ(k_j)`` of the denominator normalisation,
     or ``None`` when no denominator is used.
+    ``conv``: ``[B, K − 1, C]``, the last inputs of the layer's short convolution on q, k, v
+    (``fwp.attention.parametrisation.ShortConvolution``), or ``None`` without one. The ops neither
+    read nor write it; the layer that owns the convolution does, so that the whole state of a layer
+    is carried, detached, reordered and saved as one object.
     """
 
     W: Tensor
     z: Tensor | None = None
+    conv: Tensor | None = None
 
     @classmethod
     def zeros(
@@ -40,14 +45,14 @@ class FastWeightState:
 
     def detach(self) -> FastWeightState:
         """The same memory cut from the autograd graph (segment carry between LM segments)."""
-        return FastWeightState(self.W.detach(), None if self.z is None else self.z.detach())
+        return FastWeightState(*(None if x is None else x.detach() for x in (self.W, self.z, self.conv)))
 
     def index_select(self, index: Tensor) -> FastWeightState:
         """Reorder or repeat batch rows (beam search): ``index`` is ``[B']`` into dim 0."""
         return FastWeightState(
-            self.W.index_select(0, index), None if self.z is None else self.z.index_select(0, index)
+            *(None if x is None else x.index_select(0, index) for x in (self.W, self.z, self.conv))
         )
 
     def to(self, dtype: torch.dtype) -> FastWeightState:
         """The same memory in another floating dtype."""
-        return FastWeightState(self.W.to(dtype), None if self.z is None else self.z.to(dtype))
+        return FastWeightState(*(None if x is None else x.to(dtype) for x in (self.W, self.z, self.conv)))

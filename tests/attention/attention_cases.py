@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from fwp.attention import AttentionSpec, AttentionState, KVCache, MultiHeadAttention
-from fwp.attention.parametrisation import ConvolvedState
 from fwp.ops import FastWeightState
 
 D_MODEL, N_HEADS = 16, 2
@@ -110,10 +109,8 @@ def state_tensors(state: AttentionState) -> list[Tensor]:
     """The tensors of a state, for comparisons."""
     if isinstance(state, KVCache):
         return [state.k, state.v]
-    if isinstance(state, ConvolvedState):
-        return [*state_tensors(state.memory), state.conv]
     assert isinstance(state, FastWeightState)
-    return [state.W] if state.z is None else [state.W, state.z]
+    return [x for x in (state.W, state.z, state.conv) if x is not None]
 
 
 def assert_states_close(actual: AttentionState, expected: AttentionState) -> None:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fwp.attention import MultiHeadAttention, build_attention
-from fwp.attention.parametrisation import ConvolvedState, GatedDeltaNetDecay
-from fwp.model import DecoderLM, DecoderLMConfig
+from fwp.attention.parametrisation import GatedDeltaNetDecay
+from fwp.model import DecoderLM, DecoderLMConfig, export_fast_weights, import_fast_weights
 from fwp.model.block import TransformerBlock
 from fwp.model.config import BlockConfig
 
@@ -66,12 +66,11 @@ def test_parallel_step_and_carry_agree_with_gradients(name: str, split: str) -> 
 
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
 def test_the_convolution_state_is_the_last_inputs(name: str) -> None:
-    """The carried convolution state holds the last kernel − 1 = 3 inputs of q, k, v; cut from the graph
-    and reordered like the memory (segment carry, beam search)."""
+    """The carried convolution state holds the last kernel − 1 = 3 inputs of q, k, v; cut from the graph,
+    reordered (segment carry, beam search) and saved in a checkpoint's form like the memory."""
     module = layer(name)
     x = torch.randn(3, T, D_MODEL, dtype=torch.float64)
     _, state = module(x)
-    assert isinstance(state, ConvolvedState)
     q, k, v = module.split_heads(module.qkv_proj(x), (module.d_head,) * 3 + module.beta_sizes)[:3]
     channels = torch.cat([q, k, v], dim=-1).transpose(1, 2).reshape(3, T, -1)
     torch.testing.assert_close(state.conv, channels[:, -3:], rtol=0, atol=0)
@@ -79,7 +78,9 @@ def test_the_convolution_state_is_the_last_inputs(name: str) -> None:
     reordered = state.index_select(index).detach()
     assert not reordered.conv.requires_grad
     torch.testing.assert_close(reordered.conv, state.conv[index], rtol=0, atol=0)
-    torch.testing.assert_close(reordered.memory.W, state.memory.W[index], rtol=0, atol=0)
+    torch.testing.assert_close(reordered.W, state.W[index], rtol=0, atol=0)
+    saved = import_fast_weights(export_fast_weights([state]))[0]
+    torch.testing.assert_close(saved.conv, state.conv, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", FAMILY)
