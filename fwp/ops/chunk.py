@@ -14,7 +14,7 @@ No per-step state is ever stored. The Katharopoulos denominator is ``fwp.ops.fas
   gradient of the state after the chunk: ``dS = dS' + Qᵀ dO``; ``dV = Pᵀ dO + K dS'``;
   ``dQ = dO Sᵀ + tril(dO Vᵀ) K``; ``dK = tril(dO Vᵀ)ᵀ Q + V dS'ᵀ``.
 - Delta rule: saves the inputs, the chunk-start states and ``T = A⁻¹``; the backward walks the chunks
-  in reverse and recomputes each chunk's pseudo-values and scores (``delta_chunk_backward_`` has the
+  in reverse and recomputes each chunk's pseudo-values and scores (``delta_chunk_backward`` has the
   formulas), so that beyond the gradients it holds one chunk's temporaries only.
 """
 
@@ -171,14 +171,16 @@ def delta_rule_chunks_backward(
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``dQ, dK, dV, dβ, dS_0`` of ``delta_rule_chunks``: the chunks in reverse, each recomputing its
-    pseudo-values and scores (``delta_chunk_backward_``), so that beyond the gradients it holds only one
+    pseudo-values and scores (``delta_chunk_backward``), so that beyond the gradients it holds only one
     chunk's temporaries."""
     d_out = d_out.contiguous()
     grads = tuple(x.new_empty(x.shape) for x in (q, k, v, beta))
-    d_state = d_final.clone()  # updated in place, chunk by chunk
+    d_state = d_final
     for n in reversed(range(q.shape[1])):
         chunk = (x[:, n] for x in (q, k, v, beta, inverse, starts, d_out))
-        delta_chunk_backward_(*chunk, d_state, tuple(grad[:, n] for grad in grads))
+        *chunk_grads, d_state = delta_chunk_backward(*chunk, d_state)
+        for grad in grads:  # popped: each chunk gradient is freed as soon as it is copied
+            grad[:, n] = chunk_grads.pop(0)
     return dense(*grads, d_state)
 
 
@@ -205,7 +207,7 @@ def _delta_rule_backward(
 delta_rule_chunks.register_autograd(_delta_rule_backward, setup_context=_save_inputs_and_residuals)
 
 
-def delta_chunk_backward_(
+def delta_chunk_backward(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -213,41 +215,38 @@ def delta_chunk_backward_(
     inverse: Tensor,
     start: Tensor,
     d_out: Tensor,
-    d_state: Tensor,
-    grads: tuple[Tensor, Tensor, Tensor, Tensor],
-) -> None:
-    """Gradients of one delta-rule chunk, written in place: ``dQ, dK, dV, dβ`` into ``grads`` (views of
-    the gradients of all chunks, so that no chunk gradient is copied), and ``d_state`` turned from
-    ``dS'``, the gradient of the state after the chunk, into ``dS``, that of the state before it.
+    d_next: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients ``dQ, dK, dV, dβ, dS`` of one delta-rule chunk (contiguous: fast batched products).
 
     One chunk of every head: q, k ``[G, C, d]``, v ``[G, C, d_v]``, beta ``[G, C]``, inverse ``T``
-    ``[G, C, C]``, start ``S`` and d_state ``[G, d, d_v]``, d_out ``[G, C, d_v]``; grads shaped as
-    q, k, v, beta. Forward: ``X = V − K S``, ``U = T diag(β) X``,
+    ``[G, C, C]``, start ``S`` and ``dS'`` (d_next, the gradient of the state after the chunk)
+    ``[G, d, d_v]``, d_out ``[G, C, d_v]``. Forward: ``X = V − K S``, ``U = T diag(β) X``,
     ``O = Q S + P U`` with ``P = tril(Q Kᵀ)``, ``S' = S + Kᵀ U``, ``T = A⁻¹``,
     ``A = I + tril(diag(β) K Kᵀ, −1)``. Backward, with ``E = Tᵀ dU`` and ``L = tril(E Uᵀ, −1) = −dA``:
     ``dU = Pᵀ dO + K dS'``; ``dP = tril(dO Uᵀ)``; ``dQ = dO Sᵀ + dP K``;
     ``dK = dPᵀ Q + U dS'ᵀ − β E Sᵀ − β (L K) − Lᵀ diag(β) K``; ``dV = β E``;
     ``dβ = rowsum(X ⊙ E) − rowsum(K ⊙ L K)``; ``dS = dS' + Qᵀ dO − Kᵀ diag(β) E``.
     """
-    d_q, d_k, d_v, d_beta = grads
     residuals, pseudo_values = delta_chunk_values(k, v, beta, inverse, start)
     beta = beta.unsqueeze(-1)
-    d_pseudo = torch.bmm(k, d_state).baddbmm_(transpose(causal_scores(q, k)), d_out)
+    d_pseudo = torch.bmm(k, d_next).baddbmm_(transpose(causal_scores(q, k)), d_out)
     d_residuals = transpose(inverse) @ d_pseudo
     del d_pseudo  # temporaries are released as soon as possible: they set the peak memory
-    torch.mul(beta, d_residuals, out=d_v)
-    torch.sum(residuals.mul_(d_residuals), -1, out=d_beta)
+    d_v = beta * d_residuals
+    d_beta = (residuals * d_residuals).sum(-1)
     del residuals
     d_scores = (d_out @ transpose(pseudo_values)).tril_()
-    torch.bmm(d_out, transpose(start), out=d_q).baddbmm_(d_scores, k)
-    torch.bmm(transpose(d_scores), q, out=d_k).baddbmm_(pseudo_values, transpose(d_state))
+    d_q = torch.bmm(d_out, transpose(start)).baddbmm_(d_scores, k)
+    d_k = torch.bmm(transpose(d_scores), q).baddbmm_(pseudo_values, transpose(d_next))
     del d_scores
     lower = (d_residuals @ transpose(pseudo_values)).tril_(diagonal=-1)
     lower_keys = lower @ k
     d_k.baddbmm_(d_v, transpose(start), alpha=-1).addcmul_(beta, lower_keys, value=-1)
     d_k.baddbmm_(transpose(lower), beta * k, alpha=-1)
-    d_beta.sub_(lower_keys.mul_(k).sum(-1))
-    d_state.baddbmm_(transpose(q), d_out).baddbmm_(transpose(k), d_v, alpha=-1)
+    d_beta.sub_((k * lower_keys).sum(-1))
+    d_start = torch.baddbmm(d_next, transpose(q), d_out).baddbmm_(transpose(k), d_v, alpha=-1)
+    return d_q, d_k, d_v, d_beta, d_start
 
 
 def chunk_backend(
