@@ -207,3 +207,19 @@ def test_a_bare_core_refuses_to_run_without_its_layer_parts(name: str) -> None:
     with pytest.raises(ValueError, match="output_gate=True") as error:
         core(x, x, x, torch.rand(1, 1, 3) if core.uses_beta else None)
     assert ("short_conv=4" in str(error.value)) == (name != "gla")
+
+
+def test_cross_attention_refuses_a_short_convolution() -> None:
+    spec = {"name": "fast_weight", "feature_map": "elu", "rule": "sum", "short_conv": 4}
+    with pytest.raises(ValueError, match="short convolution runs along the sequence"):
+        layer(spec, cross=True)
+
+
+def test_a_state_without_the_convolution_inputs_is_refused() -> None:
+    """Continuing a deltanet layer from a state that lost its ``conv`` (e.g. built by hand) would
+    convolve with zeros instead of the previous inputs: refused."""
+    module = layer("deltanet")
+    _, state = module(torch.randn(1, 3, D_MODEL, dtype=torch.float64))
+    state.conv = None
+    with pytest.raises(ValueError, match=r"without them"):
+        module(torch.randn(1, 2, D_MODEL, dtype=torch.float64), state=state)
