@@ -82,7 +82,8 @@ class GatedDeltaNetDecay(nn.Module):
 class GatedOutputNorm(nn.Module):
     """The output of every head RMS-normalised and gated (Yang et al. 2024):
     ``o = RMSNorm(y) ⊙ silu(x W_g)`` with ``W_g``: ``[d_model, H·d_head]`` (no bias) and one RMSNorm
-    weight ``[d_head]`` shared by the heads (ε = 1e-5)."""
+    weight ``[d_head]`` shared by the heads (ε = 1e-5), computed in the weight's dtype (float32 under
+    bf16 autocast)."""
 
     def __init__(self, d_model: int, n_heads: int, d_head: int) -> None:
         super().__init__()
@@ -94,4 +95,5 @@ class GatedOutputNorm(nn.Module):
         """y ``[B, H, T, d_head]``, x ``[B, T, d_model]`` → ``[B, H, T, d_head]``."""
         B, T, _ = x.shape
         gate = self.g_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
-        return self.norm(y) * F.silu(gate.to(y.dtype))
+        normed = self.norm(y.to(self.norm.weight.dtype)).to(y.dtype)  # in the weight's dtype, as fla
+        return normed * F.silu(gate.to(y.dtype))

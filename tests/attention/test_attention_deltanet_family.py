@@ -6,6 +6,7 @@ checkpoint keys of the paper's presets (unchanged by the new parts)."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -223,3 +224,15 @@ def test_a_state_without_the_convolution_inputs_is_refused() -> None:
     state.conv = None
     with pytest.raises(ValueError, match=r"without them"):
         module(torch.randn(1, 2, D_MODEL, dtype=torch.float64), state=state)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_bf16_autocast_runs_without_warnings(name: str) -> None:
+    """Under bf16 autocast the output norm ran on bf16 heads with a float32 weight, and PyTorch warned
+    (once per process) that it could not use the fused kernel; it now normalises in the weight's dtype."""
+    module = MultiHeadAttention(D_MODEL, HEADS, name)
+    x = torch.randn(2, T, D_MODEL)
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("error")
+        y, _ = module(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
