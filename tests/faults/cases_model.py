@@ -58,6 +58,11 @@ CASES: list[Fault] = [
         lambda t: lm_fit_with_attention(t, "{name: linear, nu: 3}"),
         names=lambda t: ["'linear'", "nu=3", "is not used"],
     ),
+    Fault(  # no gated Triton kernel, on any machine
+        "model-decay-with-the-triton-backend",
+        lambda t: lm_fit_with_attention(t, "{name: gated_deltanet, backend: triton}"),
+        names=lambda t: ["'gated_deltanet'", "backend='triton' has no kernel for the gated rules", "'chunk'"],
+    ),
     Fault(
         "model-denominator-write-without-denominator",
         lambda t: lm_fit_with_attention(t, "{name: delta, normalization: sum, denominator_write: true}"),
