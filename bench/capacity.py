@@ -20,6 +20,8 @@ experiment names in conf/README.md are those stems):
     python -m tasks.retrieval.sweep --configs conf/retrieval/setting1.yaml+model.attention=linear \\
         "conf/retrieval/setting1.yaml+model.attention={name: dpfp, nu: 1}" \\
         --num_keys 40 60 80 140 --output runs_capacity/setting1
+
+BENCHMARKS.md (Retrieval capacity) lists the commands of every other point of the comparison.
 """
 
 from __future__ import annotations
