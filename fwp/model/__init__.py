@@ -5,6 +5,7 @@ beam search. Tasks import from here only."""
 from fwp.model.adaptive import AdaptiveInput, AdaptiveLogSoftmax
 from fwp.model.beam_search import beam_search, greedy_decode
 from fwp.model.block import FeedForward, TransformerBlock
+from fwp.model.compilation import compile_blocks
 from fwp.model.config import BackboneConfig, BlockConfig, DecoderLMConfig, EncoderDecoderConfig
 from fwp.model.decoder_lm import DecoderLM
 from fwp.model.encoder_decoder import EncoderDecoder
@@ -48,6 +49,7 @@ __all__ = [
     "check_generation_fits",
     "check_sampling_options",
     "choose_tokens",
+    "compile_blocks",
     "detach_states",
     "export_fast_weights",
     "fast_weight_norm",

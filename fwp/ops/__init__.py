@@ -2,7 +2,9 @@
 entry point a layer calls (``fast_weight_attention``). Layout ``[B, H, T, D]``; fast weight state
 ``[B, H, d_dot, d_v]``. See docs/ops.md."""
 
-from fwp.ops import chunk  # noqa: F401  (registers the fwp:: custom ops before any torch.compile)
+# Imported here, not on first use: chunk registers the fwp:: custom ops before any torch.compile, and a
+# backend module first imported inside a compiled graph would break it (importlib is not traceable).
+from fwp.ops import chunk, step  # noqa: F401
 from fwp.ops.dispatch import BACKENDS, Backend, load_backend, resolve_backend
 from fwp.ops.fast_weight import MODES, fast_weight_attention, fast_weight_recurrence
 from fwp.ops.feature_maps import (

@@ -60,6 +60,7 @@ from fwp.model import (
     sample,
     saved_state_shape,
 )
+from fwp.training.compilation import CompiledBackbone, decoding
 from fwp.training.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.training.optimization import SCHEDULES, Schedule, adam_with_schedule
 from fwp.training.outputs import check_output_file, write_lines
@@ -119,7 +120,7 @@ def prompt_text(prompt: str | None, prompt_file: str | None) -> str | None:
     return prompt
 
 
-class LanguageModel(GradientNormLogging, L.LightningModule):
+class LanguageModel(CompiledBackbone, GradientNormLogging, L.LightningModule):
     """Decoder-only language model over ``vocab_size`` tokens (linked from the data module).
 
     ``backbone``: the ``DecoderLMConfig`` of the model (a ``preset`` such as ``wt103-small`` and any
@@ -129,7 +130,8 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
     ``num_samples`` (>= 1), ``prompt`` or ``prompt_file`` (at most one; neither: ``prompt_length``
     tokens of the test split), ``max_new_tokens``, ``temperature`` (>= 0, 0 = greedy), ``top_k``,
     ``predict_output`` (a file; None: stdout). ``log_text_samples``: validation continuations logged as
-    TensorBoard text during ``fit`` (0: none).
+    TensorBoard text during ``fit`` (0: none). ``compile``: compile the backbone's Transformer blocks
+    with ``torch.compile`` (``fullgraph=True``, ``fwp.training.compilation``); the warm-up is printed.
     """
 
     best_metric = "valid/ppl"
@@ -161,6 +163,7 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         prompt_file: str | None = None,
         predict_output: str | None = None,
         log_text_samples: int = 1,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         config = DecoderLMConfig.of(backbone)
@@ -406,14 +409,15 @@ class LanguageModel(GradientNormLogging, L.LightningModule):
         ``top_k``); one dict per row: ``prompt_ids``, ``generated_ids``, ``generated``
         (the continuation as text)."""
         hparams = self.hparams
-        tokens = sample(
-            self.model,
-            prompt,
-            max_new_tokens=hparams.max_new_tokens,
-            temperature=hparams.temperature,
-            top_k=hparams.top_k,
-            generator=generator,
-        )
+        with decoding(self):
+            tokens = sample(
+                self.model,
+                prompt,
+                max_new_tokens=hparams.max_new_tokens,
+                temperature=hparams.temperature,
+                top_k=hparams.top_k,
+                generator=generator,
+            )
         samples = []
         for row in tokens.tolist():
             prompt_ids, generated_ids = row[: prompt.shape[1]], row[prompt.shape[1] :]

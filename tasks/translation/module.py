@@ -47,6 +47,7 @@ from torch import Tensor
 
 from fwp.data import PAD_ID
 from fwp.model import EncoderDecoder, EncoderDecoderConfig, beam_search, greedy_decode
+from fwp.training.compilation import CompiledBackbone, decoding
 from fwp.training.monitoring import GradientNormLogging, labelled_text, log_text
 from fwp.training.optimization import adam_with_schedule
 from fwp.training.outputs import check_output_file, new_file, write_lines
@@ -91,7 +92,7 @@ def label_smoothed_token_losses(
     return (1.0 - epsilon - other) * nll + other * smooth, nll, keep
 
 
-class TranslationModel(GradientNormLogging, L.LightningModule):
+class TranslationModel(CompiledBackbone, GradientNormLogging, L.LightningModule):
     """Encoder-decoder translation model.
 
     Args:
@@ -116,6 +117,8 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
             (0 = never; the losses are logged at every run).
         predict_output: file the translations are written to (default: stdout).
         log_text_samples: sentences shown as TensorBoard text at each validation of ``fit`` (0: none).
+        compile: compile the encoder's and decoder's Transformer blocks with ``torch.compile``
+            (``fullgraph=True``, ``fwp.training.compilation``); the warm-up is printed.
     """
 
     BACKBONE_CONFIG = EncoderDecoderConfig
@@ -145,6 +148,7 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
         bleu_every_n_validations: int = 1,
         predict_output: str | None = None,
         log_text_samples: int = 3,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         checks = {
@@ -217,16 +221,17 @@ class TranslationModel(GradientNormLogging, L.LightningModule):
             "max_len_b": self.hparams.max_len_b,
             "max_positions": self.model.position_limit,
         }
-        if beam_size == 1:
-            return greedy_decode(self.model, src, src_padding_mask, **options)
-        return beam_search(
-            self.model,
-            src,
-            src_padding_mask,
-            beam_size=beam_size,
-            length_penalty=self.hparams.length_penalty,
-            **options,
-        )
+        with decoding(self):
+            if beam_size == 1:
+                return greedy_decode(self.model, src, src_padding_mask, **options)
+            return beam_search(
+                self.model,
+                src,
+                src_padding_mask,
+                beam_size=beam_size,
+                length_penalty=self.hparams.length_penalty,
+                **options,
+            )
 
     def throughput_counts(self, batch: Batch) -> tuple[int, int]:
         """Sentence pairs and target tokens (padding excluded) of ``batch``, for ``TaskThroughput``;
