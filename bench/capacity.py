@@ -27,13 +27,22 @@ BENCHMARKS.md (Retrieval capacity) lists the commands of every other point of th
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 import sys
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.retrieval.sweep import Result, read_results, summarize
+from tasks.retrieval.sweep import Result, normalized_composition, read_results, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+
+EXPERIMENT_ROW = re.compile(
+    r"^\|\s*`(?P<name>\w+)`\s*\|.*\|\s*`python cli\.py fit (?P<arguments>[^`]+)`\s*\|\s*$"
+)
 
 CAPACITY_THRESHOLD = 0.01
 
@@ -145,6 +154,32 @@ def capacity_text(losses: dict[int, float]) -> str:
     return str(found) if found else f"> {max(losses)}"
 
 
+@cache
+def experiment_names() -> dict[str, str]:
+    """``{sweep composition: experiment name}`` of the retrieval rows of conf/README.md, e.g.
+    ``conf/retrieval/setting1.yaml+model.attention=linear`` → ``setting1_linear`` (the names are the
+    stems of the single-file configs the older sweeps wrote, which the official values are keyed by)."""
+    names = {}
+    for line in (REPO / "conf" / "README.md").read_text(encoding="utf-8").splitlines():
+        row = EXPERIMENT_ROW.match(line)
+        if row is None or "conf/retrieval/" not in row["arguments"]:
+            continue
+        arguments, parts = shlex.split(row["arguments"]), []
+        for option, value in zip(arguments[::2], arguments[1::2], strict=True):
+            parts.append(value if option == "--config" else f"{option.removeprefix('--')}={value}")
+        names[normalized_composition("+".join(parts))] = row["name"]
+    return names
+
+
+def experiment_name(config: str) -> str:
+    """The experiment a ``results.csv`` config is: its conf/README.md name, or the stem of a single file
+    (the configs of sweeps run before conf/ was composed, which no longer exist)."""
+    try:
+        return experiment_names().get(normalized_composition(config), Path(config).stem)
+    except FileNotFoundError:
+        return Path(config).stem
+
+
 def table(results: list[Result]) -> str:
     """The markdown comparison table (one row per config and S) and the capacities."""
     stops: dict[tuple[str, int], list[str]] = defaultdict(list)
@@ -156,7 +191,7 @@ def table(results: list[Result]) -> str:
     ]
     ours_by_config: dict[str, dict[int, float]] = defaultdict(dict)
     for point in summarize(results):
-        config, s = Path(point.config).stem, point.num_keys
+        config, s = experiment_name(point.config), point.num_keys
         ours_by_config[config][s] = point.mean_final_eval_loss
         official = OFFICIAL_FINAL_LOSS.get(config, {}).get(s)
         official_text = loss_text(official) if official is not None else "—"

@@ -48,3 +48,18 @@ def test_table_shows_losses_below_1e_4_in_scientific_notation():
     """A solved run's loss near 1e-6 is shown as such, not rounded to 0.0000."""
     text = capacity_script.table([result("setting1_softmax", 400, 6.7e-6)])
     assert "| 400 | 6.7e-06 ± 0.0000 (1) | patience (500) | 2.8e-06 |" in text
+
+
+def test_a_composed_config_finds_the_official_values_of_its_experiment(monkeypatch):
+    """Sweeps of the composed conf/ write compositions, not file stems; before, their official column
+    was always empty."""
+    monkeypatch.chdir(SCRIPT.parents[1])
+    composition = "conf/retrieval/setting1.yaml+model.attention={name: dpfp, nu: 1}"
+    assert capacity_script.experiment_name(composition) == "setting1_dpfp1"
+    assert capacity_script.experiment_name("conf/retrieval/setting1_linear.yaml") == "setting1_linear"
+    ours = Result("DPFP ν=1, sum rule", composition, 120, 1, "", 0.009, 0.009, 1.0, 500, "patience", 1.0)
+    official = capacity_script.loss_text(capacity_script.OFFICIAL_FINAL_LOSS["setting1_dpfp1"][120])
+    assert (
+        f"| setting1_dpfp1 | 120 | 0.0090 ± 0.0000 (1) | patience (500) | {official} |"
+        in capacity_script.table([ours])
+    )
