@@ -12,6 +12,8 @@ import lightning as L
 import torch
 
 from fwp.training.cli import FwpCLI, main
+from tasks.language_modeling.synthetic import write_synthetic_corpus
+from tasks.translation.synthetic import write_synthetic_parallel_corpus
 from tests.experiments import experiment_arguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,3 +132,18 @@ class ParameterRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.after[trainer.global_step] = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+def task_args(task: str, tmp_path: Path) -> list[str]:
+    """CLI arguments of a tiny run of ``task`` (small data written under ``tmp_path``)."""
+    if task == "retrieval":
+        data = ["--data.init_args.num_keys", "5", "--data.init_args.batch_size", "4"]
+        return ["--config", str(REPO / "conf/retrieval/setting1.yaml"), *data]
+    if task == "language_modeling":
+        corpus = write_synthetic_corpus(tmp_path / "lm", train_lines=60, valid_lines=12, test_lines=12)
+        data = ["--data.init_args.data_dir", str(corpus), "--data.init_args.batch_size", "4"]
+        sizes = ["--data.init_args.segment_length", "16", "--model.init_args.max_new_tokens", "5"]
+        return ["--config", str(REPO / "conf/lm/synthetic.yaml"), *data, *sizes]
+    corpus = write_synthetic_parallel_corpus(tmp_path / "mt", n_train=300, n_valid=20, n_test=12)
+    data = ["--data.init_args.data_dir", str(corpus), "--data.init_args.bpe_vocab_size", "300"]
+    return ["--config", str(REPO / "conf/mt/synthetic.yaml"), *data, "--model.init_args.beam_size", "1"]

@@ -11,16 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import QUIET, task_args
 
 from fwp.model import TransformerBlock, compile_blocks
 from fwp.training import compilation
 from fwp.training.cli import main
 from fwp.training.compilation import CompileWarmupReport
-from tasks.language_modeling.synthetic import write_synthetic_corpus
-from tasks.translation.synthetic import write_synthetic_parallel_corpus
 
-REPO = Path(__file__).resolve().parents[2]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SHORT_FIT = [
     "--trainer.max_steps", "3",
     "--trainer.val_check_interval", "3",
@@ -34,17 +31,6 @@ SHORT_FIT = [
 def aot_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compilation, "compile_blocks", partial(compile_blocks, backend="aot_eager"))
     torch._dynamo.reset()
-
-
-def task_args(task: str, tmp_path: Path) -> list[str]:
-    if task == "language_modeling":
-        corpus = write_synthetic_corpus(tmp_path / "lm", train_lines=60, valid_lines=12, test_lines=12)
-        data = ["--data.init_args.data_dir", str(corpus), "--data.init_args.batch_size", "4"]
-        sizes = ["--data.init_args.segment_length", "16", "--model.init_args.log_text_samples", "1"]
-        return ["--config", str(REPO / "conf/lm/synthetic.yaml"), *data, *sizes]
-    corpus = write_synthetic_parallel_corpus(tmp_path / "mt", n_train=300, n_valid=8, n_test=8)
-    data = ["--data.init_args.data_dir", str(corpus), "--data.init_args.bpe_vocab_size", "300"]
-    return ["--config", str(REPO / "conf/mt/synthetic.yaml"), *data, "--model.init_args.beam_size", "1"]
 
 
 @pytest.mark.parametrize("task", ["language_modeling", "translation"])

@@ -11,15 +11,13 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from cli_runs import QUIET, task_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fwp.training.cli import main
 from fwp.training.monitoring import gradient_norm
-from tasks.language_modeling.synthetic import write_synthetic_corpus
-from tasks.translation.synthetic import write_synthetic_parallel_corpus
 
 REPO = Path(__file__).resolve().parents[2]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SHORT_FIT = [
     "--trainer.max_steps", "4",
     "--trainer.val_check_interval", "2",
@@ -34,21 +32,6 @@ SHORT_FIT = [
 def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs write under ``tmp_path`` (the configs' ``runs/``)."""
     monkeypatch.chdir(tmp_path)
-
-
-def task_args(task: str, tmp_path: Path) -> list[str]:
-    """CLI arguments of a tiny run of ``task`` (small data written under ``tmp_path``)."""
-    if task == "retrieval":
-        data = ["--data.init_args.num_keys", "5", "--data.init_args.batch_size", "4"]
-        return ["--config", str(REPO / "conf/retrieval/setting1.yaml"), *data]
-    if task == "language_modeling":
-        corpus = write_synthetic_corpus(tmp_path / "lm", train_lines=60, valid_lines=12, test_lines=12)
-        data = ["--data.init_args.data_dir", str(corpus), "--data.init_args.batch_size", "4"]
-        sizes = ["--data.init_args.segment_length", "16", "--model.init_args.max_new_tokens", "5"]
-        return ["--config", str(REPO / "conf/lm/synthetic.yaml"), *data, *sizes]
-    corpus = write_synthetic_parallel_corpus(tmp_path / "mt", n_train=300, n_valid=20, n_test=12)
-    data = ["--data.init_args.data_dir", str(corpus), "--data.init_args.bpe_vocab_size", "300"]
-    return ["--config", str(REPO / "conf/mt/synthetic.yaml"), *data, "--model.init_args.beam_size", "1"]
 
 
 def events(log_dir: Path) -> EventAccumulator:
