@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lightning_runs import one_torch_thread
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
