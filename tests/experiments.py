@@ -85,7 +85,7 @@ def model_arguments(config: dict[str, Any]) -> dict[str, Any]:
     """The model's init arguments of a parsed ``config`` with a ``backbone`` section resolved (its
     preset applied, ``BACKBONE_CONFIG`` of the model class) and its fields put beside the others, so
     that ``d_model``, ``attention``... read the same for every task."""
-    from fwp.training.cli import import_class
+    from fwp.training.checkpoint_arguments import import_class
 
     arguments = dict(config["model"]["init_args"])
     config_class = getattr(import_class(config["model"]["class_path"]), "BACKBONE_CONFIG", None)

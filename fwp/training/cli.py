@@ -25,12 +25,9 @@ configured model must be the checkpoint's class; otherwise the run stops with a
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
-import re
 import sys
-from argparse import Namespace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,12 +36,22 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from fwp.data.files import DataError
 from fwp.training.callbacks import LearningRateLogger, NonFiniteLossGuard, RunDirectoryReport
+from fwp.training.checkpoint_arguments import (
+    architecture_arguments,
+    architecture_conflicts,
+    backbone_defaults,
+    import_class,
+    is_local_checkpoint_path,
+    nested_value,
+    resolved_backbone,
+    run_config_hint,
+    with_nested_backbone,
+)
 from fwp.training.checkpointing import (
     AtomicCheckpointIO,
     CheckpointLoadError,
@@ -55,6 +62,14 @@ from fwp.training.checkpointing import (
 )
 from fwp.training.monitoring import BestMetricLogger, StderrProgressBar, TaskThroughput
 from fwp.training.preemption import PreemptionCheckpoint
+from fwp.training.run_directories import RunDirectoryError, claim_version_directory, resumed_version
+from fwp.training.user_errors import (
+    USER_ERRORS,
+    exit_with_user_error,
+    failed_allocation,
+    one_line,
+    reason_in_union,
+)
 
 # Every task model that a data module with the source attribute can be paired with must take the
 # target argument: jsonargparse stores a link whose target is missing as an extra keyword, which then
@@ -63,13 +78,6 @@ DATA_TO_MODEL_LINKS = (
     ("num_keys", "num_keys"),
     ("vocab_size", "vocab_size"),
 )
-
-USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
-UNION_MISMATCH = "Does not validate against any of the Union subtypes"
-
-
-class RunDirectoryError(ValueError):
-    """The directory a logger writes the run into cannot be created."""
 
 
 # MisconfigurationException: Lightning refusing trainer options (an accelerator this machine lacks, ...).
@@ -81,8 +89,6 @@ RUN_ERRORS = (
     RunDirectoryError,
     MisconfigurationException,
 )
-# ``ckpt_path`` values that Lightning resolves itself (``"best"``, ...): no file to read beforehand.
-LIGHTNING_CHECKPOINT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -102,234 +108,11 @@ def trainer_defaults() -> dict[str, Any]:
     }
 
 
-def resumed_version(logger: Any, ckpt_path: str) -> str | None:
-    """The version directory ``<save_dir>/<name>/<version>/checkpoints/`` that ``ckpt_path`` lies in,
-    if ``logger`` is a TensorBoard logger with that ``save_dir`` and ``name`` and no version of its own:
-    resuming there keeps the logs and the ModelCheckpoint directory (its best/top-k tracking) of the
-    interrupted run instead of starting ``version_<n+1>``."""
-    class_path = getattr(logger, "class_path", "") if logger is not None else ""
-    if not class_path.endswith("TensorBoardLogger") or logger.init_args.get("version") is not None:
-        return None
-    checkpoint_dir = Path(ckpt_path).resolve().parent
-    version_dir = checkpoint_dir.parent
-    name = logger.init_args.get("name") or "lightning_logs"
-    run_dir = Path(logger.init_args.save_dir).resolve() / str(name)
-    if checkpoint_dir.name != "checkpoints" or version_dir.parent != run_dir:
-        return None
-    return version_dir.name
-
-
-def is_local_checkpoint_path(ckpt_path: str | None) -> bool:
-    """Whether ``ckpt_path`` names a local file to read (not a Lightning keyword, not a URL)."""
-    if not ckpt_path:
-        return False
-    keyword = str(ckpt_path).split(":", 1)[0]
-    return keyword not in LIGHTNING_CHECKPOINT_KEYWORDS and "://" not in str(ckpt_path)
-
-
-def import_class(class_path: str) -> type:
-    """``"tasks.translation.module.TranslationModel"`` → the class."""
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def comparable(value: Any) -> Any:
-    """``value`` with tuples as lists and namespaces as dicts, so that a value read back from a
-    checkpoint (lists) equals the same value given in YAML or on the command line."""
-    if isinstance(value, Namespace):
-        value = vars(value)
-    if isinstance(value, dict):
-        return {key: comparable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [comparable(item) for item in value]
-    return value
-
-
-MISSING = object()
-
-
-def nested_value(arguments: Any, path: str) -> Any:
-    """The value at the dotted ``path`` (``"backbone.d_model"``) of nested dicts or namespaces, or
-    ``MISSING``."""
-    value = arguments
-    for key in path.split("."):
-        if isinstance(value, Namespace):
-            value = vars(value)
-        if not isinstance(value, dict) or key not in value:
-            return MISSING
-        value = value[key]
-    return value
-
-
-def architecture_arguments(model_class: type, arguments: dict[str, Any]) -> list[str]:
-    """The paths of ``arguments`` that shape the weights or what they compute: those of the class's
-    ``ARCHITECTURE_ARGUMENTS`` (dotted paths into a backbone config, e.g. ``backbone.d_model``) that
-    ``arguments`` holds, or every argument of a class without that attribute (fail loudly)."""
-    declared = getattr(model_class, "ARCHITECTURE_ARGUMENTS", None)
-    if declared is None:
-        return list(arguments)
-    return [path for path in declared if nested_value(arguments, path) is not MISSING]
-
-
-def architecture_conflicts(
-    model: Any, given: dict[str, Any], saved: dict[str, Any]
-) -> list[tuple[str, Any, Any]]:
-    """``(argument path, given value, checkpoint value)`` of every architecture argument of ``model``
-    (``architecture_arguments``) that ``given`` (the arguments the model was built with) and ``saved``
-    (the checkpoint's) both hold, with different values."""
-    conflicts = []
-    for path in sorted(architecture_arguments(type(model), given)):
-        value, saved_value = nested_value(given, path), nested_value(saved, path)
-        if saved_value is not MISSING and comparable(value) != comparable(saved_value):
-            conflicts.append((path, value, saved_value))
-    return conflicts
-
-
-def with_nested_backbone(model_class: type, hparams: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's hyperparameters in the layout of ``model_class``: those written before the
-    backbone config (flat ``d_model``, ``attention``, ...) get their backbone fields moved under
-    ``backbone`` (``BACKBONE_CONFIG.nest_legacy_hyperparameters``); others are unchanged."""
-    config_class = getattr(model_class, "BACKBONE_CONFIG", None)
-    return hparams if config_class is None else config_class.nest_legacy_hyperparameters(hparams)
-
-
-def resolved_backbone(model_class: type, arguments: dict[str, Any]) -> dict[str, Any]:
-    """``arguments`` (a model's parsed init arguments) with its ``backbone`` resolved into the values
-    the model is built with (its preset applied, ``BACKBONE_CONFIG``); unchanged for a model without
-    one, or a backbone that does not build (its own error is reported when the model is built)."""
-    config_class = getattr(model_class, "BACKBONE_CONFIG", None)
-    if config_class is None or arguments.get("backbone") is None:
-        return arguments
-    try:
-        backbone = config_class.of(comparable(arguments["backbone"]))
-    except (ValueError, TypeError):
-        return arguments
-    return arguments | {"backbone": backbone.as_dict()}
-
-
-def backbone_defaults(model_class: type, saved: dict[str, Any], given: Any) -> dict[str, Any]:
-    """The checkpoint's backbone fields that may stand in for the user's: all of them, or, when the
-    user names a ``preset`` (``given``: the backbone as parsed without the checkpoint), those the
-    preset does not set (the preset's values are given values, they win over the checkpoint's)."""
-    config_class = getattr(model_class, "BACKBONE_CONFIG", None)
-    preset = nested_value(given, "preset")
-    if config_class is None or preset in (MISSING, None) or preset not in config_class.PRESETS:
-        return saved
-    return {
-        key: value for key, value in saved.items() if key not in {"preset", *config_class.PRESETS[preset]}
-    }
-
-
-def run_config_hint(ckpt_path: str) -> str:
-    """``"; that run's settings: --config <version dir>/config.yaml"`` when the checkpoint lies in a
-    version directory holding the config ``fit`` saved, else ``""``."""
-    config = Path(ckpt_path).resolve().parent.parent / "config.yaml"
-    return f"; that run's settings: --config {config}" if config.is_file() else ""
-
-
-def existing_versions(root: Path) -> list[int]:
-    """The numbers ``n`` of the ``version_<n>`` directories in ``root``."""
-    if not root.is_dir():
-        return []
-    names = (path.name for path in root.iterdir() if path.is_dir())
-    return [int(name[8:]) for name in names if name.startswith("version_") and name[8:].isdigit()]
-
-
-def claim_version_directory(logger: Logger) -> Path | None:
-    """Give a TensorBoard or CSV logger without a version of its own the next ``version_<n>`` of its
-    ``<save_dir>/<name>`` (after the highest existing one, as Lightning numbers them), claimed by
-    creating that directory: ``mkdir`` fails if another run has just created it (two runs started
-    together; Lightning only lists the directory, so both took the same number), and the next number is
-    tried. Returns the directory created; None for other loggers, a given version, a remote path."""
-    if not isinstance(logger, TensorBoardLogger | CSVLogger) or logger._version is not None:
-        return None
-    if "://" in str(logger.root_dir):
-        return None
-    root = Path(logger.root_dir)
-    number = max(existing_versions(root), default=-1) + 1
-    while True:
-        directory = root / f"version_{number}"
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            directory.mkdir()
-        except FileExistsError:
-            if not root.is_dir():
-                raise RunDirectoryError(cannot_create(directory, f"{root} is not a directory")) from None
-            number += 1
-            continue
-        except OSError as error:
-            reason = f"{error.filename}: {error.strerror}" if error.filename else str(error)
-            raise RunDirectoryError(cannot_create(directory, reason)) from error
-        logger._version = number
-        return directory
-
-
-def cannot_create(directory: Path, reason: str) -> str:
-    """The message of a run directory that cannot be created."""
-    return (
-        f"cannot create the run directory {directory} (the logger's save_dir and name, e.g. "
-        f"--trainer.logger.init_args.save_dir): {reason}"
-    )
-
-
 def as_list(value: Any) -> list[Any]:
     """A trainer option that takes one item or several (``plugins``, ``callbacks``) as a list."""
     if not value:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def reason_in_union(error: BaseException) -> BaseException:
-    """The error a class raised when jsonargparse built it as one type of a union (a backbone config
-    typed ``DecoderLMConfig | None``, inside the model's ``LightningModule | None``), where jsonargparse
-    reports it within "Does not validate against any of the Union subtypes" and every value tried;
-    any other error itself."""
-    reason = error
-    while str(reason).startswith(UNION_MISMATCH) and isinstance(reason.__cause__, USER_ERRORS):
-        reason = reason.__cause__
-    return reason
-
-
-def one_line(message: str) -> str:
-    """``message`` with its lines joined by ``"; "`` (by a space after a line ending in ``:``; blank
-    lines and indentation dropped)."""
-    joined = ""
-    for line in (line.strip() for line in message.splitlines() if line.strip()):
-        joined += ("" if not joined else " " if joined.endswith(":") else "; ") + line
-    return joined
-
-
-def exit_with_user_error(error: BaseException) -> None:
-    """End with the error's message on one line of stderr and status 2 (``FWP_DEBUG=1``: re-raise,
-    full trace)."""
-    if os.environ.get("FWP_DEBUG") == "1":
-        raise error
-    print(f"fwp: error: {type(error).__name__}: {one_line(str(error))}", file=sys.stderr)
-    raise SystemExit(2) from error
-
-
-def failed_allocation(error: BaseException) -> str | None:
-    """If ``error`` or an exception it was raised from is an allocation failure (torch's "can't
-    allocate memory" or "out of memory", even when jsonargparse has reworded it into a type error):
-    the size asked for (``"64.0 TB"``, or ``"too much"`` when not stated); else None."""
-    messages = []
-    while error is not None and len(messages) < 10:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    text = " ".join(messages)
-    if not re.search(r"can't allocate memory|out of memory", text, re.IGNORECASE):
-        return None
-    size = re.search(r"tried to allocate (\d+) bytes", text)
-    return readable_bytes(int(size.group(1))) if size else "too much"
-
-
-def readable_bytes(count: int) -> str:
-    """``64000000000064`` → ``"64.0 TB"`` (powers of 1000)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000:
-            return f"{count:.1f} {unit}" if unit != "B" else f"{count} B"
-        count /= 1000
-    return f"{count:.1f} TB"
 
 
 def first_config_overlay(args: list[str]) -> str | None:

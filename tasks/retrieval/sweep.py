@@ -385,7 +385,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sweep; a bad config path, size or output file ends in one ``fwp: error:`` line."""
-    from fwp.training.cli import exit_with_user_error
+    from fwp.training.user_errors import exit_with_user_error
 
     args, overrides = parse_args(argv)
     try:

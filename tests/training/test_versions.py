@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from fwp.training.cli import claim_version_directory, main
+from fwp.training.cli import main
+from fwp.training.run_directories import claim_version_directory
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 LOGGERS = {"tensorboard": TensorBoardLogger, "csv": CSVLogger}
@@ -61,7 +62,7 @@ def test_the_cli_run_does_not_enter_a_version_another_run_just_created(tmp_path,
     other.mkdir(parents=True)
     (other / "config.yaml").write_text("the other run's\n")
     monkeypatch.setattr(TensorBoardLogger, "_get_next_version", lambda self: 0)
-    monkeypatch.setattr("fwp.training.cli.existing_versions", lambda root: [])
+    monkeypatch.setattr("fwp.training.run_directories.existing_versions", lambda root: [])
     arguments = [
         "fit",
         "--config", str(CONF / "retrieval" / "setting1.yaml"),
