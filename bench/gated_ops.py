@@ -36,18 +36,17 @@ import argparse
 import math
 import os
 import sys
-import time
 
 import torch
-from ops import Shape, machine, median_ms, verdict
+from ops import CLOCKS, Shape, clear_grads, machine, matmul_seconds, median_ms, now, use_clock, verdict
+from ops import make_inputs as ungated_inputs
 from torch import Tensor
 
-from fwp.ops import FastWeightState, fast_weight_recurrence, sum_normalize
+from fwp.ops import FastWeightState, fast_weight_recurrence
 from fwp.ops.gated_chunk import gated_chunk_backend
 from fwp.ops.gated_reference import gated_reference_backend
 
 VARIANTS = ("gated chunk", "gated reference", "ungated chunk")
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 TARGETS = {"reference": 25.0, "flops": 0.40}
 
 
@@ -63,21 +62,13 @@ def gated_chunk_flops(rule: str, shape: Shape, chunk_size: int) -> float:
 
 
 def make_inputs(rule: str, shape: Shape, strongest: float, seed: int = 0) -> dict[str, Tensor | None]:
-    """Sum-normalised positive features, random values, write strengths and log-decays, and dense
-    random upstream gradients for ``y`` and the final ``W``."""
-    g = torch.Generator().manual_seed(seed)
-    B, H, T, d, e = shape.B, shape.H, shape.T, shape.d, shape.e
-    q, k = (sum_normalize(torch.rand(B, H, T, d, generator=g)).requires_grad_() for _ in range(2))
-    return {
-        "q": q,
-        "k": k,
-        "v": torch.randn(B, H, T, e, generator=g).requires_grad_(),
-        "beta": torch.rand(B, H, T, generator=g).requires_grad_() if rule == "delta" else None,
-        "log_decay": (strongest * torch.rand(B, H, T, generator=g)).requires_grad_(),
-        "W0": torch.zeros(B, H, d, e),
-        "grad_y": torch.randn(B, H, T, e, generator=g),
-        "grad_W": torch.randn(B, H, d, e, generator=g),
-    }
+    """``bench/ops.py``'s inputs (sum-normalised positive features, random values and write strengths,
+    dense random upstream gradients for ``y`` and the final ``W``) and log-decays uniform in
+    ``[strongest, 0]``."""
+    inputs = ungated_inputs(rule, shape, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs["log_decay"] = (strongest * torch.rand(shape.B, shape.H, shape.T, generator=g)).requires_grad_()
+    return inputs
 
 
 def run_variant(variant: str, rule: str, x: dict, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -93,24 +84,12 @@ def run_variant(variant: str, rule: str, x: dict, chunk_size: int) -> tuple[Tens
 
 
 def forward_backward(variant: str, rule: str, x: dict, args: argparse.Namespace) -> tuple[float, Tensor]:
-    """Seconds (on ``args.clock``) for one forward + backward, and the output ``y`` (detached)."""
-    for name in ("q", "k", "v", "beta", "log_decay"):
-        if x[name] is not None:
-            x[name].grad = None
-    now = CLOCKS[args.clock]
+    """Seconds (on ``--clock``) for one forward + backward, and the output ``y`` (detached)."""
+    clear_grads(x)
     start = now()
     y, W = run_variant(variant, rule, x, args.chunk_size)
     torch.autograd.backward([y, W], [x["grad_y"], x["grad_W"]])
     return now() - start, y.detach()
-
-
-def matmul_seconds(args: argparse.Namespace) -> float:
-    """Seconds (on ``args.clock``) for one float32 ``[n, n] @ [n, n]``, ``n = args.matmul_size``."""
-    a, b = torch.randn(args.matmul_size, args.matmul_size), torch.randn(args.matmul_size, args.matmul_size)
-    now = CLOCKS[args.clock]
-    start = now()
-    torch.mm(a, b)
-    return now() - start
 
 
 def time_variants(args: argparse.Namespace, shape: Shape) -> dict:
@@ -122,9 +101,9 @@ def time_variants(args: argparse.Namespace, shape: Shape) -> dict:
     for rule in args.rules:  # warm-up
         for variant in ("gated chunk", "ungated chunk"):
             forward_backward(variant, rule, inputs[rule], args)
-    matmul_seconds(args)
+    matmul_seconds(args.matmul_size)
     for round_index in range(args.repeats):
-        matmul.append(matmul_seconds(args))
+        matmul.append(matmul_seconds(args.matmul_size))
         for rule in args.rules:
             for variant in VARIANTS:
                 if variant == "gated reference" and round_index >= args.reference_repeats:
@@ -211,6 +190,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    use_clock(args.clock)
     shape = Shape(args.B, args.H, args.T, args.d, args.e)
     print(f"# bench/gated_ops.py {' '.join(sys.argv[1:])}\n{machine()}")
     report(args, shape, time_variants(args, shape))

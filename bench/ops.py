@@ -66,6 +66,11 @@ VARIANTS = ("chunk", "plain", "reference")
 TARGETS = {"reference": 25.0, "plain": 2.0, "flops": 0.25, "memory": 0.1}
 
 
+def use_clock(name: str) -> None:
+    """Make ``now`` read the clock ``name`` of ``CLOCKS`` (``--clock``)."""
+    _clock["now"] = CLOCKS[name]
+
+
 def now() -> float:
     """The benchmark's clock (``--clock``): wall seconds, or with ``cpu`` the CPU seconds of this
     thread, which with one torch thread is the benchmark's own work and leaves out the time other jobs
@@ -121,8 +126,8 @@ def run_variant(variant: str, rule: str, inputs: dict, chunk_size: int) -> tuple
 
 
 def clear_grads(inputs: dict) -> None:
-    for name in ("q", "k", "v", "beta"):
-        if inputs[name] is not None:
+    for name in ("q", "k", "v", "beta", "log_decay"):
+        if inputs.get(name) is not None:
             inputs[name].grad = None
 
 
@@ -420,7 +425,7 @@ def main() -> None:
         probe_memory(args, shape)
         return
     torch.set_num_threads(args.threads)
-    _clock["now"] = CLOCKS[args.clock]
+    use_clock(args.clock)
     print(f"# bench/ops.py {' '.join(sys.argv[1:])}\n{machine()}")
     report_timing(args, shape, time_variants(args, shape))
     if args.sweep:
