@@ -31,15 +31,21 @@ class CompileWarmupReport(L.Callback):
 
     def __init__(self) -> None:
         self.started: dict[str, float] = {}
-        self.reports: list[str] = []
+        self.first_batch_seconds: dict[str, float] = {}
+
+    @property
+    def reports(self) -> list[str]:
+        return [
+            f"fwp: torch.compile warm-up ({loop}): the first batch took {seconds:.1f} s"
+            for loop, seconds in self.first_batch_seconds.items()
+        ]
 
     def _start(self, loop: str) -> None:
         self.started.setdefault(loop, time.perf_counter())
 
     def _end(self, loop: str) -> None:
-        if loop in self.started and not any(f"({loop})" in report for report in self.reports):
-            seconds = time.perf_counter() - self.started[loop]
-            self.reports.append(f"fwp: torch.compile warm-up ({loop}): the first batch took {seconds:.1f} s")
+        if loop in self.started and loop not in self.first_batch_seconds:
+            self.first_batch_seconds[loop] = time.perf_counter() - self.started[loop]
             rank_zero_info(self.reports[-1])
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
