@@ -27,6 +27,14 @@ from fwp.ops.normalization import (
     parse_normalization,
     sum_normalize,
 )
+from fwp.ops.packing import (
+    PackedLayout,
+    cu_seqlens_from_lengths,
+    positions_in_sequence,
+    sequence_ids,
+    sequence_lengths,
+    validate_cu_seqlens,
+)
 from fwp.ops.reference import fast_weight_step, reference_backend
 from fwp.ops.rules import RULES, Rule
 from fwp.ops.state import FastWeightState
@@ -41,9 +49,11 @@ __all__ = [
     "FastWeightState",
     "FeatureMap",
     "Normalization",
+    "PackedLayout",
     "Rule",
     "build_feature_map",
     "causal_denominator",
+    "cu_seqlens_from_lengths",
     "dpfp",
     "elu_plus_one",
     "fast_weight_attention",
@@ -55,9 +65,13 @@ __all__ = [
     "load_backend",
     "orthogonal_random_projection",
     "parse_normalization",
+    "positions_in_sequence",
     "reference_backend",
     "resolve_backend",
+    "sequence_ids",
+    "sequence_lengths",
     "silu_l2_normalize",
     "sum_normalize",
     "transposed_orthogonal_projection",
+    "validate_cu_seqlens",
 ]

@@ -15,6 +15,11 @@
    ``read`` — the memory of ``state`` is read, nothing is written;
 5. divides by the denominator ``φ(q_t) · z_t + ε`` when it is on: here, once, for every mode and backend.
 
+Packed sequences (``cu_seqlens``, ``fwp.ops.packing``): ``N`` sequences laid end to end in ``[1, H, T, ·]``
+are feature-mapped packed, gathered into a padded batch ``[N, H, T_max, ·]`` whose padding is a
+``key_padding_mask`` at the end of each row (padded keys write nothing and do not decay, so every final
+memory is exact), run through the steps above, and gathered back.
+
 Backends (``fwp.ops.dispatch``) compute only the numerator and ``W``; ``z`` is the entry point's.
 ``fast_weight_recurrence`` is the causal mode on keys and queries that are already feature-mapped.
 """
@@ -22,6 +27,7 @@ Backends (``fwp.ops.dispatch``) compute only the numerator and ``W``; ``z`` is t
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -32,6 +38,7 @@ from fwp.ops.feature_maps import FeatureMap
 from fwp.ops.gated_chunk import gated_causal_denominator
 from fwp.ops.gated_reference import validate_gated_options
 from fwp.ops.normalization import Normalization, causal_denominator, normalized_write, sum_normalize
+from fwp.ops.packing import PackedLayout, validate_cu_seqlens
 from fwp.ops.rules import RULES, get_rule
 from fwp.ops.state import FastWeightState
 from fwp.ops.validation import (
@@ -64,6 +71,8 @@ def fast_weight_attention(
     backend: str = "auto",
     chunk_size: int = 64,
     check_finite: bool | None = None,
+    cu_seqlens: Tensor | None = None,
+    query_cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, FastWeightState]:
     """A fast-weight layer's read-out and memory (module docstring).
 
@@ -75,6 +84,12 @@ def fast_weight_attention(
     and ``z`` ``[B, H, d_dot]`` exactly when the denominator is on; key_padding_mask ``[B, T]`` (True =
     padding). Returns ``y`` ``[B, H, T_q, d_v]`` in ``v``'s dtype (``q``'s when reading) and the memory
     in the compute dtype.
+
+    cu_seqlens ``[N + 1]`` (int, ``0 = c_0 < … < c_N = T``; ``B = 1``; causal and bidirectional modes,
+    without key_padding_mask): the ``T`` positions hold ``N`` packed sequences, each run as if alone,
+    from its own memory: ``state`` then holds ``N`` memories (``W`` ``[N, H, d_dot, d_v]``), and so does
+    the returned one. query_cu_seqlens (bidirectional only): the queries' own offsets when ``T_q ≠ T``
+    (cross-attention; the same ``N``); default ``cu_seqlens``.
     """
     require_choice("mode", mode, MODES)
     require_choice("backend", backend, ("auto", *BACKENDS))
@@ -83,6 +98,25 @@ def fast_weight_attention(
     for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta), ("log_decay", log_decay)):
         if x is not None:
             require_float(name, x)
+    if cu_seqlens is not None or query_cu_seqlens is not None:
+        return _packed(
+            q,
+            k,
+            v,
+            beta,
+            log_decay,
+            _packed_layouts(q, k, mode, state, key_padding_mask, cu_seqlens, query_cu_seqlens),
+            feature_map=feature_map,
+            normalization=normalization,
+            mode=mode,
+            state=state,
+            options={
+                "rule": rule,
+                "backend": backend,
+                "chunk_size": chunk_size,
+                "check_finite": check_finite,
+            },
+        )
     dtype = state.W.dtype if mode == "read" else compute_dtype(q, k, v, beta, log_decay)
     with autocast_off(q.device.type):
         if mode != "read" and state is None and feature_map is not None:
@@ -130,12 +164,14 @@ def fast_weight_recurrence(
     backend: str = "auto",
     chunk_size: int = 64,
     check_finite: bool | None = None,
+    cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, FastWeightState]:
     """The causal fast-weight recurrence of docs/design.md §1 over feature-mapped keys and queries.
 
     q, k: ``[B, H, T, d_dot]``; v: ``[B, H, T, d_v]``; beta: ``[B, H, T]`` (``rule='delta'`` only);
     log_decay: ``[B, H, T]`` (≤ 0; the gated rules, or None); initial_state: ``W_0``
-    ``[B, H, d_dot, d_v]`` (+ ``z_0`` with ``denominator``), zeros if None.
+    ``[B, H, d_dot, d_v]`` (+ ``z_0`` with ``denominator``), zeros if None; cu_seqlens ``[N + 1]``:
+    ``N`` packed sequences (``B = 1``, ``initial_state`` ``[N, …]``; ``fast_weight_attention``).
     Returns ``y``: ``[B, H, T, d_v]`` in ``v``'s dtype and the final state in the compute dtype
     (float32, or float64 for float64 inputs), with autocast off inside.
     """
@@ -151,6 +187,7 @@ def fast_weight_recurrence(
         backend=backend,
         chunk_size=chunk_size,
         check_finite=check_finite,
+        cu_seqlens=cu_seqlens,
     )
 
 
@@ -231,6 +268,97 @@ def _check_mode(
             raise ValueError(f"beta is not used by rule={rule!r}, got a beta tensor")
     if normalization.denominator_write and (mode != "causal" or rule != "delta"):
         raise ValueError(f"denominator_write needs the causal delta rule, got rule={rule!r}, mode={mode!r}")
+
+
+def _packed_layouts(
+    q: Tensor,
+    k: Tensor | None,
+    mode: str,
+    state: FastWeightState | None,
+    key_padding_mask: Tensor | None,
+    cu_seqlens: Tensor | None,
+    query_cu_seqlens: Tensor | None,
+) -> tuple[PackedLayout, PackedLayout]:
+    """The layouts of the packed keys and queries; a ValueError naming ``cu_seqlens`` (or
+    ``query_cu_seqlens``) when packing does not fit the call."""
+    if mode == "read" or k is None:
+        raise ValueError("cu_seqlens packs the sequences a call writes: mode='read' does not take it")
+    if cu_seqlens is None:
+        raise ValueError("query_cu_seqlens needs cu_seqlens (the offsets of the packed keys)")
+    if key_padding_mask is not None:
+        raise ValueError("cu_seqlens replaces key_padding_mask (packed sequences hold no padding): give one")
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != 1 or k.shape[0] != 1:
+        raise ValueError(
+            f"cu_seqlens packs N sequences into batch B = 1: q and k must be [1, H, T, D], got q "
+            f"{tuple(q.shape)} and k {tuple(k.shape)}"
+        )
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"cu_seqlens must be on q's device {q.device}, got {cu_seqlens.device}")
+    validate_cu_seqlens(cu_seqlens, k.shape[2])
+    keys = PackedLayout.from_cu_seqlens(cu_seqlens)
+    queries = keys
+    if query_cu_seqlens is not None:
+        if mode != "bidirectional":
+            raise ValueError(
+                f"query_cu_seqlens is for mode='bidirectional' (queries read other sequences' keys), got "
+                f"mode={mode!r}: causal queries are the keys' positions, packed by cu_seqlens"
+            )
+        validate_cu_seqlens(query_cu_seqlens, q.shape[2], name="query_cu_seqlens")
+        queries = PackedLayout.from_cu_seqlens(query_cu_seqlens)
+        if queries.sequences != keys.sequences:
+            raise ValueError(
+                f"query_cu_seqlens and cu_seqlens must pack the same number of sequences, got "
+                f"{queries.sequences} and {keys.sequences}"
+            )
+    elif q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"cu_seqlens packs the keys' T={k.shape[2]}, but q has T_q={q.shape[2]}: give "
+            "query_cu_seqlens, the queries' offsets"
+        )
+    if state is not None and state.W.shape[0] != keys.sequences:
+        raise ValueError(
+            f"with cu_seqlens the state holds one memory per packed sequence: state.W must be "
+            f"[N, H, d_dot, d_v] with N={keys.sequences}, got {tuple(state.W.shape)}"
+        )
+    return keys, queries
+
+
+def _packed(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor | None,
+    log_decay: Tensor | None,
+    layouts: tuple[PackedLayout, PackedLayout],
+    *,
+    feature_map: FeatureMap | None,
+    normalization: Normalization,
+    mode: Mode,
+    state: FastWeightState | None,
+    options: dict,
+) -> tuple[Tensor, FastWeightState]:
+    """Packed sequences (``layouts``: keys', queries') through the padded batch: ``φ`` and the ``sum``
+    normalisation on the packed positions, then ``[1, H, T, ·]`` → ``[N, H, T_max, ·]`` with the
+    padding as ``key_padding_mask``, the batched call, and its read-out packed back."""
+    keys, queries = layouts
+    dtype = compute_dtype(q, k, v, beta, log_decay)
+    with autocast_off(q.device.type):
+        if state is None and feature_map is not None:
+            feature_map.start_sequence()
+        phi_q, phi_k = _query_and_key_features(q, k, feature_map, normalization, dtype)
+    y, memory = fast_weight_attention(
+        queries.unpack(phi_q),
+        keys.unpack(phi_k),
+        keys.unpack(v),
+        None if beta is None else keys.unpack(beta),
+        log_decay=None if log_decay is None else keys.unpack(log_decay),
+        normalization=replace(normalization, sum=False),
+        mode=mode,
+        state=state,
+        key_padding_mask=keys.padding,
+        **options,
+    )
+    return queries.pack(y), memory
 
 
 def _without_padding(
