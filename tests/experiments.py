@@ -39,6 +39,15 @@ def documented_experiments() -> dict[str, tuple[str, ...]]:
     return experiments
 
 
+def beyond_the_paper() -> set[str]:
+    """The experiments whose row of ``conf/README.md`` says "beyond the paper" (systems the paper did not
+    run, e.g. ``setting1_deltanet``): no official counterpart or paper setting to hold them to."""
+    lines = CONF_README.read_text(encoding="utf-8").splitlines()
+    return {
+        match.group("name") for line in lines if (match := ROW.match(line)) and "beyond the paper" in line
+    }
+
+
 def documented_sweep_compositions() -> list[str]:
     """The ``--configs`` compositions of every sweep command in ``conf/README.md`` (continuation lines
     joined), file paths made absolute."""

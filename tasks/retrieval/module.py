@@ -11,11 +11,31 @@ Shapes: keys, values ``[B, L]``; queries ``[B, Q]``; S = ``num_keys``; E = ⌊1.
 
 Initialisation as in the official code: ``e`` ~ N(0, 1); ``W_k``, ``W_q`` ~ U(±1/√d_k) (Xavier-uniform for
 the softmax model); the biases and the β row keep PyTorch's default U(±1/√fan_in).
+
+The DeltaNet family (``deltanet``, ``gated_deltanet``, ``gla``; docs/attention.md) adds parts that
+``MultiHeadAttention`` builds around its core; this model builds them itself, for its one head, and reads
+a query as the **read-only step after the sequence**: its token is ``x_q = [0, e(query)]`` (no value), so
+``q = W_q x_q`` is the paper systems' ``W_q e(query)``. Each part:
+
+- short convolution (kernel K, + SiLU) on the channels ``[q̃_t, k̃_t] = [W_q x_t, W_k x_t]`` (``2·d_k``;
+  ``W_q`` then reads the whole token ``[S + E → d_k]``, since write tokens have a q too): the writes
+  run it over the L tokens; every query runs it as one step continuing the writes' last ``K − 1``
+  inputs (``FastWeightState.conv``), each query independently (all in parallel, as ``Q`` one-step
+  continuations of the same state). A query's k is not used (it writes nothing). The value is not
+  convolved: it stays ``o(v_t)``, as in the paper.
+- decay ``log α_t = −A · softplus(x_t w_a + b)`` from the write tokens; a query does not decay the memory.
+- output gate ``y ← RMSNorm(y) ⊙ silu(W_g e(query))`` (RMSNorm over the S outputs, ``W_g: [E → S]``: the
+  query token's value part is zero, so ``W_g x_q`` needs only its ``E`` columns); no output projection
+  and no 1/√d_k scale, as for the paper systems.
+- ``allow_negative_eigenvalues``: ``β_t = 2·σ(w_β · x_t)``.
+
+The paper systems build none of these: their parameters, initialisation and random draws are as before.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -23,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fwp.attention import AttentionSpec, build_attention
+from fwp.attention import AttentionSpec, AttentionState, build_attention
+from fwp.attention.parametrisation import GatedDeltaNetDecay, GatedOutputNorm, ShortConvolution
 from fwp.model import fast_weight_norm
 from fwp.training.monitoring import GradientNormLogging
 from fwp.training.optimization import adam_with_schedule
@@ -88,9 +109,17 @@ class RetrievalModel(GradientNormLogging, L.LightningModule):
         embedding_size = key_embedding_size(num_keys)
         self.key_embedding = nn.Embedding(num_keys, embedding_size)
         self.attention = build_attention(attention, d_key)
-        self.write_projection = nn.Linear(num_keys + embedding_size, d_key + 1)
-        self.query_projection = nn.Linear(embedding_size, d_key)
+        token_size = num_keys + embedding_size
+        self.write_projection = nn.Linear(token_size, d_key + 1)
+        convolved = self.attention.short_conv > 0
+        self.query_projection = nn.Linear(token_size if convolved else embedding_size, d_key)
         self.reset_projections()
+        # the DeltaNet family's parts (module docstring), built after the paper's parameters
+        self.convolution = ShortConvolution(2 * d_key, self.attention.short_conv) if convolved else None
+        self.decay = GatedDeltaNetDecay(token_size, 1) if self.attention.decay else None
+        gate = self.attention.output_gate
+        self.output_norm = GatedOutputNorm(embedding_size, 1, num_keys) if gate else None
+        self.attention.in_layer = True  # this model builds every part of AttentionCore.layer_parts
 
     def reset_projections(self) -> None:
         """The official initialisation of ``W_k`` (the first ``d_key`` rows of ``write_projection``) and
@@ -104,18 +133,48 @@ class RetrievalModel(GradientNormLogging, L.LightningModule):
                 else:
                     nn.init.xavier_uniform_(weight)
 
-    def forward(self, keys: Tensor, values: Tensor, queries: Tensor) -> tuple[Tensor, object]:
+    def forward(self, keys: Tensor, values: Tensor, queries: Tensor) -> tuple[Tensor, AttentionState]:
         """Write the ``L`` pairs, then read every query: returns ``[B, Q, S]`` and the memory state."""
         S = self.hparams.num_keys
         value_codes = F.one_hot(values, S).to(self.key_embedding.weight.dtype)
-        slow_input = torch.cat([value_codes, self.key_embedding(keys)], dim=-1)
-        projected = self.write_projection(slow_input)
-        k = projected[..., :-1].unsqueeze(1)
-        beta = torch.sigmoid(projected[..., -1]).unsqueeze(1) if self.attention.uses_beta else None
-        v = value_codes.unsqueeze(1)
-        _, state = self.attention(k, k, v, beta, causal=True)
-        q = self.query_projection(self.key_embedding(queries)).unsqueeze(1)
-        return self.attention.read(q, state).squeeze(1), state
+        write_tokens = torch.cat([value_codes, self.key_embedding(keys)], dim=-1)  # x_t [B, L, S + E]
+        projected = self.write_projection(write_tokens)
+        k, beta = projected[..., :-1], None
+        if self.attention.uses_beta:
+            beta = torch.sigmoid(projected[..., -1]).unsqueeze(1) * self.attention.beta_scale
+        past = None
+        if self.convolution is not None:
+            convolved, past = self.convolution(torch.cat([self.query_projection(write_tokens), k], dim=-1))
+            k = convolved[..., self.hparams.d_key :]
+        gated = {} if self.decay is None else {"log_decay": self.decay(write_tokens)}
+        k = k.unsqueeze(1)
+        _, state = self.attention(k, k, value_codes.unsqueeze(1), beta, causal=True, **gated)
+        if past is not None:
+            state = replace(state, conv=past)
+        return self.read(queries, state), state
+
+    def read(self, queries: Tensor, state: AttentionState) -> Tensor:
+        """Every query ``[B, Q]`` as the read-only step after the writes of ``state``, each independently
+        (module docstring): ``[B, Q, S]``."""
+        embedded = self.key_embedding(queries)  # [B, Q, E]
+        if self.convolution is None:
+            q = self.query_projection(embedded)
+        else:
+            q = self.query_step(embedded, state.conv)
+        y = self.attention.read(q.unsqueeze(1), state)  # [B, 1, Q, S]
+        if self.output_norm is not None:
+            y = self.output_norm(y, embedded)
+        return y.squeeze(1)
+
+    def query_step(self, embedded: Tensor, past: Tensor) -> Tensor:
+        """The convolved q of each query token ``x_q = [0, e(query)]`` (``embedded``: ``[B, Q, E]``) as
+        one step after the writes' last convolution inputs ``past`` ``[B, K − 1, 2·d_k]``: ``[B, Q, d_k]``.
+        The ``Q`` steps are folded into the batch, so each continues the same ``past``."""
+        B, Q, _ = embedded.shape
+        tokens = torch.cat([embedded.new_zeros(B, Q, self.hparams.num_keys), embedded], dim=-1)
+        channels = torch.cat([self.query_projection(tokens), self.write_projection(tokens)[..., :-1]], dim=-1)
+        steps, _ = self.convolution(channels.reshape(B * Q, 1, -1), past.repeat_interleave(Q, dim=0))
+        return steps.view(B, Q, -1)[..., : self.hparams.d_key]
 
     def _loss(self, batch: RetrievalBatch) -> tuple[Tensor, Tensor, object]:
         output, state = self(batch.keys, batch.values, batch.queries)

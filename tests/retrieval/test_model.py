@@ -9,7 +9,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping
 
-from fwp.attention import available_attentions, build_attention
+from fwp.attention import available_attentions
 from tasks.retrieval.data import RetrievalDataModule
 from tasks.retrieval.generator import make_batch
 from tasks.retrieval.module import RetrievalModel, key_embedding_size, squared_error
@@ -29,27 +29,15 @@ def test_squared_error_is_half_the_summed_squared_difference_averaged_over_valid
     assert squared_error(output, target, torch.tensor([[False, True]])).item() == pytest.approx(0.25)
 
 
-BARE_CORES = [name for name in available_attentions() if not build_attention(name, 8).layer_parts]
-
-
-@pytest.mark.parametrize("attention", BARE_CORES)
+@pytest.mark.parametrize("attention", available_attentions())
 def test_every_preset_retrieves_with_the_right_shapes_and_gradients(attention):
+    """Every registered attention, the DeltaNet family included (tests/retrieval/test_family.py)."""
     model = RetrievalModel(num_keys=6, attention=attention, d_key=8)
     batch = make_batch(6, 2, 3, torch.Generator().manual_seed(0), all_queries=True)
     output, _ = model(batch.keys, batch.values, batch.queries)
     assert output.shape == (3, 6, 6)
     squared_error(output, batch.targets, batch.query_mask).backward()
     assert model.key_embedding.weight.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("attention", sorted(set(available_attentions()) - set(BARE_CORES)))
-def test_presets_built_around_multihead_attention_are_refused(attention):
-    """The DeltaNet family's convolution, decay and output gate live in MultiHeadAttention, which the
-    retrieval model does not use: it refuses them instead of running without."""
-    model = RetrievalModel(num_keys=6, attention=attention, d_key=8)
-    batch = make_batch(6, 2, 3, torch.Generator().manual_seed(0), all_queries=True)
-    with pytest.raises(ValueError, match=r"runs inside fwp\.attention\.MultiHeadAttention"):
-        model(batch.keys, batch.values, batch.queries)
 
 
 def test_delta_rule_learns_setting1_at_small_s():
