@@ -139,7 +139,8 @@ CSV_FIELDS = tuple(f.name for f in fields(Result))
 
 
 def system_label(core: AttentionCore) -> str:
-    """The attention system of a retrieval model's attention core in words, e.g. ``DPFP ν=2, delta rule``."""
+    """The attention system of a retrieval model's attention core in words, e.g. ``DPFP ν=2, delta rule``
+    or, for Gated DeltaNet, ``l2 + conv 4, gated delta rule, output gate``."""
     if not core.is_fast_weight:
         return "Softmax"
     feature_map = getattr(core, "feature_map", "?")
@@ -149,8 +150,11 @@ def system_label(core: AttentionCore) -> str:
         "favor": f"FAVOR+ m={getattr(core, 'm', '?')}",
         "tanh": "tanh",
     }.get(feature_map, feature_map)
-    rule = {"fwm": "FWM rule"}.get(core.rule, f"{core.rule} rule")
-    return f"{features}, {rule}"
+    if core.short_conv:
+        features += f" + conv {core.short_conv}"
+    rule = {"fwm": "FWM rule"}.get(core.rule, f"{'gated ' if core.decay else ''}{core.rule} rule")
+    parts = [features, rule] + ["β ∈ (0, 2)"] * (core.beta_scale != 1.0) + ["output gate"] * core.output_gate
+    return ", ".join(parts)
 
 
 def stop_reason(trainer) -> str:

@@ -63,3 +63,18 @@ def test_a_composed_config_finds_the_official_values_of_its_experiment(monkeypat
         f"| setting1_dpfp1 | 120 | 0.0090 ± 0.0000 (1) | patience (500) | {official} |"
         in capacity_script.table([ours])
     )
+
+
+def test_a_system_beyond_the_paper_gets_its_experiment_name_and_no_official_values(monkeypatch):
+    """The DeltaNet family's sweeps (conf/README.md rows setting{1,2}_{deltanet,gated_deltanet,gla}) are
+    named by their experiment; the official columns stay empty (the paper did not run them)."""
+    monkeypatch.chdir(SCRIPT.parents[1])
+    composition = "conf/retrieval/setting2.yaml+model.attention=gated_deltanet"
+    assert capacity_script.experiment_name(composition) == "setting2_gated_deltanet"
+    ours = [
+        Result("Gated DeltaNet", composition, s, 1, "", loss, loss, 1.0, 900, "patience", 1.0)
+        for s, loss in ((40, 0.0005), (80, 0.03))
+    ]
+    text = capacity_script.table(ours)
+    assert "| setting2_gated_deltanet | 80 | 0.0300 ± 0.0000 (1) | patience (900) | — |" in text
+    assert "| setting2_gated_deltanet | 40, 80 | 80 | — | — | — |" in text

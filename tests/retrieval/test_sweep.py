@@ -150,6 +150,9 @@ def test_stop_reason(reason, max_steps, step, expected):
         ("setting1_dpfp3", "DPFP ν=3, sum rule"),
         ("setting2_dpfp_delta", "DPFP ν=1, delta rule"),
         ("setting2_fwm", "tanh, FWM rule"),
+        ("setting1_deltanet", "l2 + conv 4, delta rule, output gate"),
+        ("setting2_gated_deltanet", "l2 + conv 4, gated delta rule, output gate"),
+        ("setting1_gla", "identity, gated sum rule, output gate"),
     ],
 )
 def test_plot_labels_name_the_system(name, label):
