@@ -16,6 +16,7 @@ from itertools import pairwise
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 OFFSET_DTYPES = (torch.int32, torch.int64)
 
@@ -85,6 +86,27 @@ def positions_in_sequence(cu_seqlens: Tensor) -> Tensor:
     return torch.arange(ids.numel(), device=cu_seqlens.device) - cu_seqlens.long()[ids]
 
 
+class _SelectRows(torch.autograd.Function):
+    """``x[rows]`` of a row-major ``x: [R, D]``, whose gradient is gathered too: ``grad[back_rows]``,
+    zero where ``back_zero`` (``[R]`` bool or None). Exact when every row of ``x`` is read once by
+    ``rows`` at the position ``back_rows`` names, other reads being padding whose gradient is dropped
+    (``PackedLayout``); a gather is much cheaper than the ``index_add`` of ``index_select``'s backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rows: Tensor, back_rows: Tensor, back_zero: Tensor | None) -> Tensor:
+        ctx.save_for_backward(back_rows, back_zero)
+        return x.index_select(0, rows)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        back_rows, back_zero = ctx.saved_tensors
+        grad_x = grad.contiguous().index_select(0, back_rows)
+        if back_zero is not None:
+            grad_x.masked_fill_(back_zero.unsqueeze(-1), 0)
+        return grad_x, None, None, None
+
+
 @dataclass(frozen=True)
 class PackedLayout:
     """Where the packed positions of ``N`` sequences sit in a padded batch ``[N, T_max]``.
@@ -93,6 +115,10 @@ class PackedLayout:
     reads the sequence's last position (any finite value would do: it is padding). ``padding``:
     ``[N, T_max]`` bool, True past a sequence's end (a ``key_padding_mask``). ``scatter``: ``[T]`` the
     flat slot ``n · T_max + (t − c_n)`` of each packed position.
+
+    ``unpack`` and ``pack`` are one gather each way, forward and backward. Padding slots hold copies
+    that count as constants: ``unpack``'s gradient is the gradient of the real slots only (exact for
+    ``fast_weight_attention``, where padded keys write nothing and padded read-outs are dropped).
     """
 
     gather: Tensor
@@ -117,11 +143,27 @@ class PackedLayout:
         return self.gather.shape[0]
 
     def unpack(self, x: Tensor) -> Tensor:
-        """Packed ``[1, H, T, *rest]`` → padded ``[N, H, T_max, *rest]``."""
-        N, longest = self.gather.shape
-        batch = x[0].index_select(1, self.gather.reshape(-1))  # [H, N · T_max, *rest]
-        return batch.unflatten(1, (N, longest)).movedim(1, 0)
+        """Packed ``[1, H, T, *rest]`` → padded ``[N, H, T_max, *rest]`` (contiguous)."""
+        _, H, T, *rest = x.shape
+        unpack_rows, pack_rows, _ = self._rows(H, T)
+        rows = _SelectRows.apply(x.reshape(H * T, -1), unpack_rows, pack_rows, None)
+        return rows.view(*self.gather.shape[:1], H, self.gather.shape[1], *rest)
 
     def pack(self, x: Tensor) -> Tensor:
-        """Padded ``[N, H, T_max, *rest]`` → packed ``[1, H, T, *rest]`` (padding slots dropped)."""
-        return x.movedim(0, 1).flatten(1, 2).index_select(1, self.scatter).unsqueeze(0)
+        """Padded ``[N, H, T_max, *rest]`` → packed ``[1, H, T, *rest]`` (contiguous; padding dropped)."""
+        N, H, longest, *rest = x.shape
+        unpack_rows, pack_rows, padding_rows = self._rows(H, self.scatter.numel())
+        rows = _SelectRows.apply(x.reshape(N * H * longest, -1), pack_rows, unpack_rows, padding_rows)
+        return rows.view(1, H, self.scatter.numel(), *rest)
+
+    def _rows(self, heads: int, total: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Row indices for ``H = heads`` of the packed ``[H · T]`` and padded ``[N · H · T_max]`` row
+        orders: the packed row of each padded slot, the padded row of each packed position, and which
+        padded rows are padding."""
+        N, longest = self.gather.shape
+        head = torch.arange(heads, device=self.gather.device)
+        unpack_rows = (head[None, :, None] * total + self.gather[:, None, :]).reshape(-1)
+        sequence, position = self.scatter.div(longest, rounding_mode="floor"), self.scatter % longest
+        pack_rows = ((sequence[None, :] * heads + head[:, None]) * longest + position[None, :]).reshape(-1)
+        padding_rows = self.padding[:, None, :].expand(N, heads, longest).reshape(-1)
+        return unpack_rows, pack_rows, padding_rows
