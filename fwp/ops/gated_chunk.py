@@ -7,11 +7,13 @@ implementations and registered autograd, so that ``torch.compile`` keeps each as
 Inside a chunk the decay enters through differences of cumulative log-decays (never an
 exponential of a positive number); between chunks the state is decayed by the chunk's total decay.
 
-- Gated sum rule: saves the inputs, the states at the chunk boundaries and the decay products ``Γ``;
-  the backward runs the adjoint state scan over the chunks in reverse and forms every gradient for
-  all chunks at once.
-- Gated delta rule: saves the same and ``T = A⁻¹``; the backward walks the chunks in reverse,
-  recomputing each chunk's pseudo-values and scores.
+- Gated sum rule: saves the inputs, the chunk-start states, the decay products ``Γ`` (built once, in
+  the forward) and the final state; the backward runs the adjoint state scan over the chunks in
+  reverse and forms every gradient for all chunks at once.
+- Gated delta rule: saves the same and ``T = A⁻¹``. Forward and backward walk the chunks one at a time
+  (one chunk of every head per step, so that a step's temporaries stay in the cache; batched over all
+  chunks, every element-wise pass and product streams the whole sequence through memory, which was
+  slower), the backward in reverse, recomputing each chunk's pseudo-values and scores.
 - Both: the gradient of ``log_decay`` follows from those of q and v and the final state
   (``fwp.ops.gated_chunk_math.log_decay_gradient``).
 
@@ -32,12 +34,12 @@ from fwp.ops.chunk import _output_gradients, _save_inputs_and_residuals, dense
 from fwp.ops.chunk_math import merge_chunks, split_beta_chunks, split_chunks
 from fwp.ops.gated_chunk_math import (
     ChunkDecay,
+    cumulative_decay_gradient,
     gated_chunk_read,
-    gated_delta_chunk_backward,
-    gated_delta_rule_scan,
+    gated_delta_rule_backward,
+    gated_delta_rule_forward,
     gated_sum_rule_backward,
     gated_sum_rule_states,
-    gated_wy_inverse,
     log_decay_gradient,
 )
 from fwp.ops.gated_reference import validate_log_decay
@@ -47,28 +49,29 @@ from fwp.ops.state import FastWeightState
 @torch.library.custom_op("fwp::gated_sum_rule_chunks", mutates_args=())
 def gated_sum_rule_chunks(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gated sum rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, log_decay
     ``[G, N, C]``, initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]``, the final state ``[G, d, d_v]``,
-    and for the backward (not differentiable) the states at every chunk boundary ``[G, N + 1, d, d_v]``
-    and the decay products ``Γ`` ``[G, N, C, C]``."""
+    and for the backward (not differentiable) the chunk-start states ``[G, N, d, d_v]``, the decay
+    products ``Γ`` ``[G, N, C, C]`` and the final state again (the op's outputs are not saved)."""
     decay = ChunkDecay.of(log_decay)
-    states = gated_sum_rule_states(k, v, decay, initial)
-    out = gated_chunk_read(q, k, v, decay, states[:, :-1])
-    return dense(out, states[:, -1].clone(), states, decay.within)
+    starts, final = gated_sum_rule_states(k, v, decay, initial)
+    out = gated_chunk_read(*(x.flatten(0, 1) for x in (q, k, v)), decay.flatten(), starts.flatten(0, 1))
+    return dense(out.view(v.shape), final, starts, decay.within, final.clone())
 
 
 @gated_sum_rule_chunks.register_fake
 def _(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     G, chunks, size, d = q.shape
     d_v = v.shape[-1]
     return (
         q.new_empty(G, chunks, size, d_v),
         q.new_empty(G, d, d_v),
-        q.new_empty(G, chunks + 1, d, d_v),
+        q.new_empty(G, chunks, d, d_v),
         q.new_empty(G, chunks, size, size),
+        q.new_empty(G, d, d_v),
     )
 
 
@@ -78,17 +81,16 @@ def gated_sum_rule_chunks_backward(
     k: Tensor,
     v: Tensor,
     log_decay: Tensor,
-    states: Tensor,
+    starts: Tensor,
     within: Tensor,
+    final: Tensor,
     d_out: Tensor,
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``dQ, dK, dV, d log_decay, dS_0`` of ``gated_sum_rule_chunks`` (``states`` at the chunk boundaries)."""
+    """``dQ, dK, dV, d log_decay, dS_0`` of ``gated_sum_rule_chunks`` (``starts``: the chunk-start states)."""
     decay = ChunkDecay.of(log_decay, within)
-    d_q, d_k, d_v, d_initial = gated_sum_rule_backward(
-        q, k, v, decay, states[:, :-1], d_out.contiguous(), d_final
-    )
-    d_log_decay = log_decay_gradient(q, d_q, v, d_v, states[:, -1], d_final)
+    d_q, d_k, d_v, d_initial = gated_sum_rule_backward(q, k, v, decay, starts, d_out.contiguous(), d_final)
+    d_log_decay = log_decay_gradient(cumulative_decay_gradient(q, d_q, v, d_v), final, d_final)
     return dense(d_q, d_k, d_v, d_log_decay, d_initial)
 
 
@@ -98,8 +100,9 @@ def _(
     k: Tensor,
     v: Tensor,
     log_decay: Tensor,
-    states: Tensor,
+    starts: Tensor,
     within: Tensor,
+    final: Tensor,
     d_out: Tensor,
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -118,30 +121,30 @@ gated_sum_rule_chunks.register_autograd(_gated_sum_rule_backward, setup_context=
 @torch.library.custom_op("fwp::gated_delta_rule_chunks", mutates_args=())
 def gated_delta_rule_chunks(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gated delta rule over chunked inputs: q, k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, beta and
     log_decay ``[G, N, C]``, initial ``[G, d, d_v]`` → outputs ``[G, N, C, d_v]``, the final state
     ``[G, d, d_v]``, and for the backward (not differentiable) ``T = A⁻¹`` ``[G, N, C, C]``, the
-    states at every chunk boundary ``[G, N + 1, d, d_v]`` and the decay products ``Γ`` ``[G, N, C, C]``."""
+    chunk-start states ``[G, N, d, d_v]``, the decay products ``Γ`` ``[G, N, C, C]`` and the final
+    state again (the op's outputs are not saved)."""
     decay = ChunkDecay.of(log_decay)
-    inverse = gated_wy_inverse(k, beta, decay)
-    pseudo_values, states = gated_delta_rule_scan(k, v, beta, decay, inverse, initial)
-    out = gated_chunk_read(q, k, pseudo_values, decay, states[:, :-1])
-    return dense(out, states[:, -1].clone(), inverse, states, decay.within)
+    out, final, inverse, starts = gated_delta_rule_forward(q, k, v, beta, decay, initial)
+    return dense(out, final, inverse, starts, decay.within, final.clone())
 
 
 @gated_delta_rule_chunks.register_fake
 def _(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     G, chunks, size, d = q.shape
     d_v = v.shape[-1]
     return (
         q.new_empty(G, chunks, size, d_v),
         q.new_empty(G, d, d_v),
         q.new_empty(G, chunks, size, size),
-        q.new_empty(G, chunks + 1, d, d_v),
+        q.new_empty(G, chunks, d, d_v),
         q.new_empty(G, chunks, size, size),
+        q.new_empty(G, d, d_v),
     )
 
 
@@ -153,26 +156,19 @@ def gated_delta_rule_chunks_backward(
     beta: Tensor,
     log_decay: Tensor,
     inverse: Tensor,
-    states: Tensor,
+    starts: Tensor,
     within: Tensor,
+    final: Tensor,
     d_out: Tensor,
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``dQ, dK, dV, dβ, d log_decay, dS_0`` of ``gated_delta_rule_chunks`` (``states`` at the chunk
-    boundaries): the chunks in reverse, each recomputing its temporaries (``gated_delta_chunk_backward``),
-    then the log-decays' gradient from those of q and v."""
-    d_out = d_out.contiguous()
+    """``dQ, dK, dV, dβ, d log_decay, dS_0`` of ``gated_delta_rule_chunks`` (``starts``: the chunk-start
+    states): ``gated_delta_rule_backward``, then the log-decays' gradient from those of q and v."""
     decay = ChunkDecay.of(log_decay, within)
-    grads = tuple(x.new_empty(x.shape) for x in (q, k, v, beta))
-    d_state = d_final
-    for n in reversed(range(q.shape[1])):
-        chunk = [x[:, n] for x in (q, k, v, beta)]
-        rest = [x[:, n] for x in (inverse, states, d_out)]
-        *chunk_grads, d_state = gated_delta_chunk_backward(*chunk, decay.chunk(n), *rest, d_state)
-        for grad in grads:  # popped: each chunk gradient is freed as soon as it is copied
-            grad[:, n] = chunk_grads.pop(0)
-    d_log_decay = log_decay_gradient(q, grads[0], v, grads[2], states[:, -1], d_final)
-    return dense(*grads, d_log_decay, d_state)
+    *grads, d_cumulative, d_initial = gated_delta_rule_backward(
+        q, k, v, beta, decay, inverse, starts, d_out.contiguous(), d_final
+    )
+    return dense(*grads, log_decay_gradient(d_cumulative, final, d_final), d_initial)
 
 
 @gated_delta_rule_chunks_backward.register_fake
@@ -183,8 +179,9 @@ def _(
     beta: Tensor,
     log_decay: Tensor,
     inverse: Tensor,
-    states: Tensor,
+    starts: Tensor,
     within: Tensor,
+    final: Tensor,
     d_out: Tensor,
     d_final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:

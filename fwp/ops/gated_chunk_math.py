@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fwp.ops.chunk_math import causal_scores, chunk_read, delta_chunk_values, transpose, unit_lower_inverse
+from fwp.ops.chunk_math import delta_chunk_values, transpose, unit_lower_inverse
 
 
 @dataclass(frozen=True)
@@ -86,51 +86,57 @@ def per_matrix(scale: Tensor) -> Tensor:
 
 
 def gated_scores(q: Tensor, k: Tensor, decay: ChunkDecay) -> Tensor:
-    """``P = tril(Q Kᵀ) ⊙ Γ``: ``[…, C, C]``."""
-    return causal_scores(q, k).mul_(decay.within)
+    """``P = tril(Q Kᵀ) ⊙ Γ = Q Kᵀ ⊙ Γ`` (``Γ`` is 0 above the diagonal): ``[…, C, C]``."""
+    return (q @ transpose(k)).mul_(decay.within)
 
 
-def gated_chunk_read(q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, starts: Tensor) -> Tensor:
-    """``O = diag(γ) Q S + P values`` for all chunks: ``[G, N, C, d_v]`` (values ``V`` or ``U``)."""
-    return chunk_read(scaled_rows(q, decay.from_start), gated_scores(q, k, decay), values, starts)
+def gated_chunk_read(q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, start: Tensor) -> Tensor:
+    """``O = diag(γ) Q S + P values`` (values ``V`` or ``U``): q, k ``[b, C, d]``, values ``[b, C, d_v]``,
+    start ``S`` ``[b, d, d_v]`` → ``[b, C, d_v]``."""
+    return torch.bmm(gated_scores(q, k, decay), values).baddbmm_(scaled_rows(q, decay.from_start), start)
 
 
-def gated_sum_rule_states(k: Tensor, v: Tensor, decay: ChunkDecay, initial: Tensor) -> Tensor:
-    """``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ V_n``: the states at every chunk boundary, ``S_0 … S_N``
-    ``[G, N + 1, d, d_v]``; k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, initial ``S_0`` ``[G, d, d_v]``."""
+def gated_sum_rule_states(k: Tensor, v: Tensor, decay: ChunkDecay, initial: Tensor) -> tuple[Tensor, Tensor]:
+    """``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ V_n``: the states before every chunk ``S_0 … S_{N−1}``
+    ``[G, N, d, d_v]`` and ``S_N``; k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, initial ``S_0``
+    ``[G, d, d_v]``."""
     increments = transpose(scaled_rows(k, decay.to_end)) @ v
-    states = [initial]
+    state, starts = initial, []
     for increment, total in zip(increments.unbind(1), decay.total.unbind(1), strict=True):
-        states.append(per_matrix(total) * states[-1] + increment)
-    return torch.stack(states, dim=1)
+        starts.append(state)
+        state = torch.addcmul(increment, per_matrix(total), state)
+    return torch.stack(starts, dim=1), state
 
 
 def gated_wy_inverse(k: Tensor, beta: Tensor, decay: ChunkDecay) -> Tensor:
-    """``T = A⁻¹``, ``A = I + tril(diag(β) K Kᵀ ⊙ Γ, −1)``, for all chunks at once: ``[G, N, C, C]``."""
+    """``T = A⁻¹``, ``A = I + tril(diag(β) K Kᵀ ⊙ Γ, −1)``: k ``[…, C, d]``, beta ``[…, C]`` →
+    ``[…, C, C]``."""
     return unit_lower_inverse((scaled_rows(k, beta) @ transpose(k)).mul_(decay.within).tril_(diagonal=-1))
 
 
-def gated_delta_rule_scan(
-    k: Tensor, v: Tensor, beta: Tensor, decay: ChunkDecay, inverse: Tensor, initial: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The gated delta rule's recurrence over chunks: ``U_n = T_n diag(β_n)(V_n − diag(γ) K_n S_n)``,
-    ``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ U_n``. Shapes as ``fwp.ops.chunk_math.delta_rule_scan``;
-    returns ``U`` ``[G, N, C, d_v]`` and the states at every chunk boundary ``[G, N + 1, d, d_v]``."""
-    state, starts, pseudo_values = initial, [], []
-    chunks = zip(
-        scaled_rows(k, decay.from_start).unbind(1),
-        scaled_rows(k, decay.to_end).unbind(1),
-        v.unbind(1),
-        beta.unbind(1),
-        inverse.unbind(1),
-        decay.total.unbind(1),
-        strict=True,
-    )
-    for decayed_keys, end_keys, values, betas, inverse_n, total in chunks:
-        starts.append(state)
-        pseudo_values.append(delta_chunk_values(decayed_keys, values, betas, inverse_n, state)[1])
-        state = torch.baddbmm(per_matrix(total) * state, transpose(end_keys), pseudo_values[-1])
-    return torch.stack(pseudo_values, dim=1), torch.stack([*starts, state], dim=1)
+def gated_delta_rule_forward(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, decay: ChunkDecay, initial: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gated delta rule over chunks, one chunk of every head at a time (its temporaries stay in the
+    cache): ``T_n = A_n⁻¹`` (``gated_wy_inverse``), ``U_n = T_n diag(β_n)(V_n − diag(γ) K_n S_n)``,
+    ``O_n = diag(γ) Q_n S_n + P_n U_n``, ``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ U_n``.
+
+    q, k ``[G, N, C, d]``; v ``[G, N, C, d_v]``; beta ``[G, N, C]``; initial ``S_0`` ``[G, d, d_v]``.
+    Returns the outputs ``[G, N, C, d_v]``, ``S_N``, ``T`` ``[G, N, C, C]`` and the states before every
+    chunk ``[G, N, d, d_v]``."""
+    G, chunks, size, d = k.shape
+    out, inverse = v.new_empty(v.shape), k.new_empty(G, chunks, size, size)
+    starts, state = initial.new_empty(G, chunks, d, initial.shape[-1]), initial
+    for n in range(chunks):
+        chunk, keys = decay.chunk(n), k[:, n]
+        inverse_n = gated_wy_inverse(keys, beta[:, n], chunk)
+        decayed_keys = scaled_rows(keys, chunk.from_start)
+        pseudo_values = delta_chunk_values(decayed_keys, v[:, n], beta[:, n], inverse_n, state)[1]
+        out[:, n] = gated_chunk_read(q[:, n], keys, pseudo_values, chunk, state)
+        inverse[:, n], starts[:, n] = inverse_n, state
+        end_keys = scaled_rows(keys, chunk.to_end)
+        state = torch.baddbmm(per_matrix(chunk.total) * state, transpose(end_keys), pseudo_values)
+    return out, state, inverse, starts
 
 
 def read_backward(
@@ -155,15 +161,19 @@ def write_backward_(
     d_k.addcmul_(decay.to_end.unsqueeze(-1), values @ transpose(d_next))
 
 
-def log_decay_gradient(
-    q: Tensor, d_q: Tensor, v: Tensor, d_v: Tensor, final: Tensor, d_final: Tensor
-) -> Tensor:
-    """``da`` ``[G, N, C]`` from the gradients of q ``[G, N, C, d]`` and v ``[G, N, C, d_v]`` (module
-    docstring): ``∂L/∂G_t = q_t · dq_t − v_t · dv_t``, plus ``⟨W_T, dW_T⟩`` (final, d_final
-    ``[G, d, d_v]``) at the last step, summed over ``t ≥ s`` along the whole (padded) sequence."""
-    d_cumulative = ((q * d_q).sum(-1) - (v * d_v).sum(-1)).flatten(1)
-    d_cumulative[:, -1] += (final * d_final).sum((-2, -1))
-    return d_cumulative.flip(-1).cumsum(-1).flip(-1).view(q.shape[:-1])
+def cumulative_decay_gradient(q: Tensor, d_q: Tensor, v: Tensor, d_v: Tensor) -> Tensor:
+    """``∂L/∂G_t = q_t · dq_t − v_t · dv_t`` (module docstring) for q, d_q ``[…, C, d]`` and v, d_v
+    ``[…, C, d_v]``: ``[…, C]``."""
+    return torch.linalg.vecdot(q, d_q).sub_(torch.linalg.vecdot(v, d_v))
+
+
+def log_decay_gradient(d_cumulative: Tensor, final: Tensor, d_final: Tensor) -> Tensor:
+    """``da_s = Σ_{t≥s} ∂L/∂G_t`` along the whole (padded) sequence: d_cumulative ``[G, N, C]``
+    (``cumulative_decay_gradient``) plus ``⟨W_T, dW_T⟩`` (final, d_final ``[G, d, d_v]``) at the last
+    step → ``[G, N, C]``."""
+    steps = d_cumulative.flatten(1)
+    steps[:, -1] += (final * d_final).sum((-2, -1))
+    return steps.flip(-1).cumsum(-1).flip(-1).view(d_cumulative.shape)
 
 
 def gated_adjoint_scan(q: Tensor, d_out: Tensor, decay: ChunkDecay, d_final: Tensor) -> tuple[Tensor, Tensor]:
@@ -207,26 +217,54 @@ def gated_delta_chunk_backward(
     d_next: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``dQ, dK, dV, dβ, dS`` of one gated delta-rule chunk of every head (formulas in the module
-    docstring): q, k ``[G, C, d]``, v, d_out ``[G, C, d_v]``, beta ``[G, C]``, inverse ``T`` ``[G, C, C]``,
-    start ``S`` and d_next ``dS'`` ``[G, d, d_v]``."""
-    decayed_keys = scaled_rows(k, decay.from_start)
+    docstring), recomputing ``X`` and ``U``: q, k ``[G, C, d]``, v, d_out ``[G, C, d_v]``, beta ``[G, C]``,
+    inverse ``T`` ``[G, C, C]``, start ``S`` and d_next ``dS'`` ``[G, d, d_v]``. ``diag(γ) dO`` serves both
+    ``dQ`` and ``dS``; ``Γ`` (0 above the diagonal) masks ``dP`` on its own."""
+    gamma, lam, b = (x.unsqueeze(-1) for x in (decay.from_start, decay.to_end, beta))
+    decayed_keys = gamma * k
     residuals, pseudo_values = delta_chunk_values(decayed_keys, v, beta, inverse, start)
-    d_q, d_k, d_pseudo = read_backward(q, k, pseudo_values, decay, start, d_out)
-    write_backward_(d_k, d_pseudo, k, pseudo_values, decay, d_next)
+    d_pseudo = torch.bmm(lam * k, d_next).baddbmm_(transpose(gated_scores(q, k, decay)), d_out)
     d_residuals = transpose(inverse) @ d_pseudo
-    del d_pseudo
-    d_v = scaled_rows(d_residuals, beta)
-    d_beta = (residuals * d_residuals).sum(-1)
+    del d_pseudo  # temporaries are released as soon as possible
+    d_v = b * d_residuals
+    d_beta = torch.linalg.vecdot(residuals, d_residuals)
     del residuals
-    d_k.addcmul_(decay.from_start.unsqueeze(-1), d_v @ transpose(start), value=-1)
+    decayed_d_out = gamma * d_out
+    d_scores = (d_out @ transpose(pseudo_values)).mul_(decay.within)
+    d_q = torch.bmm(decayed_d_out, transpose(start)).baddbmm_(d_scores, k)
+    d_k = torch.bmm(transpose(d_scores), q).baddbmm_(lam * pseudo_values, transpose(d_next))
+    del d_scores
+    d_k.baddbmm_(gamma * d_v, transpose(start), alpha=-1)
     lower = (d_residuals @ transpose(pseudo_values)).tril_(diagonal=-1).mul_(decay.within)
     lower_keys = lower @ k
-    d_k.addcmul_(beta.unsqueeze(-1), lower_keys, value=-1).baddbmm_(
-        transpose(lower), scaled_rows(k, beta), alpha=-1
-    )
-    d_beta.sub_((k * lower_keys).sum(-1))
-    d_start = torch.baddbmm(
-        per_matrix(decay.total) * d_next, transpose(scaled_rows(q, decay.from_start)), d_out
-    )
+    d_k.addcmul_(b, lower_keys, value=-1).baddbmm_(transpose(lower), b * k, alpha=-1)
+    d_beta.sub_(torch.linalg.vecdot(k, lower_keys))
+    d_start = torch.baddbmm(per_matrix(decay.total) * d_next, transpose(q), decayed_d_out)
     d_start.baddbmm_(transpose(decayed_keys), d_v, alpha=-1)
     return d_q, d_k, d_v, d_beta, d_start
+
+
+def gated_delta_rule_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    decay: ChunkDecay,
+    inverse: Tensor,
+    starts: Tensor,
+    d_out: Tensor,
+    d_final: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``dQ, dK, dV, dβ`` ``[G, N, …]``, ``∂L/∂G`` ``[G, N, C]`` (``cumulative_decay_gradient``) and
+    ``dS_0`` of the gated delta rule: the chunks in reverse, one chunk of every head at a time
+    (``gated_delta_chunk_backward``). Shapes as ``gated_delta_rule_forward``; starts ``[G, N, d, d_v]``."""
+    grads = [x.new_empty(x.shape) for x in (q, k, v, beta, beta)]
+    d_state = d_final
+    for n in reversed(range(q.shape[1])):
+        chunk = [x[:, n] for x in (q, k, v, beta)]
+        rest = [x[:, n] for x in (inverse, starts, d_out)]
+        d_q, d_k, d_v, d_beta, d_state = gated_delta_chunk_backward(*chunk, decay.chunk(n), *rest, d_state)
+        d_cumulative = cumulative_decay_gradient(chunk[0], d_q, chunk[2], d_v)
+        for grad, chunk_grad in zip(grads, (d_q, d_k, d_v, d_beta, d_cumulative), strict=True):
+            grad[:, n] = chunk_grad
+    return *grads, d_state

@@ -170,8 +170,8 @@ def opcheck_cases() -> dict[str, tuple]:
     beta = torch.rand(G, N, C, generator=g, dtype=torch.float64)
     log_decay = -torch.rand(G, N, C, generator=g, dtype=torch.float64)
     d_out, d_final = rand(G, N, C, d_v), rand(G, d, d_v)
-    _, _, sum_states, sum_within = gated_sum_rule_chunks(q, k, v, log_decay, initial)
-    _, _, inverse, delta_states, delta_within = gated_delta_rule_chunks(q, k, v, beta, log_decay, initial)
+    _, _, *sum_residuals = gated_sum_rule_chunks(q, k, v, log_decay, initial)
+    _, _, *delta_residuals = gated_delta_rule_chunks(q, k, v, beta, log_decay, initial)
     grad = [x.clone().requires_grad_() for x in (q, k, v, beta, log_decay, initial)]
     ops = torch.ops.fwp
     return {
@@ -179,11 +179,11 @@ def opcheck_cases() -> dict[str, tuple]:
         "gated_delta_rule_chunks": (ops.gated_delta_rule_chunks, tuple(grad)),
         "gated_sum_rule_chunks_backward": (
             ops.gated_sum_rule_chunks_backward,
-            (q, k, v, log_decay, sum_states, sum_within, d_out, d_final),
+            (q, k, v, log_decay, *sum_residuals, d_out, d_final),
         ),
         "gated_delta_rule_chunks_backward": (
             ops.gated_delta_rule_chunks_backward,
-            (q, k, v, beta, log_decay, inverse, delta_states, delta_within, d_out, d_final),
+            (q, k, v, beta, log_decay, *delta_residuals, d_out, d_final),
         ),
     }
 
