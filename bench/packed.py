@@ -4,14 +4,15 @@
 the sentences of an MT batch), forward + backward of the causal recurrence on feature-mapped inputs
 (float32, CPU), three ways in interleaved rounds (medians decide, minima shown alongside):
 
-- ``packed``: one call on ``[1, H, T, d]`` with ``cu_seqlens`` (``T = Σ l_n``);
+- ``packed``: one call on ``[1, H, T, d]`` with ``cu_seqlens`` (``T = Σ l_n``), which runs the
+  sequences as padded batches of similar lengths (``fwp/ops/packed_layout.py``);
 - ``padded``: one call on the padded batch ``[N, H, T_max, d]`` with a ``key_padding_mask``, what a
   model without packing runs;
 - ``loop``: one call per sequence ``[1, H, l_n, d]``.
 
-The padding ratio ``N · T_max / T`` is printed: it is the work the attention core of ``padded`` (and of
-``packed``, which runs through the padded batch) does per real position, and what the token-wise rest
-of a model (projections, feed-forward, loss) saves by packing. Run ``python bench/packed.py`` or, on a
+The padding ratios are printed: ``N · T_max / T`` is the work the attention core of ``padded`` does per
+real position (and what the token-wise rest of a model, projections, feed-forward and loss, saves by
+packing), ``Σ_g N_g T_g / T`` that of ``packed``. Run ``python bench/packed.py`` or, on a
 shared machine, ``python bench/packed.py --threads 1 --clock cpu``; ``--quick`` is a smoke run.
 """
 
@@ -28,7 +29,7 @@ from ops import CLOCKS, clear_grads, interleaved, machine, median_ms, use_clock
 from torch import Tensor
 
 from fwp.ops import cu_seqlens_from_lengths, fast_weight_attention, sum_normalize
-from fwp.ops.packing import PackedLayout
+from fwp.ops.packed_layout import PackedLayout
 
 VARIANTS = ("packed", "padded", "loop")
 
@@ -47,18 +48,18 @@ def make_inputs(args: argparse.Namespace) -> dict:
         "beta": torch.rand(1, args.H, T, generator=g) if args.rule == "delta" else None,
         "log_decay": -torch.rand(1, args.H, T, generator=g) if args.gated else None,
     }
-    layout = PackedLayout.from_cu_seqlens(cu_seqlens)
+    layout = PackedLayout.from_cu_seqlens(cu_seqlens, groups=(tuple(range(args.N)),))  # one padded batch
     offsets = cu_seqlens.tolist()
     named = {name: x for name, x in packed.items() if x is not None}
     sets = {
         "packed": named,
-        "padded": {name: layout.unpack(x) for name, x in named.items()},
+        "padded": {name: layout.unpack(x)[0] for name, x in named.items()},
         "loop": [{name: x[:, :, start:end] for name, x in named.items()} for start, end in pairwise(offsets)],
     }
     for leaves in [sets["packed"], sets["padded"], *sets["loop"]]:
         for name, x in leaves.items():
             leaves[name] = x.contiguous().requires_grad_()
-    return {"lengths": lengths, "cu_seqlens": cu_seqlens, "padding": layout.padding, **sets}
+    return {"lengths": lengths, "cu_seqlens": cu_seqlens, "padding": layout.paddings[0], **sets}
 
 
 def attend(leaves: dict, args: argparse.Namespace, **packing) -> tuple[Tensor, Tensor]:
@@ -129,9 +130,12 @@ def main() -> None:
     lengths = inputs["lengths"]
     T, longest = int(lengths.sum()), int(lengths.max())
     print(f"# bench/packed.py {' '.join(sys.argv[1:])}\n{machine()}")
+    groups = PackedLayout.from_cu_seqlens(inputs["cu_seqlens"]).paddings
+    grouped = sum(padding.numel() for padding in groups)
     print(
         f"N={args.N} sequences, lengths {int(lengths.min())}–{longest} (mean {lengths.float().mean():.1f}), "
-        f"T={T}; padded batch N·T_max={args.N * longest} positions: padding ratio {args.N * longest / T:.2f}"
+        f"T={T}; padded batch N·T_max={args.N * longest} positions (ratio {args.N * longest / T:.2f}); "
+        f"packed: {len(groups)} groups, Σ N_g·T_g={grouped} positions (ratio {grouped / T:.2f})"
     )
     times = interleaved(
         {variant: lambda v=variant: forward_backward(v, inputs, args) for variant in VARIANTS}, args.repeats

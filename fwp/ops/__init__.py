@@ -27,8 +27,8 @@ from fwp.ops.normalization import (
     parse_normalization,
     sum_normalize,
 )
+from fwp.ops.packed_layout import PackedLayout
 from fwp.ops.packing import (
-    PackedLayout,
     cu_seqlens_from_lengths,
     positions_in_sequence,
     sequence_ids,

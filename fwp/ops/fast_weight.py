@@ -16,9 +16,10 @@
 5. divides by the denominator ``φ(q_t) · z_t + ε`` when it is on: here, once, for every mode and backend.
 
 Packed sequences (``cu_seqlens``, ``fwp.ops.packing``): ``N`` sequences laid end to end in ``[1, H, T, ·]``
-are feature-mapped packed, gathered into a padded batch ``[N, H, T_max, ·]`` whose padding is a
-``key_padding_mask`` at the end of each row (padded keys write nothing and do not decay, so every final
-memory is exact), run through the steps above, and gathered back.
+are feature-mapped packed, gathered into padded batches ``[N_g, H, T_g, ·]`` of sequences of similar
+lengths (``fwp.ops.packed_layout``) whose padding is a ``key_padding_mask`` at the end of each row
+(padded keys write nothing and do not decay, so every final memory is exact), run through the steps
+above, and gathered back.
 
 Backends (``fwp.ops.dispatch``) compute only the numerator and ``W``; ``z`` is the entry point's.
 ``fast_weight_recurrence`` is the causal mode on keys and queries that are already feature-mapped.
@@ -38,7 +39,8 @@ from fwp.ops.feature_maps import FeatureMap
 from fwp.ops.gated_chunk import gated_causal_denominator
 from fwp.ops.gated_reference import validate_gated_options
 from fwp.ops.normalization import Normalization, causal_denominator, normalized_write, sum_normalize
-from fwp.ops.packing import PackedLayout, validate_cu_seqlens
+from fwp.ops.packed_layout import PackedLayout
+from fwp.ops.packing import validate_cu_seqlens
 from fwp.ops.rules import RULES, get_rule
 from fwp.ops.state import FastWeightState
 from fwp.ops.validation import (
@@ -304,12 +306,12 @@ def _packed_layouts(
                 f"mode={mode!r}: causal queries are the keys' positions, packed by cu_seqlens"
             )
         validate_cu_seqlens(query_cu_seqlens, q.shape[2], name="query_cu_seqlens")
-        queries = PackedLayout.from_cu_seqlens(query_cu_seqlens)
-        if queries.sequences != keys.sequences:
+        if query_cu_seqlens.numel() != cu_seqlens.numel():
             raise ValueError(
                 f"query_cu_seqlens and cu_seqlens must pack the same number of sequences, got "
-                f"{queries.sequences} and {keys.sequences}"
+                f"{query_cu_seqlens.numel() - 1} and {cu_seqlens.numel() - 1}"
             )
+        queries = PackedLayout.from_cu_seqlens(query_cu_seqlens, groups=keys.groups)
     elif q.shape[2] != k.shape[2]:
         raise ValueError(
             f"cu_seqlens packs the keys' T={k.shape[2]}, but q has T_q={q.shape[2]}: give "
@@ -337,28 +339,47 @@ def _packed(
     state: FastWeightState | None,
     options: dict,
 ) -> tuple[Tensor, FastWeightState]:
-    """Packed sequences (``layouts``: keys', queries') through the padded batch: ``φ`` and the ``sum``
-    normalisation on the packed positions, then ``[1, H, T, ·]`` → ``[N, H, T_max, ·]`` with the
-    padding as ``key_padding_mask``, the batched call, and its read-out packed back."""
+    """Packed sequences (``layouts``: keys', queries') through padded batches: ``φ`` and the ``sum``
+    normalisation on the packed positions, then ``[1, H, T, ·]`` → one ``[N_g, H, T_g, ·]`` per group
+    of similar lengths (``fwp.ops.packed_layout``) with its padding as ``key_padding_mask``, one batched
+    call per group, and the read-outs packed back, the memories put back in sequence order."""
     keys, queries = layouts
     dtype = compute_dtype(q, k, v, beta, log_decay)
     with autocast_off(q.device.type):
         if state is None and feature_map is not None:
             feature_map.start_sequence()
         phi_q, phi_k = _query_and_key_features(q, k, feature_map, normalization, dtype)
-    y, memory = fast_weight_attention(
+    groups = len(keys.groups)
+    absent = [None] * groups
+    per_group = zip(
         queries.unpack(phi_q),
         keys.unpack(phi_k),
         keys.unpack(v),
-        None if beta is None else keys.unpack(beta),
-        log_decay=None if log_decay is None else keys.unpack(log_decay),
-        normalization=replace(normalization, sum=False),
-        mode=mode,
-        state=state,
-        key_padding_mask=keys.padding,
-        **options,
+        absent if beta is None else keys.unpack(beta),
+        absent if log_decay is None else keys.unpack(log_decay),
+        absent if state is None else keys.split_rows(state.W),
+        absent if state is None or state.z is None else keys.split_rows(state.z),
+        keys.paddings,
+        strict=True,
     )
-    return queries.pack(y), memory
+    outputs, memories = [], []
+    for q_g, k_g, v_g, beta_g, log_decay_g, W_g, z_g, padding in per_group:
+        y, memory = fast_weight_attention(
+            q_g,
+            k_g,
+            v_g,
+            beta_g,
+            log_decay=log_decay_g,
+            normalization=replace(normalization, sum=False),
+            mode=mode,
+            state=None if W_g is None else FastWeightState(W_g, z_g),
+            key_padding_mask=padding,
+            **options,
+        )
+        outputs.append(y)
+        memories.append(memory)
+    z = None if memories[0].z is None else keys.merge_rows([memory.z for memory in memories])
+    return queries.pack(outputs), FastWeightState(keys.merge_rows([memory.W for memory in memories]), z)
 
 
 def _without_padding(

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from fwp.ops import FastWeightState, Normalization, build_feature_map, fast_weight_attention
+from fwp.ops import FastWeightState, Normalization, build_feature_map, fast_weight_attention, packed_layout
+from fwp.ops.packed_layout import PackedLayout, group_by_length
 from fwp.ops.packing import (
-    PackedLayout,
     cu_seqlens_from_lengths,
     positions_in_sequence,
     sequence_ids,
@@ -25,8 +25,16 @@ from fwp.ops.packing import (
 from tests.ops.ops_cases import assert_all_close
 
 CHUNK = 4
-LENGTHS = (1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3, 1)
+LENGTHS = (CHUNK + 1, 1, 2 * CHUNK + 3, CHUNK - 1, CHUNK, 1)  # not sorted: groups reorder the sequences
 H, D_K, D_V = 2, 3, 2
+SMALL_GROUP_COST = 4
+
+
+@pytest.fixture(autouse=True)
+def several_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A low price per batched call, so that these short sequences are cut into several padded batches
+    (with the default price they would be one): the tests then cover the groups' gathers too."""
+    monkeypatch.setattr(packed_layout, "GROUP_COST", SMALL_GROUP_COST)
 
 
 @dataclass(frozen=True)
@@ -209,9 +217,13 @@ def test_cross_attention_queries_packed_by_their_own_offsets() -> None:
 @given(
     lengths=st.lists(st.integers(1, 3 * CHUNK + 1), min_size=1, max_size=5).map(tuple),
     name=st.sampled_from(["delta", "gated-delta", "sum+denominator"]),
+    group_cost=st.sampled_from([0, SMALL_GROUP_COST, 10**6]),
 )
-def test_random_lengths_on_the_chunk_backend(lengths: tuple[int, ...], name: str) -> None:
-    assert_packed_equals_separate(LAYERS[name], lengths, "chunk", initial_state=True)
+def test_random_lengths_on_the_chunk_backend(lengths: tuple[int, ...], name: str, group_cost: int) -> None:
+    """Random lengths, cut into one group per distinct length, a few groups, or one padded batch."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(packed_layout, "GROUP_COST", group_cost)
+        assert_packed_equals_separate(LAYERS[name], lengths, "chunk", initial_state=True)
 
 
 def test_positions_and_sequence_ids_follow_the_offsets() -> None:
@@ -227,13 +239,30 @@ def test_positions_and_sequence_ids_follow_the_offsets() -> None:
 
 def test_layout_round_trip_and_padding() -> None:
     cu_seqlens = cu_seqlens_from_lengths([2, 4, 1])
-    layout = PackedLayout.from_cu_seqlens(cu_seqlens)
-    x = torch.arange(7.0).reshape(1, 1, 7, 1)
-    batch = layout.unpack(x)
-    assert batch.shape == (3, 1, 4, 1)
-    assert layout.padding.tolist() == [[False, False, True, True], [False] * 4, [False, True, True, True]]
-    assert batch[1, 0, :, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
-    assert torch.equal(layout.pack(batch), x)
+    layout = PackedLayout.from_cu_seqlens(cu_seqlens, groups=((1, 0), (2,)))
+    x = torch.arange(14.0).reshape(1, 2, 7, 1)
+    first, second = layout.unpack(x)
+    assert first.shape == (2, 2, 4, 1) and second.shape == (1, 2, 1, 1)
+    assert [padding.tolist() for padding in layout.paddings] == [
+        [[False] * 4, [False, False, True, True]],
+        [[False]],
+    ]
+    assert first[0, 1, :, 0].tolist() == [9.0, 10.0, 11.0, 12.0]  # head 1 of sequence 1
+    assert first[1, 0, :2, 0].tolist() == [0.0, 1.0] and second[0, 1, 0, 0].item() == 13.0
+    assert torch.equal(layout.pack([first, second]), x)
+    memories = torch.arange(3.0)
+    assert torch.equal(layout.merge_rows(layout.split_rows(memories)), memories)
+
+
+def test_groups_trade_padding_against_calls() -> None:
+    """The cut minimises padded positions plus ``group_cost`` per group; every sequence is in one group."""
+    lengths = [5, 60, 7, 58, 6, 31, 30]
+    assert group_by_length(lengths, group_cost=10**6) == [[1, 3, 5, 6, 2, 4, 0]]
+    assert group_by_length(lengths, group_cost=10) == [[1, 3], [5, 6], [2, 4, 0]]
+    assert sorted(n for group in group_by_length(lengths) for n in group) == list(range(len(lengths)))
+    assert len(PackedLayout.from_cu_seqlens(cu_seqlens_from_lengths(LENGTHS)).groups) > 1, (
+        "the packed == separate tests should cross group boundaries"
+    )
 
 
 def test_lengths_must_be_positive_integers() -> None:
