@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,26 +60,36 @@ def cluster_width(d_model: int, div_value: float, cluster: int) -> int:
 
 def adaptive_embedding(tokens: Tensor, boundaries: Sequence[int], clusters: Sequence[Cluster]) -> Tensor:
     """Embed ``tokens`` ``[...]`` → ``[..., d_model]``; ``boundaries`` = ``[0, c_1, …, c_n, V]`` and
-    ``clusters[i]`` embeds the tokens in ``[boundaries[i], boundaries[i+1])``."""
-    vocab_size = boundaries[-1]
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-        raise ValueError(
-            f"tokens must be in [0, vocab_size={vocab_size}), got values in "
-            f"[{int(tokens.min())}, {int(tokens.max())}]"
-        )
-    table, projection = clusters[0]
-    d_model = table.shape[1] if projection is None else projection.shape[1]
-    flat = tokens.reshape(-1)
-    embedded = table.new_zeros(flat.numel(), d_model)
+    ``clusters[i]`` embeds the tokens in ``[boundaries[i], boundaries[i+1])``.
+
+    Every cluster embeds every token (its index clamped into the table) and ``where`` keeps the tokens
+    that lie in it: static shapes, so the embedding compiles into one graph; the other tokens pass a
+    zero gradient to row 0 or the last row of each table, which changes no gradient."""
+    check_token_range("tokens", tokens, boundaries[-1])
+    embedded: Tensor | None = None
     for low, high, (table, projection) in zip(boundaries[:-1], boundaries[1:], clusters, strict=True):
-        rows = ((flat >= low) & (flat < high)).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
-        vectors = F.embedding(flat[rows] - low, table)
+        vectors = F.embedding((tokens - low).clamp(0, high - low - 1), table)
         if projection is not None:
             vectors = vectors @ projection
-        embedded = embedded.index_copy(0, rows, vectors.to(embedded.dtype))
-    return embedded.view(*tokens.shape, d_model)
+        if embedded is None:
+            embedded = vectors
+        else:
+            inside = ((tokens >= low) & (tokens < high)).unsqueeze(-1)
+            embedded = torch.where(inside, vectors, embedded)
+    return embedded
+
+
+def check_token_range(name: str, tokens: Tensor, vocab_size: int) -> None:
+    """A ValueError unless every id in ``tokens`` is in ``[0, vocab_size)``. Skipped inside
+    ``torch.compile`` (reading the values would break the graph); there an id out of range fails the
+    compiled kernel's bounds check instead (a RuntimeError ``index out of bounds``)."""
+    if torch.compiler.is_compiling() or not tokens.numel():
+        return
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size:
+        raise ValueError(
+            f"{name} must be in [0, vocab_size={vocab_size}), got values in "
+            f"[{int(tokens.min())}, {int(tokens.max())}]"
+        )
 
 
 class ClusterTables(nn.Module):
@@ -108,9 +119,10 @@ class ClusterTables(nn.Module):
 
     def clusters(self) -> list[Cluster]:
         """The input clusters: ``(E_i, P_iᵀ)`` (``(E_i, None)`` without a projection)."""
+        projections = [self.projection(i) for i in range(len(self.tables))]
         return [
-            (table, None if (projection := self.projection(i)) is None else projection.transpose(0, 1))
-            for i, table in enumerate(self.tables)
+            (table, None if projection is None else projection.transpose(0, 1))
+            for table, projection in zip(self.tables, projections, strict=True)
         ]
 
 
@@ -128,17 +140,24 @@ class AdaptiveLogSoftmax(ClusterTables):
         self.cluster_weight = nn.Parameter(torch.randn(self.n_clusters, width) * width**-0.5)
         self.cluster_bias = nn.Parameter(torch.zeros(self.n_clusters))
 
-    def logits(self, hidden: Tensor, cluster: int) -> Tensor:
-        """Scores ``[N, |cluster| (+ n for the head)]`` of ``hidden`` ``[N, d_model]``: ``h P_i E_iᵀ + b_i``,
-        for cluster 0 followed by the cluster logits ``h P_0 Cᵀ + c``."""
+    def output_layer(self, cluster: int) -> tuple[Tensor, Tensor]:
+        """The weight ``[|cluster| (+ n for the head), h_i]`` and bias of ``cluster``'s scores: ``E_i``,
+        ``b_i``; for the head ``cat(E_0, C)`` and ``cat(b_0, c)``."""
         weight, bias = self.tables[cluster], self.biases[cluster]
         if cluster == 0:
             weight = torch.cat([weight, self.cluster_weight])
             bias = torch.cat([bias, self.cluster_bias])
+        return weight, bias
+
+    def project(self, hidden: Tensor, cluster: int) -> Tensor:
+        """``h P_i`` ``[N, h_i]`` (``h`` itself when ``h_i = d_model``)."""
         projection = self.projection(cluster)
-        if projection is not None:
-            hidden = hidden @ projection
-        return F.linear(hidden, weight, bias)
+        return hidden if projection is None else hidden @ projection
+
+    def logits(self, hidden: Tensor, cluster: int) -> Tensor:
+        """Scores ``[N, |cluster| (+ n for the head)]`` of ``hidden`` ``[N, d_model]``: ``h P_i E_iᵀ + b_i``,
+        for cluster 0 followed by the cluster logits ``h P_0 Cᵀ + c``."""
+        return F.linear(self.project(hidden, cluster), *self.output_layer(cluster))
 
     def head_column(self, cluster: int) -> int:
         """The head column of tail cluster ``i ≥ 1``: ``c_1 + n − i``."""
@@ -154,27 +173,57 @@ class AdaptiveLogSoftmax(ClusterTables):
         return torch.cat(parts, dim=-1)
 
     def target_log_prob(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """``log p(target | h)`` ``[N]`` for ``hidden`` ``[N, d_model]`` and ``targets`` ``[N]``; a tail
-        cluster is scored only for the rows whose target lies in it."""
-        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.boundaries[-1]):
-            raise ValueError(
-                f"targets must be in [0, vocab_size={self.boundaries[-1]}), got values in "
-                f"[{int(targets.min())}, {int(targets.max())}]"
-            )
-        head = torch.log_softmax(self.logits(hidden, 0), dim=-1)
-        shortlist = targets < self.boundaries[1]
-        result = head.gather(1, torch.where(shortlist, targets, 0)[:, None]).squeeze(1)
-        for cluster in range(1, self.n_clusters + 1):
-            low, high = self.boundaries[cluster], self.boundaries[cluster + 1]
-            rows = ((targets >= low) & (targets < high)).nonzero().squeeze(1)
-            if rows.numel() == 0:
+        """``log p(target | h)`` ``[N]`` for ``hidden`` ``[N, d_model]`` and ``targets`` ``[N]``.
+
+        Every row's head term is ``log_softmax(head logits)`` at its target's head column (the token
+        itself in the shortlist, else its cluster's column); a tail cluster is scored only for the rows
+        whose target lies in it, and its term is added to theirs. Each term is a
+        ``target_log_softmax``, whose gradient is not built from dense zeros of the whole vocabulary.
+        In eager, a tail cluster without targets is skipped (its table gets no gradient from here);
+        compiled, it is scored on zero rows (a zero gradient), since a branch on the data would break
+        the graph."""
+        check_token_range("targets", targets, self.boundaries[-1])
+        cluster = sum((targets >= cutoff).long() for cutoff in self.boundaries[1:-1])
+        head_target = torch.where(cluster == 0, targets, self.boundaries[1] + self.n_clusters - cluster)
+        result = target_log_softmax(self.project(hidden, 0), *self.output_layer(0), head_target)
+        for i in range(1, self.n_clusters + 1):
+            rows = (cluster == i).nonzero().squeeze(1)
+            if not torch.compiler.is_compiling() and rows.numel() == 0:
                 continue
-            tail = torch.log_softmax(self.logits(hidden[rows], cluster), dim=-1)
-            scored = (
-                head[rows, self.head_column(cluster)] + tail.gather(1, (targets[rows] - low)[:, None])[:, 0]
+            scored = target_log_softmax(
+                self.project(hidden[rows], i), *self.output_layer(i), targets[rows] - self.boundaries[i]
             )
-            result = result.index_copy(0, rows, scored)
+            result = result.index_add(0, rows, scored)
         return result
+
+
+def target_log_softmax(hidden: Tensor, weight: Tensor, bias: Tensor, target: Tensor) -> Tensor:
+    """``log_softmax(h Wᵀ + b)[target]`` ``[N]`` for ``hidden`` ``[N, h]``, ``weight`` ``[V, h]``, ``bias``
+    ``[V]`` and ``target`` ``[N]`` (indices into ``V``), i.e. ``s_y − logsumexp(s)`` with ``s = h Wᵀ +
+    b``. Its backward is written out: ``∂/∂s = g (onehot(y) − softmax(s))`` in one buffer (the saved
+    scores, overwritten), where autograd through ``log_softmax`` and ``gather`` would fill and scatter
+    a zero gradient of ``[N, V]`` for the gather besides. No double backward."""
+    return TargetLogSoftmax.apply(hidden, weight, bias, target)
+
+
+class TargetLogSoftmax(torch.autograd.Function):
+    """The autograd function behind ``target_log_softmax``."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor, target: Tensor) -> Tensor:
+        scores = torch.addmm(bias, hidden, weight.t())
+        peak = scores.amax(dim=1, keepdim=True)
+        log_normalizer = (scores - peak).exp_().sum(dim=1, keepdim=True).log_() + peak
+        ctx.save_for_backward(hidden, weight, target, scores, log_normalizer)
+        return scores.gather(1, target[:, None])[:, 0] - log_normalizer[:, 0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        hidden, weight, target, scores, log_normalizer = ctx.saved_tensors
+        grad_scores = scores.sub_(log_normalizer).exp_().mul_(-grad[:, None])
+        grad_scores.scatter_add_(1, target[:, None], grad[:, None])
+        return grad_scores @ weight, grad_scores.t() @ hidden, grad_scores.sum(0), None
 
 
 class AdaptiveInput(ClusterTables):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fwp.model import DecoderLM, DecoderLMConfig
-from fwp.model.adaptive import AdaptiveLogSoftmax
+from fwp.model.adaptive import AdaptiveLogSoftmax, ClusterTables, adaptive_embedding
 from fwp.training.checkpointing import CheckpointLoadError
 
 
@@ -48,13 +48,74 @@ def test_log_probs_follow_transformer_xl(div_value: float) -> None:
     with torch.no_grad():  # non-zero biases, so that a dropped bias would show
         for p in [*softmax.biases, softmax.cluster_bias]:
             p.normal_()
-    hidden = torch.randn(40, d, dtype=torch.float64)
-    targets = torch.cat([torch.arange(0, vocab, 3), torch.tensor([0, 9, 10, 29, 30, 59, 60, 89])])[:40]
+    targets = torch.cat([torch.arange(0, vocab, 3), torch.tensor([0, 9, 10, 29, 30, 59, 60, 89])])
+    hidden = torch.randn(len(targets), d, dtype=torch.float64)
     expected = projected_adaptive_log_softmax(hidden, targets, softmax, cutoffs, vocab)
     torch.testing.assert_close(softmax.target_log_prob(hidden, targets), expected, rtol=1e-12, atol=1e-12)
     full = softmax.log_prob(hidden)
     torch.testing.assert_close(full.gather(1, targets[:, None])[:, 0], expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(full.exp().sum(1), torch.ones(40, dtype=torch.float64))
+    torch.testing.assert_close(full.exp().sum(1), torch.ones(len(targets), dtype=torch.float64))
+
+
+def parameter_gradients(module: torch.nn.Module, *tensors: torch.Tensor) -> dict:
+    """The gradients of ``module``'s parameters by name (None where none arrived) and of ``tensors``
+    (by position); all reset."""
+    named = [*module.named_parameters(), *enumerate(tensors)]
+    grads = {name: None if p.grad is None else p.grad.clone() for name, p in named}
+    for _, p in named:
+        p.grad = None
+    return grads
+
+
+@pytest.mark.parametrize("div_value", [1.0, 2.0])
+def test_target_log_prob_gradients_follow_transformer_xl(div_value: float) -> None:
+    """The hand-written backward of ``target_log_softmax`` (∂/∂s = g (onehot − softmax)) equals autograd
+    through the formula, float64, for the hidden states and every parameter, with a distinct weight
+    per row; the last tail cluster has no target, so its table gets no gradient in either. A wrong sign,
+    a missing bias gradient or a row weight applied twice shows here."""
+    torch.manual_seed(1)
+    vocab, cutoffs, d = 90, [10, 30, 60], 16
+    softmax = AdaptiveLogSoftmax(vocab, d, cutoffs, div_value).double()
+    with torch.no_grad():
+        for p in [*softmax.biases, softmax.cluster_bias]:
+            p.normal_()
+    targets = torch.tensor([0, 3, 9, 10, 11, 29, 30, 45, 59, 2, 31])
+    hidden = torch.randn(len(targets), d, dtype=torch.float64, requires_grad=True)
+    row_weights = torch.randn(len(targets), dtype=torch.float64)
+    (row_weights * projected_adaptive_log_softmax(hidden, targets, softmax, cutoffs, vocab)).sum().backward()
+    expected = parameter_gradients(softmax, hidden)
+    (row_weights * softmax.target_log_prob(hidden, targets)).sum().backward()
+    actual = parameter_gradients(softmax, hidden)
+    assert expected["tables.3"] is None and actual["tables.3"] is None  # no target in [60, 90)
+    assert actual.keys() == expected.keys()
+    for name, want in expected.items():
+        if want is not None:
+            torch.testing.assert_close(actual[name], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("div_value", [1.0, 2.0])
+def test_adaptive_embedding_reads_each_token_from_its_cluster(div_value: float) -> None:
+    """``e(t) = E_i[t − c_i] P_iᵀ`` token by token, and its gradients, equal the masked embedding that
+    looks every token up in every cluster (float64)."""
+    torch.manual_seed(2)
+    vocab, cutoffs, d = 90, [10, 30, 60], 16
+    tables = ClusterTables(vocab, d, cutoffs, div_value).double()
+    tokens = torch.tensor([[0, 9, 10, 29], [30, 59, 60, 89]])
+    weights = torch.randn(2, 4, d, dtype=torch.float64)
+    ends = [0, *cutoffs, vocab]
+    expected = []
+    for t in tokens.reshape(-1).tolist():
+        i = next(c for c in range(len(ends) - 1) if ends[c] <= t < ends[c + 1])
+        table, projection = tables.clusters()[i]
+        row = table[t - ends[i]]
+        expected.append(row if projection is None else row @ projection)
+    (weights.reshape(-1, d) * torch.stack(expected)).sum().backward()
+    want = parameter_gradients(tables)
+    embedded = adaptive_embedding(tokens, ends, tables.clusters())
+    torch.testing.assert_close(embedded, torch.stack(expected).view(2, 4, d).detach(), rtol=1e-12, atol=1e-12)
+    (weights * embedded).sum().backward()
+    for name, grad in parameter_gradients(tables).items():
+        torch.testing.assert_close(grad, want[name], rtol=1e-12, atol=1e-12)
 
 
 def test_div_one_has_one_output_matrix_with_a_bias_and_no_projections() -> None:
