@@ -13,6 +13,13 @@ The modes a core may run (``fwp.ops.MODES``): ``causal`` (``forward``), ``bidire
 (``forward(causal=False)``: every query sees every key; encoders and cross-attention) and ``read``
 (``read(q, state)`` queries a memory without writing to it: retrieval queries, cached cross-attention).
 A core lists the modes it cannot run in ``refused_modes``, each with the reason.
+
+Packed sequences (``cu_seqlens``, ``fwp.ops.packing``): ``N`` sequences laid end to end in ``B = 1``,
+q ``[1, H, T_q, d_head]``, k, v ``[1, H, T, d_head]``; ``cu_seqlens`` ``[N + 1]`` are the offsets of the
+keys (and, causally, of the queries), ``query_cu_seqlens`` those of the queries when they differ
+(cross-attention: the same ``N``). Every sequence attends only within itself, as if run alone; a state
+holds one memory (or cache) per sequence. A core without a packed form of its own runs the call as a
+padded batch ``[N, H, T_max, d_head]`` (``AttentionCore.attend_padded``, ``fwp.attention.padded_batch``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from abc import ABC, abstractmethod
 from typing import Any, Protocol, Self
 
 from torch import Tensor, nn
+
+from fwp.attention.padded_batch import packed_batches
 
 
 class AttentionState(Protocol):
@@ -110,8 +119,39 @@ class AttentionCore(nn.Module, ABC):
         causal: bool = True,
         state: AttentionState | None = None,
         key_padding_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        query_cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, AttentionState]:
-        """Attend; returns the output ``[B, H, T_q, d_head]`` and the state after the sequence."""
+        """Attend; returns the output ``[B, H, T_q, d_head]`` and the state after the sequence (packed
+        sequences: module docstring)."""
+
+    def attend_padded(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor | None,
+        *,
+        cu_seqlens: Tensor,
+        query_cu_seqlens: Tensor | None,
+        key_padding_mask: Tensor | None,
+        **options: object,
+    ) -> tuple[Tensor, AttentionState]:
+        """A packed call (module docstring) run as a padded batch: the ``N`` sequences gathered into
+        ``[N, H, T_max, ·]`` rows, padded at the end (a ``key_padding_mask``), attended by ``forward``
+        with ``options`` (``causal``, ``state``, …), the outputs gathered back to ``[1, H, T_q, d_head]``.
+        Exact: padded keys are never seen, and a query at position ``i`` of its row sees what it would
+        alone. The state holds ``N`` rows."""
+        keys, queries = packed_batches(q, k, cu_seqlens, query_cu_seqlens, key_padding_mask)
+        y, state = self(
+            queries.unpack(q),
+            keys.unpack(k),
+            keys.unpack(v),
+            None if beta is None else keys.unpack(beta),
+            key_padding_mask=keys.padding,
+            **options,
+        )
+        return queries.pack(y), state
 
     @abstractmethod
     def read(self, q: Tensor, state: AttentionState) -> Tensor:

@@ -188,10 +188,14 @@ class FastWeightAttention(AttentionCore):
         state: FastWeightState | None = None,
         key_padding_mask: Tensor | None = None,
         log_decay: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        query_cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, FastWeightState]:
         """q, k, v ``[B, H, T, d_head]``, beta ``[B, H, T]`` (delta rule), key_padding_mask ``[B, T]``
         (padded keys write nothing), log_decay ``[B, H, T]`` (required with ``decay``) → y
-        ``[B, H, T, d_head]`` and the memory after the sequence.
+        ``[B, H, T, d_head]`` and the memory after the sequence. Packed sequences (``cu_seqlens``,
+        ``query_cu_seqlens``: ``fwp.attention.base``) go to ``fwp.ops.fast_weight_attention``, which
+        keeps one memory per sequence.
 
         Causal: the recurrence continues ``state``. Bidirectional (sum rule only): every query reads
         the memory written by ``state`` (if any) plus all keys of the call. A call without ``state``
@@ -212,6 +216,8 @@ class FastWeightAttention(AttentionCore):
             mode=mode,
             state=state,
             key_padding_mask=key_padding_mask,
+            cu_seqlens=cu_seqlens,
+            query_cu_seqlens=query_cu_seqlens,
             **self.layer_options,
         )
 

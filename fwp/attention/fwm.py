@@ -64,13 +64,28 @@ class FastWeightMemoryAttention(AttentionCore):
         causal: bool = True,
         state: FastWeightState | None = None,
         key_padding_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        query_cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, FastWeightState]:
         """q, k, v ``[B, H, T, d_head]``, beta ``[B, H, T]`` → y ``[B, H, T, d_v]`` (each position reads
-        after its write) and the memory; padded keys (``key_padding_mask`` True) write nothing."""
+        after its write) and the memory; padded keys (``key_padding_mask`` True) write nothing. Packed
+        sequences (``cu_seqlens``) run as a padded batch (``attend_padded``; ``fwp.ops.fwm`` has no
+        packed form), the state holding ``N`` memories."""
         if beta is None:
             raise ValueError("FastWeightMemoryAttention requires beta of shape [B, H, T], got None")
         if not causal:
             self.require_mode("bidirectional", "causal=False")
+        if cu_seqlens is not None or query_cu_seqlens is not None:
+            return self.attend_padded(
+                q,
+                k,
+                v,
+                beta,
+                cu_seqlens=cu_seqlens,
+                query_cu_seqlens=query_cu_seqlens,
+                key_padding_mask=key_padding_mask,
+                state=state,
+            )
         phi_q, phi_k = self.features(q), self.features(k)
         if state is not None:
             self.check_state(phi_k, v.shape[-1], state)

@@ -6,7 +6,10 @@ the core's ``beta_scale``), one write strength per head and position (docs/atten
 DeltaNet family ask for more (``fwp.attention.parametrisation``): a short causal convolution on q, k, v
 (the layer's state then carries its last inputs: ``FastWeightState.conv``), Gated DeltaNet's decay from ``x``,
 and a gated RMSNorm of every head's output. Cross-attention takes q from ``x`` and k, v
-(β) from ``memory`` ``[B, S, d_model]``. Outputs are scaled by the core's ``output_scale`` (``1/√d_head``
+(β) from ``memory`` ``[B, S, d_model]``. Packed sequences (``cu_seqlens``, ``fwp.attention.base``): ``x``
+``[1, T, d_model]`` holds ``N`` sequences end to end; the projections, decay and gate are token-wise, the
+short convolution restarts at every sequence (its carried inputs one row per sequence) and the core
+attends within each sequence. Outputs are scaled by the core's ``output_scale`` (``1/√d_head``
 for fast weights); then a bias-free output projection ``H·d_head → d_model`` and dropout. Residual and
 normalisation belong to the block.
 """
@@ -19,8 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from fwp.attention.base import AttentionCore, AttentionSpec, AttentionState
+from fwp.attention.padded_batch import PaddedBatch
 from fwp.attention.parametrisation import GatedDeltaNetDecay, GatedOutputNorm, ShortConvolution
 from fwp.attention.registry import build_attention
+from fwp.ops import sequence_lengths, validate_cu_seqlens
 
 
 def _check_sequence(name: str, x: Tensor, d_model: int) -> None:
@@ -35,6 +40,17 @@ def _check_padding_mask(mask: Tensor, keys: Tensor) -> None:
             f"key_padding_mask must be a bool tensor [B, T_k] = {expected}, "
             f"got {mask.dtype} of shape {tuple(mask.shape)}"
         )
+
+
+def _check_packed(name: str, x: Tensor, cu_seqlens: Tensor | None) -> None:
+    """A ValueError unless ``x`` ``[1, T, d_model]`` holds the packed sequences of ``cu_seqlens``."""
+    if cu_seqlens is None:
+        return
+    if x.shape[0] != 1:
+        raise ValueError(
+            f"cu_seqlens packs N sequences into batch B = 1, got {name} of shape {tuple(x.shape)}"
+        )
+    validate_cu_seqlens(cu_seqlens, x.shape[1], name="cu_seqlens" if name == "x" else "memory_cu_seqlens")
 
 
 class MultiHeadAttention(nn.Module):
@@ -117,6 +133,8 @@ class MultiHeadAttention(nn.Module):
         memory: Tensor | None = None,
         state: AttentionState | None = None,
         key_padding_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        memory_cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, AttentionState]:
         """x ``[B, T, d_model]`` → ``[B, T, d_model]`` and the core's state.
 
@@ -127,24 +145,37 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask ``[B, S]`` marks padded memory positions; the returned state holds the
         memory's keys, so later calls given that ``state`` only read it (``memory`` and the mask are
         then not used: the state already has them).
+        Packed sequences: ``cu_seqlens`` ``[N + 1]`` are the offsets of ``x`` ``[1, T, d_model]``;
+        cross-attention also needs ``memory_cu_seqlens``, those of ``memory`` ``[1, S, d_model]`` (the same
+        ``N``: query sequence ``n`` attends only to memory sequence ``n``). A state then holds ``N`` rows.
         """
         _check_sequence("x", x, self.d_model)
+        _check_packed("x", x, cu_seqlens)
         if self.cross:
-            y, state = self._cross_attend(x, memory, state, key_padding_mask)
+            y, state = self._cross_attend(x, memory, state, key_padding_mask, cu_seqlens, memory_cu_seqlens)
         else:
-            if memory is not None:
-                raise ValueError("memory is only used by cross-attention (cross=True), got a memory tensor")
+            if memory is not None or memory_cu_seqlens is not None:
+                raise ValueError(
+                    "memory and memory_cu_seqlens are only used by cross-attention (cross=True), got "
+                    + ("a memory tensor" if memory is not None else "memory_cu_seqlens")
+                )
             if key_padding_mask is not None:
                 _check_padding_mask(key_padding_mask, x)
-            y, state = self._self_attend(x, state, key_padding_mask)
+            y, state = self._self_attend(x, state, key_padding_mask, cu_seqlens)
         return self.merge_heads(y, x), state
 
     def _self_attend(
-        self, x: Tensor, state: AttentionState | None, key_padding_mask: Tensor | None
+        self,
+        x: Tensor,
+        state: AttentionState | None,
+        key_padding_mask: Tensor | None,
+        cu_seqlens: Tensor | None,
     ) -> tuple[Tensor, AttentionState]:
         q, k, v, *beta_unit = self.split_heads(self.qkv_proj(x), (self.d_head,) * 3 + self.beta_sizes)
+        packed = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
         if self.conv is not None:
-            (q, k, v), past = self.convolve(q, k, v, self._convolution_state(state), key_padding_mask)
+            past = self._convolution_state(state)
+            (q, k, v), past = self.convolve(q, k, v, past, key_padding_mask, cu_seqlens)
         gated = {} if self.decay is None else {"log_decay": self.decay(x)}
         y, state = self.core(
             q,
@@ -154,6 +185,7 @@ class MultiHeadAttention(nn.Module):
             causal=self.causal,
             state=state,
             key_padding_mask=key_padding_mask,
+            **packed,
             **gated,
         )
         return y, state if self.conv is None else replace(state, conv=past)
@@ -171,32 +203,71 @@ class MultiHeadAttention(nn.Module):
         return state.conv
 
     def convolve(
-        self, q: Tensor, k: Tensor, v: Tensor, past: Tensor | None, key_padding_mask: Tensor | None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        past: Tensor | None,
+        key_padding_mask: Tensor | None,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
         """The short convolution (+ SiLU) over the channels of q, k, v ``[B, H, T, d_head]`` each, padded
-        positions entering as zeros; returns the three and the convolution's new past inputs."""
+        positions entering as zeros; returns the three and the convolution's new past inputs. Packed
+        sequences (``cu_seqlens``, ``B = 1``) are convolved as ``N`` rows, so that no window reaches
+        into the previous sequence; ``past`` and the new past then hold ``N`` rows ``[N, K − 1, C]``."""
         B, H, T, d = q.shape
         channels = torch.cat([q, k, v], dim=-1).transpose(1, 2).reshape(B, T, H * 3 * d)
         if key_padding_mask is not None:
             channels = channels * (~key_padding_mask).unsqueeze(-1).to(channels.dtype)
-        out, past = self.conv(channels, past)
+        if cu_seqlens is None:
+            out, past = self.conv(channels, past)
+        else:
+            layout = PaddedBatch.from_cu_seqlens(cu_seqlens)
+            rows = layout.unpack(channels.unsqueeze(1)).squeeze(1)  # [N, T_max, C], padded at the end
+            out, past = self.conv(rows, past, lengths=sequence_lengths(cu_seqlens))
+            out = layout.pack(out.unsqueeze(1)).squeeze(1)
         q, k, v = out.view(B, T, H, 3 * d).transpose(1, 2).split(d, dim=-1)
         return (q, k, v), past
 
     def _cross_attend(
-        self, x: Tensor, memory: Tensor | None, state: AttentionState | None, key_padding_mask: Tensor | None
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        state: AttentionState | None,
+        key_padding_mask: Tensor | None,
+        cu_seqlens: Tensor | None,
+        memory_cu_seqlens: Tensor | None,
     ) -> tuple[Tensor, AttentionState]:
         (q,) = self.split_heads(self.q_proj(x), (self.d_head,))
         if state is not None:
-            return self.core.read(q, state), state
+            if cu_seqlens is None:
+                return self.core.read(q, state), state
+            queries = PaddedBatch.from_cu_seqlens(cu_seqlens)  # sequence n reads memory row n
+            return queries.pack(self.core.read(queries.unpack(q), state)), state
+        if (cu_seqlens is None) != (memory_cu_seqlens is None):
+            raise ValueError(
+                "cross-attention over packed sequences needs the offsets of both the queries (cu_seqlens) "
+                "and the memory (memory_cu_seqlens), got only "
+                + ("cu_seqlens" if memory_cu_seqlens is None else "memory_cu_seqlens")
+            )
+        packed = {}
+        if cu_seqlens is not None:
+            packed = {"cu_seqlens": memory_cu_seqlens, "query_cu_seqlens": cu_seqlens}
         if memory is None:
             raise ValueError("cross-attention needs memory [B, S, d_model] or the state of a previous call")
         _check_sequence("memory", memory, self.d_model)
+        _check_packed("memory", memory, memory_cu_seqlens)
         if key_padding_mask is not None:
             _check_padding_mask(key_padding_mask, memory)
         k, v, *beta_unit = self.split_heads(self.kv_proj(memory), (self.d_head,) * 2 + self.beta_sizes)
         return self.core(
-            q, k, v, self.write_strength(beta_unit), causal=False, key_padding_mask=key_padding_mask
+            q,
+            k,
+            v,
+            self.write_strength(beta_unit),
+            causal=False,
+            key_padding_mask=key_padding_mask,
+            **packed,
         )
 
     def merge_heads(self, y: Tensor, x: Tensor | None = None) -> Tensor:

@@ -39,8 +39,12 @@ class ShortConvolution(nn.Module):
         bound = 1.0 / math.sqrt(kernel)
         self.weight = nn.Parameter(torch.empty(channels, kernel).uniform_(-bound, bound))
 
-    def forward(self, x: Tensor, past: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x ``[B, T, C]``, past ``[B, K − 1, C]`` (None: zeros) → ``[B, T, C]`` and the new past."""
+    def forward(
+        self, x: Tensor, past: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x ``[B, T, C]``, past ``[B, K − 1, C]`` (None: zeros) → ``[B, T, C]`` and the new past: the
+        last ``K − 1`` inputs of each row, or with ``lengths`` ``[B]`` (rows padded at the end) the
+        ``K − 1`` inputs before position ``lengths[b]`` of row ``b`` (past inputs where it is shorter)."""
         B, _, C = x.shape
         if past is None:
             past = x.new_zeros(B, self.kernel - 1, C)
@@ -51,7 +55,10 @@ class ShortConvolution(nn.Module):
             )
         extended = torch.cat([past.to(x.dtype), x], dim=1)  # [B, K − 1 + T, C]
         out = F.conv1d(extended.transpose(1, 2), self.weight.to(x.dtype).unsqueeze(1), groups=C)
-        return F.silu(out.transpose(1, 2)), extended[:, extended.shape[1] - (self.kernel - 1) :]
+        if lengths is None:
+            return F.silu(out.transpose(1, 2)), extended[:, extended.shape[1] - (self.kernel - 1) :]
+        last = lengths.to(x.device)[:, None] + torch.arange(self.kernel - 1, device=x.device)  # [B, K − 1]
+        return F.silu(out.transpose(1, 2)), extended.gather(1, last[:, :, None].expand(-1, -1, C))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel={self.kernel}"

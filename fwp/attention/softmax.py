@@ -85,10 +85,28 @@ class SoftmaxAttention(AttentionCore):
         causal: bool = True,
         state: KVCache | None = None,
         key_padding_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        query_cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, KVCache]:
-        """q ``[B, H, T_q, d]``, k, v ``[B, H, T_k, d]`` → ``[B, H, T_q, d]`` and the cache of all keys."""
+        """q ``[B, H, T_q, d]``, k, v ``[B, H, T_k, d]`` → ``[B, H, T_q, d]`` and the cache of all keys.
+
+        Packed sequences (``cu_seqlens``; ``fwp.attention.base``) attend as a padded batch of ``N``
+        rows (``attend_padded``: the block-diagonal mask without its ``T²`` cost); the cache then holds
+        ``N`` rows, their padding masked."""
         if beta is not None:
             raise ValueError("SoftmaxAttention does not use beta, got a beta tensor")
+        if cu_seqlens is not None or query_cu_seqlens is not None:
+            return self.attend_padded(
+                q,
+                k,
+                v,
+                None,
+                cu_seqlens=cu_seqlens,
+                query_cu_seqlens=query_cu_seqlens,
+                key_padding_mask=key_padding_mask,
+                causal=causal,
+                state=state,
+            )
         cache = KVCache(k, v, key_padding_mask) if state is None else state.append(k, v, key_padding_mask)
         return self.attend(q, cache, causal=causal), cache
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec, AttentionState, MultiHeadAttention
 from fwp.model.config import ACTIVATIONS, BlockConfig
+from fwp.model.dropout import Dropout
 from fwp.model.states import CrossBlockState
 
 
@@ -26,8 +27,8 @@ class FeedForward(nn.Module):
         self.expand = nn.Linear(config.d_model, config.d_ff)
         self.contract = nn.Linear(config.d_ff, config.d_model)
         self.activation = ACTIVATIONS[config.activation]
-        self.activation_dropout = nn.Dropout(hidden_dropout)
-        self.dropout = nn.Dropout(config.dropout)
+        self.activation_dropout = Dropout(hidden_dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.contract(self.activation_dropout(self.activation(self.expand(x)))))
@@ -38,10 +39,11 @@ class TransformerBlock(nn.Module):
     ``cross_attention``, None = no cross-attention) + feed-forward, each residual and normalised, with
     the sizes, dropout, activation and norm of ``config``.
 
-    ``forward(x [B, T, d_model], *, state, key_padding_mask, memory, memory_padding_mask)`` returns
-    ``[B, T, d_model]`` and the block's state: the self-attention state, or with cross-attention a
-    ``CrossBlockState(self_state, cross_state)``. Given a ``CrossBlockState`` with a cross state, the
-    memory is not re-encoded (``memory`` may be None).
+    ``forward(x [B, T, d_model], *, state, key_padding_mask, memory, memory_padding_mask, cu_seqlens,
+    memory_cu_seqlens)`` returns ``[B, T, d_model]`` and the block's state (packed sequences: the
+    offsets of ``x`` and ``memory``, ``fwp.attention.MultiHeadAttention``): the self-attention state, or
+    with cross-attention a ``CrossBlockState(self_state, cross_state)``. Given a ``CrossBlockState``
+    with a cross state, the memory is not re-encoded (``memory`` may be None).
     """
 
     def __init__(
@@ -84,20 +86,30 @@ class TransformerBlock(nn.Module):
         key_padding_mask: Tensor | None = None,
         memory: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        memory_cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, AttentionState | CrossBlockState]:
         if self.cross_attention is None:
             self_state, cross_state = state, None
         else:
             self_state, cross_state = state if state is not None else CrossBlockState(None, None)
         h = self.sublayer_input(x, self.self_attention_norm)
-        y, self_state = self.self_attention(h, state=self_state, key_padding_mask=key_padding_mask)
+        y, self_state = self.self_attention(
+            h, state=self_state, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens
+        )
         x = self.sublayer_output(x, y, self.self_attention_norm)
         if self.cross_attention is not None:
             h = self.sublayer_input(x, self.cross_attention_norm)
             if cross_state is None:
-                y, cross_state = self.cross_attention(h, memory=memory, key_padding_mask=memory_padding_mask)
+                y, cross_state = self.cross_attention(
+                    h,
+                    memory=memory,
+                    key_padding_mask=memory_padding_mask,
+                    cu_seqlens=cu_seqlens,
+                    memory_cu_seqlens=memory_cu_seqlens,
+                )
             else:
-                y, cross_state = self.cross_attention(h, state=cross_state)
+                y, cross_state = self.cross_attention(h, state=cross_state, cu_seqlens=cu_seqlens)
             x = self.sublayer_output(x, y, self.cross_attention_norm)
         h = self.sublayer_input(x, self.feed_forward_norm)
         x = self.sublayer_output(x, self.feed_forward(h), self.feed_forward_norm)

@@ -5,7 +5,9 @@
 segment (parallel), the next segment of a stream (segment carry, ``position_offset`` = tokens seen
 before) and generation one token at a time (step mode). It returns the logits ``[B, T, V]``, or with an
 adaptive softmax (``adaptive_cutoffs``) the final hidden states ``[B, T, d_model]``; ``log_probs`` and
-``target_log_probs`` turn either into float32 log-probabilities.
+``target_log_probs`` turn either into float32 log-probabilities. ``forward(tokens [1, T], cu_seqlens=c)``
+runs ``N`` packed sequences (offsets ``c`` ``[N + 1]``) as if each ran alone: positions restart at every
+sequence and every layer's state holds one row per sequence.
 """
 
 from __future__ import annotations
@@ -118,22 +120,35 @@ class DecoderLM(nn.Module):
         return self.adaptive_input(tokens)
 
     def forward(
-        self, tokens: Tensor, *, states: list | None = None, position_offset: int = 0
+        self,
+        tokens: Tensor,
+        *,
+        states: list | None = None,
+        position_offset: int = 0,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, list]:
         """tokens ``[B, T]`` → logits ``[B, T, V]`` (hidden ``[B, T, d_model]`` when adaptive) and one
         state per layer; ``states`` from a previous call are continued, positions start at
-        ``position_offset``."""
-        hidden, states = self.hidden_states(tokens, states=states, position_offset=position_offset)
+        ``position_offset``; ``cu_seqlens`` ``[N + 1]``: ``tokens`` ``[1, T]`` are ``N`` packed
+        sequences (module docstring)."""
+        hidden, states = self.hidden_states(
+            tokens, states=states, position_offset=position_offset, cu_seqlens=cu_seqlens
+        )
         return self.output_scores(hidden), states
 
     def hidden_states(
-        self, tokens: Tensor, *, states: list | None = None, position_offset: int = 0
+        self,
+        tokens: Tensor,
+        *,
+        states: list | None = None,
+        position_offset: int = 0,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, list]:
         """``forward`` without the output layer: tokens ``[B, T]`` → the last hidden states ``[B, T,
         d_model]`` (after the output dropout) and one state per layer."""
         check_tokens("tokens", tokens)
-        x = self.input_encoding(self.embed(tokens), position_offset)
-        x, states = self.stack(x, states=states)
+        x = self.input_encoding(self.embed(tokens), position_offset, cu_seqlens)
+        x, states = self.stack(x, states=states, cu_seqlens=cu_seqlens)
         return self.output_dropout(x), states
 
     def output_scores(self, hidden: Tensor) -> Tensor:

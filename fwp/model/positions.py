@@ -9,7 +9,8 @@
 
 ``forward(x, offset)`` adds the encodings of positions ``offset … offset + T − 1``, so a segment that
 continues another one (``offset`` = tokens seen before) gets the positions it would have had in one
-long pass.
+long pass. ``forward(x, positions=p)`` adds those of the given positions ``p`` ``[T]`` instead: packed
+sequences (``fwp.ops.packing.positions_in_sequence``), whose positions restart at 0 in every sequence.
 """
 
 from __future__ import annotations
@@ -29,11 +30,24 @@ def _check_offset(offset: int) -> None:
         raise ValueError(f"position_offset must be >= 0, got position_offset={offset}")
 
 
+def position_indices(x: Tensor, offset: int, positions: Tensor | None) -> Tensor:
+    """The positions ``[T]`` of ``x`` ``[B, T, d]``: ``positions`` when given (then ``offset`` must be 0),
+    else ``offset … offset + T − 1``."""
+    _check_offset(offset)
+    if positions is None:
+        return torch.arange(offset, offset + x.shape[1], device=x.device)
+    if offset:
+        raise ValueError(f"give position_offset or positions, not both (position_offset={offset})")
+    if tuple(positions.shape) != (x.shape[1],):
+        raise ValueError(f"positions must be [T = {x.shape[1]}], got shape {tuple(positions.shape)}")
+    return positions
+
+
 class NoPositions(nn.Module):
     """Adds nothing: ``x`` is returned unchanged."""
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        _check_offset(offset)
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        position_indices(x, offset, positions)
         return x
 
 
@@ -46,9 +60,10 @@ class SinusoidalPositions(nn.Module):
             raise ValueError(f"sinusoidal positions need an even d_model >= 2, got d_model={d_model}")
         self.d_model = d_model
 
-    def encodings(self, length: int, offset: int, device: torch.device) -> Tensor:
-        """``[length, d_model]`` float64 encodings of positions ``offset … offset + length − 1``."""
-        positions = torch.arange(offset, offset + length, dtype=torch.float64, device=device)
+    def encodings(self, positions: Tensor) -> Tensor:
+        """``[T, d_model]`` float64 encodings of the positions ``[T]``."""
+        device = positions.device
+        positions = positions.to(torch.float64)
         frequencies = torch.exp(
             torch.arange(0, self.d_model, 2, dtype=torch.float64, device=device)
             * (-math.log(10000.0) / self.d_model)
@@ -56,9 +71,8 @@ class SinusoidalPositions(nn.Module):
         angles = positions[:, None] * frequencies[None, :]
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        _check_offset(offset)
-        return x + self.encodings(x.shape[1], offset, x.device).to(x.dtype)
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        return x + self.encodings(position_indices(x, offset, positions)).to(x.dtype)
 
 
 class LearnedPositions(nn.Module):
@@ -71,15 +85,14 @@ class LearnedPositions(nn.Module):
         self.embedding = nn.Embedding(max_positions, d_model)
         nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        _check_offset(offset)
-        last = offset + x.shape[1] - 1
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        last = offset + x.shape[1] - 1 if positions is None else int(positions.max())
+        positions = position_indices(x, offset, positions)
         if last >= self.embedding.num_embeddings:
             raise ValueError(
                 f"position {last} is beyond the learned positions (max_positions="
                 f"{self.embedding.num_embeddings}); raise max_positions or use positional='sinusoidal'/'none'"
             )
-        positions = torch.arange(offset, last + 1, device=x.device)
         return x + self.embedding(positions).to(x.dtype)
 
 

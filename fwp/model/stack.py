@@ -17,6 +17,7 @@ from fwp.attention import AttentionSpec
 from fwp.model.block import TransformerBlock
 from fwp.model.config import BlockConfig
 from fwp.model.positions import Positional, positional_encoding
+from fwp.ops import positions_in_sequence, validate_cu_seqlens
 
 
 def token_embedding(vocab_size: int, d_model: int, *, padding_idx: int | None = None) -> nn.Embedding:
@@ -32,7 +33,8 @@ def token_embedding(vocab_size: int, d_model: int, *, padding_idx: int | None = 
 
 
 class InputEncoding(nn.Module):
-    """Embedded tokens ``[B, T, d_model]`` → ``Dropout(PE(√d_model · x))`` for positions from ``offset``."""
+    """Embedded tokens ``[B, T, d_model]`` → ``Dropout(PE(√d_model · x))`` for positions from ``offset``,
+    or with ``cu_seqlens`` (``B = 1``, packed sequences) positions restarting at 0 in every sequence."""
 
     def __init__(self, d_model: int, *, positional: Positional, max_positions: int, dropout: float) -> None:
         super().__init__()
@@ -40,14 +42,21 @@ class InputEncoding(nn.Module):
         self.positions = positional_encoding(positional, d_model, max_positions)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, embedded: Tensor, offset: int = 0) -> Tensor:
-        return self.dropout(self.positions(embedded * self.scale, offset))
+    def forward(self, embedded: Tensor, offset: int = 0, cu_seqlens: Tensor | None = None) -> Tensor:
+        positions = None
+        if cu_seqlens is not None:
+            validate_cu_seqlens(cu_seqlens, embedded.shape[1])
+            if embedded.shape[0] != 1:
+                raise ValueError(f"cu_seqlens packs sequences into batch B = 1, got B = {embedded.shape[0]}")
+            positions = positions_in_sequence(cu_seqlens)
+        return self.dropout(self.positions(embedded * self.scale, offset, positions))
 
 
 class TransformerStack(nn.Module):
     """``n_layers`` blocks of ``config`` with self-attention ``attention`` (and ``cross_attention``);
-    ``forward(x, *, states, key_padding_mask, memory, memory_padding_mask)`` → ``([B, T, d_model],
-    states)`` with one state per block (see ``TransformerBlock``)."""
+    ``forward(x, *, states, key_padding_mask, memory, memory_padding_mask, cu_seqlens,
+    memory_cu_seqlens)`` → ``([B, T, d_model], states)`` with one state per block (see
+    ``TransformerBlock``)."""
 
     def __init__(
         self,
@@ -79,6 +88,8 @@ class TransformerStack(nn.Module):
         key_padding_mask: Tensor | None = None,
         memory: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        memory_cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, list]:
         if states is None:
             states = [None] * len(self.blocks)
@@ -92,6 +103,8 @@ class TransformerStack(nn.Module):
                 key_padding_mask=key_padding_mask,
                 memory=memory,
                 memory_padding_mask=memory_padding_mask,
+                cu_seqlens=cu_seqlens,
+                memory_cu_seqlens=memory_cu_seqlens,
             )
             new_states.append(state)
         return self.final_norm(x), new_states
