@@ -27,7 +27,7 @@ from fwp.ops.normalization import (
     parse_normalization,
     sum_normalize,
 )
-from fwp.ops.packed_layout import PackedLayout
+from fwp.ops.packed_layout import PackedLayout, packed_layouts
 from fwp.ops.packing import (
     cu_seqlens_from_lengths,
     positions_in_sequence,
@@ -64,6 +64,7 @@ __all__ = [
     "l2_normalize",
     "load_backend",
     "orthogonal_random_projection",
+    "packed_layouts",
     "parse_normalization",
     "positions_in_sequence",
     "reference_backend",

@@ -39,8 +39,7 @@ from fwp.ops.feature_maps import FeatureMap
 from fwp.ops.gated_chunk import gated_causal_denominator
 from fwp.ops.gated_reference import validate_gated_options
 from fwp.ops.normalization import Normalization, causal_denominator, normalized_write, sum_normalize
-from fwp.ops.packed_layout import PackedLayout
-from fwp.ops.packing import validate_cu_seqlens
+from fwp.ops.packed_layout import PackedLayout, packed_layouts
 from fwp.ops.rules import RULES, get_rule
 from fwp.ops.state import FastWeightState
 from fwp.ops.validation import (
@@ -281,42 +280,18 @@ def _packed_layouts(
     cu_seqlens: Tensor | None,
     query_cu_seqlens: Tensor | None,
 ) -> tuple[PackedLayout, PackedLayout]:
-    """The layouts of the packed keys and queries; a ValueError naming ``cu_seqlens`` (or
-    ``query_cu_seqlens``) when packing does not fit the call."""
+    """The layouts of the packed keys and queries (``packed_layouts``); a ValueError naming
+    ``cu_seqlens`` (or ``query_cu_seqlens``) when packing does not fit the mode or the state."""
     if mode == "read" or k is None:
         raise ValueError("cu_seqlens packs the sequences a call writes: mode='read' does not take it")
     if cu_seqlens is None:
         raise ValueError("query_cu_seqlens needs cu_seqlens (the offsets of the packed keys)")
-    if key_padding_mask is not None:
-        raise ValueError("cu_seqlens replaces key_padding_mask (packed sequences hold no padding): give one")
-    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != 1 or k.shape[0] != 1:
+    if query_cu_seqlens is not None and mode != "bidirectional":
         raise ValueError(
-            f"cu_seqlens packs N sequences into batch B = 1: q and k must be [1, H, T, D], got q "
-            f"{tuple(q.shape)} and k {tuple(k.shape)}"
+            f"query_cu_seqlens is for mode='bidirectional' (queries read other sequences' keys), got "
+            f"mode={mode!r}: causal queries are the keys' positions, packed by cu_seqlens"
         )
-    if cu_seqlens.device != q.device:
-        raise ValueError(f"cu_seqlens must be on q's device {q.device}, got {cu_seqlens.device}")
-    validate_cu_seqlens(cu_seqlens, k.shape[2])
-    keys = PackedLayout.from_cu_seqlens(cu_seqlens)
-    queries = keys
-    if query_cu_seqlens is not None:
-        if mode != "bidirectional":
-            raise ValueError(
-                f"query_cu_seqlens is for mode='bidirectional' (queries read other sequences' keys), got "
-                f"mode={mode!r}: causal queries are the keys' positions, packed by cu_seqlens"
-            )
-        validate_cu_seqlens(query_cu_seqlens, q.shape[2], name="query_cu_seqlens")
-        if query_cu_seqlens.numel() != cu_seqlens.numel():
-            raise ValueError(
-                f"query_cu_seqlens and cu_seqlens must pack the same number of sequences, got "
-                f"{query_cu_seqlens.numel() - 1} and {cu_seqlens.numel() - 1}"
-            )
-        queries = PackedLayout.from_cu_seqlens(query_cu_seqlens, groups=keys.groups)
-    elif q.shape[2] != k.shape[2]:
-        raise ValueError(
-            f"cu_seqlens packs the keys' T={k.shape[2]}, but q has T_q={q.shape[2]}: give "
-            "query_cu_seqlens, the queries' offsets"
-        )
+    keys, queries = packed_layouts(q, k, cu_seqlens, query_cu_seqlens, key_padding_mask)
     if state is not None and state.W.shape[0] != keys.sequences:
         raise ValueError(
             f"with cu_seqlens the state holds one memory per packed sequence: state.W must be "

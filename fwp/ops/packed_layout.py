@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from fwp.ops.packing import positions_in_sequence, sequence_ids, sequence_lengths
+from fwp.ops.packing import positions_in_sequence, sequence_ids, sequence_lengths, validate_cu_seqlens
 
 GROUP_COST = 64
 """The price of one more batched call, in padded positions (measured with ``bench/packed.py``: a call
@@ -111,6 +111,11 @@ class PackedLayout:
             paddings.append(slots >= group_lengths[:, None])
         return cls(groups, tuple(paddings), offsets, lengths)
 
+    @classmethod
+    def one_batch(cls, cu_seqlens: Tensor) -> PackedLayout:
+        """All sequences in one padded batch ``[N, ·, T_max, ·]``, row ``n`` sequence ``n``."""
+        return cls.from_cu_seqlens(cu_seqlens, groups=(tuple(range(cu_seqlens.numel() - 1)),))
+
     @property
     def sequences(self) -> int:
         """``N``."""
@@ -193,3 +198,46 @@ class PackedLayout:
             + positions_in_sequence(self.offsets)
         ).reshape(-1)
         return unpack_rows, pack_rows, padding_rows
+
+
+def packed_layouts(
+    q: Tensor,
+    k: Tensor,
+    cu_seqlens: Tensor,
+    query_cu_seqlens: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    *,
+    one_batch: bool = False,
+) -> tuple[PackedLayout, PackedLayout]:
+    """The layouts of packed keys ``k`` ``[1, H, T, ·]`` (offsets ``cu_seqlens``) and queries ``q``
+    ``[1, H, T_q, ·]`` (offsets ``query_cu_seqlens``, default ``cu_seqlens``; cut into the keys' groups),
+    cut by length, or all in ``one_batch``. A ValueError naming the argument unless q and k have batch
+    1, the offsets are valid for them and pack the same number of sequences, and no
+    ``key_padding_mask`` is given (packed sequences hold no padding)."""
+    if key_padding_mask is not None:
+        raise ValueError("cu_seqlens replaces key_padding_mask (packed sequences hold no padding): give one")
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != 1 or k.shape[0] != 1:
+        raise ValueError(
+            f"cu_seqlens packs N sequences into batch B = 1: q and k must be [1, H, T, D], got q "
+            f"{tuple(q.shape)} and k {tuple(k.shape)}"
+        )
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"cu_seqlens must be on q's device {q.device}, got {cu_seqlens.device}")
+    validate_cu_seqlens(cu_seqlens, k.shape[2])
+    keys = PackedLayout.one_batch(cu_seqlens) if one_batch else PackedLayout.from_cu_seqlens(cu_seqlens)
+    if query_cu_seqlens is None:
+        if q.shape[2] != k.shape[2]:
+            raise ValueError(
+                f"cu_seqlens packs the keys' T={k.shape[2]}, but q has T_q={q.shape[2]}: give "
+                "query_cu_seqlens, the queries' offsets"
+            )
+        return keys, keys
+    validate_cu_seqlens(query_cu_seqlens, q.shape[2], name="query_cu_seqlens")
+    if query_cu_seqlens.device != q.device:
+        raise ValueError(f"query_cu_seqlens must be on q's device {q.device}, got {query_cu_seqlens.device}")
+    if query_cu_seqlens.numel() != cu_seqlens.numel():
+        raise ValueError(
+            f"query_cu_seqlens and cu_seqlens must pack the same number of sequences, got "
+            f"{query_cu_seqlens.numel() - 1} and {cu_seqlens.numel() - 1}"
+        )
+    return keys, PackedLayout.from_cu_seqlens(query_cu_seqlens, groups=keys.groups)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from fwp.ops import FastWeightState, Normalization, build_feature_map, fast_weight_attention, packed_layout
-from fwp.ops.packed_layout import PackedLayout, group_by_length
+from fwp.ops.packed_layout import PackedLayout, group_by_length, packed_layouts
 from fwp.ops.packing import (
     cu_seqlens_from_lengths,
     positions_in_sequence,
@@ -252,6 +252,17 @@ def test_layout_round_trip_and_padding() -> None:
     assert torch.equal(layout.pack([first, second]), x)
     memories = torch.arange(3.0)
     assert torch.equal(layout.merge_rows(layout.split_rows(memories)), memories)
+
+
+def test_one_batch_layouts_keep_the_sequence_order() -> None:
+    """``packed_layouts(one_batch=True)`` (what attention cores without a packed form use): one padded
+    batch, row ``n`` sequence ``n``; the queries' layout follows the keys' rows."""
+    q, k = torch.zeros(1, 1, 6, 1), torch.zeros(1, 1, 7, 1)
+    keys, queries = packed_layouts(
+        q, k, cu_seqlens_from_lengths([2, 4, 1]), cu_seqlens_from_lengths([3, 1, 2]), one_batch=True
+    )
+    assert keys.groups == queries.groups == ((0, 1, 2),)
+    assert keys.paddings[0].shape == (3, 4) and queries.paddings[0].shape == (3, 3)
 
 
 def test_groups_trade_padding_against_calls() -> None:
