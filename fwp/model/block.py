@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from fwp.attention import AttentionSpec, AttentionState, MultiHeadAttention
 from fwp.model.config import ACTIVATIONS, BlockConfig
+from fwp.model.dropout import Dropout
 from fwp.model.states import CrossBlockState
 
 
@@ -26,8 +27,8 @@ class FeedForward(nn.Module):
         self.expand = nn.Linear(config.d_model, config.d_ff)
         self.contract = nn.Linear(config.d_ff, config.d_model)
         self.activation = ACTIVATIONS[config.activation]
-        self.activation_dropout = nn.Dropout(hidden_dropout)
-        self.dropout = nn.Dropout(config.dropout)
+        self.activation_dropout = Dropout(hidden_dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.contract(self.activation_dropout(self.activation(self.expand(x)))))
