@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fwp.ops import PackedLayout, validate_cu_seqlens
+from fwp.ops import PackedLayout, packed_layouts
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class PaddedBatch:
     @classmethod
     def from_cu_seqlens(cls, cu_seqlens: Tensor) -> PaddedBatch:
         """The batch of the (valid) offsets ``cu_seqlens`` ``[N + 1]``."""
-        return cls(PackedLayout.from_cu_seqlens(cu_seqlens, groups=(tuple(range(cu_seqlens.numel() - 1)),)))
+        return cls(PackedLayout.one_batch(cu_seqlens))
 
     @property
     def sequences(self) -> int:
@@ -57,25 +57,5 @@ def packed_batches(
     """The padded batches of packed keys and queries (``fwp.attention.base``); a ValueError naming the
     argument unless q and k are ``[1, H, T, d]``, the offsets fit them and no ``key_padding_mask`` is
     given."""
-    if key_padding_mask is not None:
-        raise ValueError("cu_seqlens replaces key_padding_mask (packed sequences hold no padding): give one")
-    if q.shape[0] != 1 or k.shape[0] != 1:
-        raise ValueError(
-            f"cu_seqlens packs N sequences into batch B = 1, got q {tuple(q.shape)} and k {tuple(k.shape)}"
-        )
-    validate_cu_seqlens(cu_seqlens, k.shape[2])
-    keys = PaddedBatch.from_cu_seqlens(cu_seqlens)
-    if query_cu_seqlens is None:
-        if q.shape[2] != k.shape[2]:
-            raise ValueError(
-                f"queries ({q.shape[2]}) and keys ({k.shape[2]}) of different lengths need query_cu_seqlens"
-            )
-        return keys, keys
-    validate_cu_seqlens(query_cu_seqlens, q.shape[2], name="query_cu_seqlens")
-    queries = PaddedBatch.from_cu_seqlens(query_cu_seqlens)
-    if queries.sequences != keys.sequences:
-        raise ValueError(
-            "query_cu_seqlens and cu_seqlens must pack the same number of sequences, got "
-            f"{queries.sequences} and {keys.sequences}"
-        )
-    return keys, queries
+    keys, queries = packed_layouts(q, k, cu_seqlens, query_cu_seqlens, key_padding_mask, one_batch=True)
+    return PaddedBatch(keys), PaddedBatch(queries)
