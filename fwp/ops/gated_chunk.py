@@ -8,12 +8,12 @@ Inside a chunk the decay enters through differences of cumulative log-decays (ne
 exponential of a positive number); between chunks the state is decayed by the chunk's total decay.
 
 - Gated sum rule: saves the inputs, the chunk-start states, the decay products ``Γ`` (built once, in
-  the forward) and the final state; the backward runs the adjoint state scan over the chunks in
-  reverse and forms every gradient for all chunks at once.
-- Gated delta rule: saves the same and ``T = A⁻¹``. Forward and backward walk the chunks one at a time
-  (one chunk of every head per step, so that a step's temporaries stay in the cache; batched over all
-  chunks, every element-wise pass and product streams the whole sequence through memory, which was
-  slower), the backward in reverse, recomputing each chunk's pseudo-values and scores.
+  the forward) and the final state. Gated delta rule: saves the same and ``T = A⁻¹``.
+- Forward and backward walk the chunks one at a time, one chunk of every head per step, so that a
+  step's temporaries stay in the cache (batched over all chunks, every element-wise pass and product
+  streams the whole sequence through memory, which measured slower); the backward runs in reverse
+  (``fwp.ops.gated_chunk_math.gated_chunks_backward``), recomputing each chunk's scores (and, for the
+  delta rule, its residuals and pseudo-values).
 - Both: the gradient of ``log_decay`` follows from those of q and v and the final state
   (``fwp.ops.gated_chunk_math.log_decay_gradient``).
 
@@ -34,12 +34,11 @@ from fwp.ops.chunk import _output_gradients, _save_inputs_and_residuals, dense
 from fwp.ops.chunk_math import merge_chunks, split_beta_chunks, split_chunks
 from fwp.ops.gated_chunk_math import (
     ChunkDecay,
-    cumulative_decay_gradient,
-    gated_chunk_read,
-    gated_delta_rule_backward,
+    gated_chunks_backward,
+    gated_delta_chunk_backward,
     gated_delta_rule_forward,
-    gated_sum_rule_backward,
-    gated_sum_rule_states,
+    gated_sum_chunk_backward,
+    gated_sum_rule_forward,
     log_decay_gradient,
 )
 from fwp.ops.gated_reference import validate_log_decay
@@ -55,9 +54,8 @@ def gated_sum_rule_chunks(
     and for the backward (not differentiable) the chunk-start states ``[G, N, d, d_v]``, the decay
     products ``Γ`` ``[G, N, C, C]`` and the final state again (the op's outputs are not saved)."""
     decay = ChunkDecay.of(log_decay)
-    starts, final = gated_sum_rule_states(k, v, decay, initial)
-    out = gated_chunk_read(*(x.flatten(0, 1) for x in (q, k, v)), decay.flatten(), starts.flatten(0, 1))
-    return dense(out.view(v.shape), final, starts, decay.within, final.clone())
+    out, final, starts = gated_sum_rule_forward(q, k, v, decay, initial)
+    return dense(out, final, starts, decay.within, final.clone())
 
 
 @gated_sum_rule_chunks.register_fake
@@ -89,9 +87,10 @@ def gated_sum_rule_chunks_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``dQ, dK, dV, d log_decay, dS_0`` of ``gated_sum_rule_chunks`` (``starts``: the chunk-start states)."""
     decay = ChunkDecay.of(log_decay, within)
-    d_q, d_k, d_v, d_initial = gated_sum_rule_backward(q, k, v, decay, starts, d_out.contiguous(), d_final)
-    d_log_decay = log_decay_gradient(cumulative_decay_gradient(q, d_q, v, d_v), final, d_final)
-    return dense(d_q, d_k, d_v, d_log_decay, d_initial)
+    d_q, d_k, d_v, d_cumulative, d_initial = gated_chunks_backward(
+        gated_sum_chunk_backward, (q, k, v), (starts,), decay, d_out.contiguous(), d_final
+    )
+    return dense(d_q, d_k, d_v, log_decay_gradient(d_cumulative, final, d_final), d_initial)
 
 
 @gated_sum_rule_chunks_backward.register_fake
@@ -165,8 +164,8 @@ def gated_delta_rule_chunks_backward(
     """``dQ, dK, dV, dβ, d log_decay, dS_0`` of ``gated_delta_rule_chunks`` (``starts``: the chunk-start
     states): ``gated_delta_rule_backward``, then the log-decays' gradient from those of q and v."""
     decay = ChunkDecay.of(log_decay, within)
-    *grads, d_cumulative, d_initial = gated_delta_rule_backward(
-        q, k, v, beta, decay, inverse, starts, d_out.contiguous(), d_final
+    *grads, d_cumulative, d_initial = gated_chunks_backward(
+        gated_delta_chunk_backward, (q, k, v, beta), (inverse, starts), decay, d_out.contiguous(), d_final
     )
     return dense(*grads, log_decay_gradient(d_cumulative, final, d_final), d_initial)
 

@@ -29,12 +29,14 @@ the delta rule's transition are unscaled) and ``y_t = exp(G_t) q_t W̃_t``, ``W_
 So ``∂L/∂G_t = q_t · dq_t − v_t · dv_t`` (+ ``⟨W_T, dW_T⟩`` at ``t = T``), from the gradients of the
 inputs themselves, and ``da_s = Σ_{t≥s} ∂L/∂G_t`` (``log_decay_gradient``).
 
-Chunked tensors are ``[G, N, C, D]`` (``G = B H``, as in ``fwp.ops.chunk_math``); the backward
-helpers take one batch dimension, ``[b, C, D]`` (one chunk of every head, or all chunks flattened).
+Chunked tensors are ``[G, N, C, D]`` (``G = B H``, as in ``fwp.ops.chunk_math``). Forward and
+backward go through the chunks one at a time, each step on one chunk of every head (``[G, C, D]``),
+whose temporaries fit in the cache; ``Γ`` is formed once, for all chunks, and kept for the backward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,10 +72,6 @@ class ChunkDecay:
         """Chunk ``n`` of ``[G, N, …]`` pieces."""
         return ChunkDecay(self.within[:, n], self.from_start[:, n], self.to_end[:, n])
 
-    def flatten(self) -> ChunkDecay:
-        """``[G, N, …]`` pieces as ``[G N, …]``."""
-        return ChunkDecay(self.within.flatten(0, 1), self.from_start.flatten(0, 1), self.to_end.flatten(0, 1))
-
 
 def scaled_rows(x: Tensor, scale: Tensor) -> Tensor:
     """``diag(scale) x``: row ``i`` of ``x`` ``[…, C, D]`` times ``scale[…, i]``."""
@@ -91,21 +89,33 @@ def gated_scores(q: Tensor, k: Tensor, decay: ChunkDecay) -> Tensor:
 
 
 def gated_chunk_read(q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, start: Tensor) -> Tensor:
-    """``O = diag(γ) Q S + P values`` (values ``V`` or ``U``): q, k ``[b, C, d]``, values ``[b, C, d_v]``,
-    start ``S`` ``[b, d, d_v]`` → ``[b, C, d_v]``."""
+    """``O = diag(γ) Q S + P values`` (values ``V`` or ``U``): q, k ``[G, C, d]``, values ``[G, C, d_v]``,
+    start ``S`` ``[G, d, d_v]`` → ``[G, C, d_v]``."""
     return torch.bmm(gated_scores(q, k, decay), values).baddbmm_(scaled_rows(q, decay.from_start), start)
 
 
-def gated_sum_rule_states(k: Tensor, v: Tensor, decay: ChunkDecay, initial: Tensor) -> tuple[Tensor, Tensor]:
-    """``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ V_n``: the states before every chunk ``S_0 … S_{N−1}``
-    ``[G, N, d, d_v]`` and ``S_N``; k ``[G, N, C, d]``, v ``[G, N, C, d_v]``, initial ``S_0``
+def gated_state_write(k: Tensor, values: Tensor, decay: ChunkDecay, state: Tensor) -> Tensor:
+    """``S' = γ_C S + (diag(λ) K)ᵀ values``: k ``[G, C, d]``, values ``[G, C, d_v]``, state
     ``[G, d, d_v]``."""
-    increments = transpose(scaled_rows(k, decay.to_end)) @ v
-    state, starts = initial, []
-    for increment, total in zip(increments.unbind(1), decay.total.unbind(1), strict=True):
-        starts.append(state)
-        state = torch.addcmul(increment, per_matrix(total), state)
-    return torch.stack(starts, dim=1), state
+    return torch.baddbmm(per_matrix(decay.total) * state, transpose(scaled_rows(k, decay.to_end)), values)
+
+
+def gated_sum_rule_forward(
+    q: Tensor, k: Tensor, v: Tensor, decay: ChunkDecay, initial: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gated sum rule over chunks, one chunk of every head at a time (its temporaries stay in the
+    cache): ``O_n = diag(γ) Q_n S_n + P_n V_n``, ``S_{n+1} = γ_C S_n + (diag(λ) K_n)ᵀ V_n``.
+
+    q, k ``[G, N, C, d]``; v ``[G, N, C, d_v]``; initial ``S_0`` ``[G, d, d_v]``. Returns the outputs
+    ``[G, N, C, d_v]``, ``S_N`` and the states before every chunk ``[G, N, d, d_v]``."""
+    G, chunks, _, d = k.shape
+    out, starts, state = v.new_empty(v.shape), initial.new_empty(G, chunks, d, initial.shape[-1]), initial
+    for n in range(chunks):
+        chunk = decay.chunk(n)
+        out[:, n] = gated_chunk_read(q[:, n], k[:, n], v[:, n], chunk, state)
+        starts[:, n] = state
+        state = gated_state_write(k[:, n], v[:, n], chunk, state)
+    return out, state, starts
 
 
 def gated_wy_inverse(k: Tensor, beta: Tensor, decay: ChunkDecay) -> Tensor:
@@ -134,31 +144,8 @@ def gated_delta_rule_forward(
         pseudo_values = delta_chunk_values(decayed_keys, v[:, n], beta[:, n], inverse_n, state)[1]
         out[:, n] = gated_chunk_read(q[:, n], keys, pseudo_values, chunk, state)
         inverse[:, n], starts[:, n] = inverse_n, state
-        end_keys = scaled_rows(keys, chunk.to_end)
-        state = torch.baddbmm(per_matrix(chunk.total) * state, transpose(end_keys), pseudo_values)
+        state = gated_state_write(keys, pseudo_values, chunk, state)
     return out, state, inverse, starts
-
-
-def read_backward(
-    q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, start: Tensor, d_out: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``dQ, dK, d values`` of the read ``O = diag(γ) Q S + P values``, ``P = tril(Q Kᵀ) ⊙ Γ``: q, k
-    ``[b, C, d]``, values and d_out ``[b, C, d_v]``, start ``S`` ``[b, d, d_v]``."""
-    scores = gated_scores(q, k, decay)
-    d_values = transpose(scores) @ d_out
-    del scores
-    d_scores = (d_out @ transpose(values)).tril_().mul_(decay.within)
-    d_q = scaled_rows(torch.bmm(d_out, transpose(start)), decay.from_start).baddbmm_(d_scores, k)
-    return d_q, transpose(d_scores) @ q, d_values
-
-
-def write_backward_(
-    d_k: Tensor, d_values: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, d_next: Tensor
-) -> None:
-    """Adds the state write ``S' = γ_C S + (diag(λ) K)ᵀ values`` to ``d_values`` and ``d_k`` in place
-    (d_next ``dS'`` ``[b, d, d_v]``)."""
-    d_values.baddbmm_(scaled_rows(k, decay.to_end), d_next)
-    d_k.addcmul_(decay.to_end.unsqueeze(-1), values @ transpose(d_next))
 
 
 def cumulative_decay_gradient(q: Tensor, d_q: Tensor, v: Tensor, d_v: Tensor) -> Tensor:
@@ -176,33 +163,35 @@ def log_decay_gradient(d_cumulative: Tensor, final: Tensor, d_final: Tensor) -> 
     return steps.flip(-1).cumsum(-1).flip(-1).view(d_cumulative.shape)
 
 
-def gated_adjoint_scan(q: Tensor, d_out: Tensor, decay: ChunkDecay, d_final: Tensor) -> tuple[Tensor, Tensor]:
-    """The gated sum rule's state gradients, chunks in reverse: ``dS_n = γ_C dS_{n+1} + (diag(γ) Q_n)ᵀ dO_n``
-    from ``dS_N`` = d_final ``[G, d, d_v]``. Returns ``dS_{n+1}`` for every chunk ``[G, N, d, d_v]``
-    and ``dS_0``."""
-    decayed_queries = scaled_rows(q, decay.from_start)
-    G, chunks, _, d = q.shape
-    d_next = d_final.new_empty(G, chunks, d, d_final.shape[-1])
-    d_state = d_final
-    for n in reversed(range(chunks)):
-        d_next[:, n] = d_state
-        d_state = torch.baddbmm(
-            per_matrix(decay.total[:, n]) * d_state, transpose(decayed_queries[:, n]), d_out[:, n]
-        )
-    return d_next, d_state
-
-
-def gated_sum_rule_backward(
-    q: Tensor, k: Tensor, v: Tensor, decay: ChunkDecay, starts: Tensor, d_out: Tensor, d_final: Tensor
+def read_write_backward(
+    q: Tensor, k: Tensor, values: Tensor, decay: ChunkDecay, start: Tensor, d_out: Tensor, d_next: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``dQ, dK, dV, dS_0`` of the gated sum rule over chunks (``[G, N, …]`` as in the forward): the
-    adjoint scan, then every chunk at once."""
-    d_next, d_initial = gated_adjoint_scan(q, d_out, decay, d_final)
-    q_f, k_f, v_f, starts_f, d_out_f, d_next_f = (x.flatten(0, 1) for x in (q, k, v, starts, d_out, d_next))
-    flat_decay = decay.flatten()
-    d_q, d_k, d_v = read_backward(q_f, k_f, v_f, flat_decay, starts_f, d_out_f)
-    write_backward_(d_k, d_v, k_f, v_f, flat_decay, d_next_f)
-    return (*(x.view(*q.shape[:2], *x.shape[1:]) for x in (d_q, d_k, d_v)), d_initial)
+    """``dQ, dK, d values`` of one chunk's read ``O = diag(γ) Q S + P values`` (``P = Q Kᵀ ⊙ Γ``) and
+    write ``S' = γ_C S + (diag(λ) K)ᵀ values`` (module docstring), and ``diag(γ) dO`` (it also serves
+    ``dS``): q, k ``[G, C, d]``, values, d_out ``[G, C, d_v]``, start ``S`` and d_next ``dS'``
+    ``[G, d, d_v]``. ``Γ`` (0 above the diagonal) masks ``dP`` on its own."""
+    decayed_d_out = scaled_rows(d_out, decay.from_start)
+    d_values = torch.bmm(scaled_rows(k, decay.to_end), d_next).baddbmm_(
+        transpose(gated_scores(q, k, decay)), d_out
+    )
+    d_scores = (d_out @ transpose(values)).mul_(decay.within)
+    d_q = torch.bmm(decayed_d_out, transpose(start)).baddbmm_(d_scores, k)
+    d_k = torch.bmm(transpose(d_scores), q).baddbmm_(scaled_rows(values, decay.to_end), transpose(d_next))
+    return d_q, d_k, d_values, decayed_d_out
+
+
+def state_backward(q: Tensor, decayed_d_out: Tensor, decay: ChunkDecay, d_next: Tensor) -> Tensor:
+    """The read's and the decay's part of ``dS``: ``γ_C dS' + Qᵀ diag(γ) dO`` (shapes as
+    ``read_write_backward``)."""
+    return torch.baddbmm(per_matrix(decay.total) * d_next, transpose(q), decayed_d_out)
+
+
+def gated_sum_chunk_backward(
+    q: Tensor, k: Tensor, v: Tensor, decay: ChunkDecay, start: Tensor, d_out: Tensor, d_next: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``dQ, dK, dV, dS`` of one gated sum-rule chunk of every head (shapes as ``read_write_backward``)."""
+    d_q, d_k, d_v, decayed_d_out = read_write_backward(q, k, v, decay, start, d_out, d_next)
+    return d_q, d_k, d_v, state_backward(q, decayed_d_out, decay, d_next)
 
 
 def gated_delta_chunk_backward(
@@ -218,53 +207,48 @@ def gated_delta_chunk_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``dQ, dK, dV, dβ, dS`` of one gated delta-rule chunk of every head (formulas in the module
     docstring), recomputing ``X`` and ``U``: q, k ``[G, C, d]``, v, d_out ``[G, C, d_v]``, beta ``[G, C]``,
-    inverse ``T`` ``[G, C, C]``, start ``S`` and d_next ``dS'`` ``[G, d, d_v]``. ``diag(γ) dO`` serves both
-    ``dQ`` and ``dS``; ``Γ`` (0 above the diagonal) masks ``dP`` on its own."""
-    gamma, lam, b = (x.unsqueeze(-1) for x in (decay.from_start, decay.to_end, beta))
-    decayed_keys = gamma * k
+    inverse ``T`` ``[G, C, C]``, start ``S`` and d_next ``dS'`` ``[G, d, d_v]``."""
+    b = beta.unsqueeze(-1)
+    decayed_keys = scaled_rows(k, decay.from_start)
     residuals, pseudo_values = delta_chunk_values(decayed_keys, v, beta, inverse, start)
-    d_pseudo = torch.bmm(lam * k, d_next).baddbmm_(transpose(gated_scores(q, k, decay)), d_out)
+    d_q, d_k, d_pseudo, decayed_d_out = read_write_backward(q, k, pseudo_values, decay, start, d_out, d_next)
     d_residuals = transpose(inverse) @ d_pseudo
     del d_pseudo  # temporaries are released as soon as possible
     d_v = b * d_residuals
     d_beta = torch.linalg.vecdot(residuals, d_residuals)
     del residuals
-    decayed_d_out = gamma * d_out
-    d_scores = (d_out @ transpose(pseudo_values)).mul_(decay.within)
-    d_q = torch.bmm(decayed_d_out, transpose(start)).baddbmm_(d_scores, k)
-    d_k = torch.bmm(transpose(d_scores), q).baddbmm_(lam * pseudo_values, transpose(d_next))
-    del d_scores
-    d_k.baddbmm_(gamma * d_v, transpose(start), alpha=-1)
+    d_k.baddbmm_(scaled_rows(d_v, decay.from_start), transpose(start), alpha=-1)
     lower = (d_residuals @ transpose(pseudo_values)).tril_(diagonal=-1).mul_(decay.within)
     lower_keys = lower @ k
     d_k.addcmul_(b, lower_keys, value=-1).baddbmm_(transpose(lower), b * k, alpha=-1)
     d_beta.sub_(torch.linalg.vecdot(k, lower_keys))
-    d_start = torch.baddbmm(per_matrix(decay.total) * d_next, transpose(q), decayed_d_out)
-    d_start.baddbmm_(transpose(decayed_keys), d_v, alpha=-1)
+    d_start = state_backward(q, decayed_d_out, decay, d_next).baddbmm_(transpose(decayed_keys), d_v, alpha=-1)
     return d_q, d_k, d_v, d_beta, d_start
 
 
-def gated_delta_rule_backward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
+def gated_chunks_backward(
+    chunk_backward: Callable[..., tuple[Tensor, ...]],
+    inputs: tuple[Tensor, ...],
+    residuals: tuple[Tensor, ...],
     decay: ChunkDecay,
-    inverse: Tensor,
-    starts: Tensor,
     d_out: Tensor,
     d_final: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``dQ, dK, dV, dβ`` ``[G, N, …]``, ``∂L/∂G`` ``[G, N, C]`` (``cumulative_decay_gradient``) and
-    ``dS_0`` of the gated delta rule: the chunks in reverse, one chunk of every head at a time
-    (``gated_delta_chunk_backward``). Shapes as ``gated_delta_rule_forward``; starts ``[G, N, d, d_v]``."""
-    grads = [x.new_empty(x.shape) for x in (q, k, v, beta, beta)]
+) -> tuple[Tensor, ...]:
+    """The gradients of a gated rule over chunks: the chunks in reverse, one chunk of every head at a time,
+    ``chunk_backward(*inputs_n, decay_n, *residuals_n, dO_n, dS_{n+1}) → (*input gradients, dS_n)``
+    (``gated_sum_chunk_backward`` on inputs q, k, v and residuals the chunk-start states;
+    ``gated_delta_chunk_backward`` on q, k, v, β and ``T``, the states). Every tensor is ``[G, N, …]``,
+    d_final ``dS_N`` ``[G, d, d_v]``. Returns the gradient of each input, ``∂L/∂G`` ``[G, N, C]``
+    (``cumulative_decay_gradient``) and ``dS_0``."""
+    q, _, v, *_ = inputs
+    grads = [x.new_empty(x.shape) for x in inputs] + [decay.from_start.new_empty(decay.from_start.shape)]
     d_state = d_final
     for n in reversed(range(q.shape[1])):
-        chunk = [x[:, n] for x in (q, k, v, beta)]
-        rest = [x[:, n] for x in (inverse, starts, d_out)]
-        d_q, d_k, d_v, d_beta, d_state = gated_delta_chunk_backward(*chunk, decay.chunk(n), *rest, d_state)
-        d_cumulative = cumulative_decay_gradient(chunk[0], d_q, chunk[2], d_v)
-        for grad, chunk_grad in zip(grads, (d_q, d_k, d_v, d_beta, d_cumulative), strict=True):
+        chunk = [x[:, n] for x in (*inputs, *residuals, d_out)]
+        *chunk_grads, d_state = chunk_backward(
+            *chunk[: len(inputs)], decay.chunk(n), *chunk[len(inputs) :], d_state
+        )
+        chunk_grads.append(cumulative_decay_gradient(q[:, n], chunk_grads[0], v[:, n], chunk_grads[2]))
+        for grad, chunk_grad in zip(grads, chunk_grads, strict=True):
             grad[:, n] = chunk_grad
     return *grads, d_state
