@@ -7,17 +7,21 @@ alongside), for each rule asked for (default: the gated delta rule):
    with autograd); target ≥ 25×;
 2. the achieved FLOP/s of gated chunk (analytic count below) vs a large float32 matmul timed in the same
    rounds; target ≥ 40 %;
-3. gated chunk vs the ungated chunk backend on the same inputs (what the decay costs).
+3. gated chunk vs the ungated chunk backend on the same inputs (what the decay costs);
+4. both against ``bench/ops.py``'s floor, timed in the same rounds: the chunk backends' products at the
+   rate of one batched product of their own size (``[B H N, C, d] @ [B H N, d, e]``), plus the
+   triangular solve for the delta rule. What a backend takes beyond the floor is its element-wise
+   work (the decay factors among it), copies and per-operation overhead; the floor's own share of the
+   matmul rate bounds what any implementation made of these products can reach here.
 
-FLOPs of the gated chunk backend, forward + backward, as ``fwp/ops/gated_chunk_math.py`` executes them
-(``N = ⌈T/C⌉`` chunks per head, ``d`` = key size, ``e`` = value size; a product ``m×k·k×n`` counts
-``2mkn``, the unit-triangular solve ``C³``; element-wise work, the decay factors included, is not
-counted):
+FLOPs of the gated chunk backend, forward + backward, as ``fwp/ops/gated_chunk_math.py`` executes them:
+the ungated rules' counts (``bench/ops.py``'s ``chunk_flops``; ``N = ⌈T/C⌉`` chunks per head, ``d`` =
+key size, ``e`` = value size; a product ``m×k·k×n`` counts ``2mkn``, the unit-triangular solve ``C³``;
+element-wise work, the decay factors included, is not counted; the log-decays' gradient comes from
+those of q and v, element-wise):
 
     gated sum rule:   B H N (C² (8d + 6e) + 12 C d e)
     gated delta rule: B H N (C³ + C² (14d + 14e) + 20 C d e)
-
-(the ungated rules' counts: the log-decays' gradient comes from those of q and v, element-wise).
 Log-decays are uniform in ``[--strongest, 0]``; the speed does not depend
 on their values.
 
@@ -33,12 +37,24 @@ Run ``python bench/gated_ops.py`` (several minutes: the reference takes minutes 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
 import torch
-from ops import CLOCKS, Shape, clear_grads, machine, matmul_seconds, median_ms, now, use_clock, verdict
+from ops import (
+    CLOCKS,
+    FloorOperands,
+    Shape,
+    chunk_flops,
+    clear_grads,
+    floor_ms,
+    machine,
+    matmul_seconds,
+    median_ms,
+    now,
+    use_clock,
+    verdict,
+)
 from ops import make_inputs as ungated_inputs
 from torch import Tensor
 
@@ -48,17 +64,6 @@ from fwp.ops.gated_reference import gated_reference_backend
 
 VARIANTS = ("gated chunk", "gated reference", "ungated chunk")
 TARGETS = {"reference": 25.0, "flops": 0.40}
-
-
-def gated_chunk_flops(rule: str, shape: Shape, chunk_size: int) -> float:
-    """The analytic FLOP count of gated chunk forward + backward (module docstring)."""
-    C = min(chunk_size, shape.T)
-    d, e = shape.d, shape.e
-    if rule == "delta":
-        per_chunk = C**3 + C**2 * (14 * d + 14 * e) + 20 * C * d * e
-    else:
-        per_chunk = C**2 * (8 * d + 6 * e) + 12 * C * d * e
-    return shape.B * shape.H * math.ceil(shape.T / C) * per_chunk
 
 
 def make_inputs(rule: str, shape: Shape, strongest: float, seed: int = 0) -> dict[str, Tensor | None]:
@@ -93,17 +98,23 @@ def forward_backward(variant: str, rule: str, x: dict, args: argparse.Namespace)
 
 
 def time_variants(args: argparse.Namespace, shape: Shape) -> dict:
-    """Interleaved rounds over rules × variants (the reference only in its first rounds) and the matmul."""
+    """Interleaved rounds over rules × variants (the reference only in its first rounds), the matmul and
+    the floor's kernels."""
     inputs = {rule: make_inputs(rule, shape, args.strongest) for rule in args.rules}
     times: dict[tuple[str, str], list[float]] = {(r, v): [] for r in args.rules for v in VARIANTS}
     outputs: dict[tuple[str, str], Tensor] = {}
     matmul: list[float] = []
+    floor = FloorOperands.make(shape, args.chunk_size)
+    floor_times: dict[str, list[float]] = {"product": [], "solve": []}
     for rule in args.rules:  # warm-up
         for variant in ("gated chunk", "ungated chunk"):
             forward_backward(variant, rule, inputs[rule], args)
     matmul_seconds(args.matmul_size)
+    floor.product_seconds(), floor.solve_seconds()
     for round_index in range(args.repeats):
         matmul.append(matmul_seconds(args.matmul_size))
+        floor_times["product"].append(floor.product_seconds())
+        floor_times["solve"].append(floor.solve_seconds())
         for rule in args.rules:
             for variant in VARIANTS:
                 if variant == "gated reference" and round_index >= args.reference_repeats:
@@ -111,7 +122,7 @@ def time_variants(args: argparse.Namespace, shape: Shape) -> dict:
                 seconds, y = forward_backward(variant, rule, inputs[rule], args)
                 times[rule, variant].append(seconds)
                 outputs[rule, variant] = y
-    return {"times": times, "outputs": outputs, "matmul": matmul}
+    return {"times": times, "outputs": outputs, "matmul": matmul, "floor": floor_times}
 
 
 def report(args: argparse.Namespace, shape: Shape, measured: dict) -> None:
@@ -147,7 +158,7 @@ def report(args: argparse.Namespace, shape: Shape, measured: dict) -> None:
         best = min(reference_runs) / min(chunk_runs)
         target = verdict(ratio, TARGETS["reference"])
         print(f"{rule}: gated reference / gated chunk = {ratio:.1f}× [{best:.1f}×]  ({target})")
-        flops = gated_chunk_flops(rule, shape, args.chunk_size)
+        flops = chunk_flops(rule, shape, args.chunk_size)
         achieved = {"median": flops / (median_ms(chunk_runs) / 1e3), "min": flops / min(chunk_runs)}
         share = {stat: achieved[stat] / matmul_flops[stat] for stat in achieved}
         print(
@@ -155,8 +166,17 @@ def report(args: argparse.Namespace, shape: Shape, measured: dict) -> None:
             f"{100 * share['median']:.0f}% of the matmul [{100 * share['min']:.0f}%]  "
             f"({verdict(share['median'], TARGETS['flops'])})"
         )
-        cost = median_ms(chunk_runs) / median_ms(times[rule, "ungated chunk"])
+        ungated_ms = median_ms(times[rule, "ungated chunk"])
+        cost = median_ms(chunk_runs) / ungated_ms
         print(f"{rule}: gated chunk / ungated chunk = {cost:.2f} (the decay's cost)")
+        floor = floor_ms(rule, shape, args.chunk_size, measured["floor"])
+        print(
+            f"{rule}: floor {floor:.1f} ms (the products at the batched-product rate"
+            f"{' + the solve' if rule == 'delta' else ''}) = "
+            f"{100 * flops / (floor / 1e3) / matmul_flops['median']:.0f}% of the matmul; "
+            f"gated chunk / floor = {median_ms(chunk_runs) / floor:.2f}, ungated chunk / floor = "
+            f"{ungated_ms / floor:.2f}"
+        )
 
 
 def parse_args() -> argparse.Namespace:
