@@ -14,6 +14,7 @@ groups' read-outs back, each one gather forward and one backward.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +29,9 @@ costs about as much as a few dozen positions at ``H = 8, d = 64``)."""
 MAX_CUT_POINTS = 64
 """At most this many distinct (rounded-up) lengths are candidate group boundaries: the cut is a dynamic
 programme quadratic in their number."""
+RECENT_LAYOUTS = 8
+"""How many layouts ``packed_layouts`` remembers (every layer of a model passes the same offsets)."""
+_recent: OrderedDict[tuple, tuple[Tensor, PackedLayout]] = OrderedDict()
 
 
 def group_by_length(lengths: list[int], group_cost: int | None = None) -> list[list[int]]:
@@ -221,10 +225,8 @@ def packed_layouts(
             f"cu_seqlens packs N sequences into batch B = 1: q and k must be [1, H, T, D], got q "
             f"{tuple(q.shape)} and k {tuple(k.shape)}"
         )
-    if cu_seqlens.device != q.device:
-        raise ValueError(f"cu_seqlens must be on q's device {q.device}, got {cu_seqlens.device}")
-    validate_cu_seqlens(cu_seqlens, k.shape[2])
-    keys = PackedLayout.one_batch(cu_seqlens) if one_batch else PackedLayout.from_cu_seqlens(cu_seqlens)
+    cut = "one batch" if one_batch else "by length"
+    keys = _valid_layout(cu_seqlens, k.shape[2], q.device, "cu_seqlens", cut)
     if query_cu_seqlens is None:
         if q.shape[2] != k.shape[2]:
             raise ValueError(
@@ -232,12 +234,38 @@ def packed_layouts(
                 "query_cu_seqlens, the queries' offsets"
             )
         return keys, keys
-    validate_cu_seqlens(query_cu_seqlens, q.shape[2], name="query_cu_seqlens")
-    if query_cu_seqlens.device != q.device:
-        raise ValueError(f"query_cu_seqlens must be on q's device {q.device}, got {query_cu_seqlens.device}")
-    if query_cu_seqlens.numel() != cu_seqlens.numel():
+    return keys, _valid_layout(query_cu_seqlens, q.shape[2], q.device, "query_cu_seqlens", keys.groups)
+
+
+def _valid_layout(
+    cu_seqlens: Tensor, total: int, device: torch.device, name: str, cut: str | tuple[tuple[int, ...], ...]
+) -> PackedLayout:
+    """``validate_cu_seqlens`` (and on ``device``), then the layout of ``cu_seqlens``, cut ``"by
+    length"``, into ``"one batch"`` or into the given groups. The last ``RECENT_LAYOUTS`` layouts are
+    remembered by the offsets tensor's identity and version counter (an in-place change makes a new
+    one; the entry holds the tensor, so its id is not reused), so that the layers of a model that all
+    get the same offsets build and check them once."""
+    key = None
+    if isinstance(cu_seqlens, Tensor) and not cu_seqlens.is_inference() and not torch.compiler.is_compiling():
+        key = (id(cu_seqlens), cu_seqlens._version, cut)
+        remembered = _recent.get(key)
+        if remembered is not None and remembered[0] is cu_seqlens and remembered[1].total == total:
+            _recent.move_to_end(key)
+            return remembered[1]
+    validate_cu_seqlens(cu_seqlens, total, name=name)
+    if cu_seqlens.device != device:
+        raise ValueError(f"{name} must be on q's device {device}, got {cu_seqlens.device}")
+    if isinstance(cut, tuple) and sum(map(len, cut)) != cu_seqlens.numel() - 1:
         raise ValueError(
             f"query_cu_seqlens and cu_seqlens must pack the same number of sequences, got "
-            f"{query_cu_seqlens.numel() - 1} and {cu_seqlens.numel() - 1}"
+            f"{cu_seqlens.numel() - 1} and {sum(map(len, cut))}"
         )
-    return keys, PackedLayout.from_cu_seqlens(query_cu_seqlens, groups=keys.groups)
+    if cut == "one batch":
+        layout = PackedLayout.one_batch(cu_seqlens)
+    else:
+        layout = PackedLayout.from_cu_seqlens(cu_seqlens, groups=None if cut == "by length" else cut)
+    if key is not None:
+        _recent[key] = (cu_seqlens, layout)
+        while len(_recent) > RECENT_LAYOUTS:
+            _recent.popitem(last=False)
+    return layout

@@ -265,6 +265,22 @@ def test_one_batch_layouts_keep_the_sequence_order() -> None:
     assert keys.paddings[0].shape == (3, 4) and queries.paddings[0].shape == (3, 3)
 
 
+def test_a_layout_is_built_once_per_offsets_tensor_and_again_after_an_in_place_change() -> None:
+    """Layers passing the same offsets share one layout; writing into the offsets tensor (its version
+    counter moves) makes a new, checked one instead of reusing the stale layout."""
+    q = torch.zeros(1, 1, 7, 1)
+    cu_seqlens = cu_seqlens_from_lengths([2, 4, 1])
+    first, _ = packed_layouts(q, q, cu_seqlens)
+    assert packed_layouts(q, q, cu_seqlens)[0] is first
+    assert packed_layouts(q, q, cu_seqlens.clone())[0] is not first
+    cu_seqlens[1] = 3
+    changed, _ = packed_layouts(q, q, cu_seqlens)
+    assert changed.lengths.tolist() == [3, 3, 1]
+    cu_seqlens[1] = 7
+    with pytest.raises(ValueError, match="cu_seqlens must be strictly increasing"):
+        packed_layouts(q, q, cu_seqlens)
+
+
 def test_groups_trade_padding_against_calls() -> None:
     """The cut minimises padded positions plus ``group_cost`` per group; every sequence is in one group."""
     lengths = [5, 60, 7, 58, 6, 31, 30]
