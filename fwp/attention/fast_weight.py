@@ -46,6 +46,17 @@ def moved_omega(module: AttentionCore, state_dict: dict[str, Tensor], prefix: st
         state_dict[prefix + "phi.omega"] = state_dict.pop(prefix + "omega")
 
 
+def default_chunk_size(rule: str, decay: bool, d_dot: int, d_v: int) -> int:
+    """The chunk size of the ``chunk`` backend when the layer is given none: 32 for the (ungated) delta
+    rule when the keys are at least twice as wide as the values (``d_dot ≥ 2 d_v``, e.g. DPFP ν = 2 at
+    ``d_head`` 16: ``d_dot`` 64), else 64. Measured forward + backward on one CPU thread (ms, chunk
+    32 / 64): ``d_dot`` 64, ``d_v`` 16, 8 heads: 45.5 / 55.8 at ``[8, T = 256]``, 51.2 / 59.5 at ``[1,
+    T = 2048]``; ``d_dot`` 128, ``d_v`` 32: 86.7 / 91.9 and 76.2 / 87.8; but ``d_dot = d_v`` = 64, 4
+    heads: 34.9 / 38.7 and 49.0 / 35.6. The intra-chunk terms cost ``∝ C² (d_dot + d_v)`` against the
+    state's ``∝ C d_dot d_v`` per chunk, so wide keys over narrow values favour shorter chunks."""
+    return 32 if rule == "delta" and not decay and d_dot >= 2 * d_v else 64
+
+
 class FastWeightAttention(AttentionCore):
     """A fast weight programmer layer over projected heads; the defaults are the paper's delta preset.
 
@@ -70,6 +81,7 @@ class FastWeightAttention(AttentionCore):
     - ``denominator_write``: with ``rule='delta'`` and the denominator on, normalise each write by
       ``z_{t-1}·φ(k_t)`` (module docstring), the variant that keeps the denominator with the delta rule.
     - ``backend``, ``chunk_size``: the causal recurrence's (``fwp.ops.dispatch``); ``triton`` needs CUDA.
+      ``chunk_size`` None: ``default_chunk_size`` of the layer's shapes.
     - ``short_conv``: kernel length of a causal depthwise convolution + SiLU on q, k, v before the
       feature map (0: none), with its own carried state; ``output_gate``: every head's output
       RMS-normalised and gated by ``silu(x W_g)``; ``decay``: the gated rule, with Gated DeltaNet's
@@ -99,7 +111,7 @@ class FastWeightAttention(AttentionCore):
         scale: Scale = "output",
         denominator_write: bool = False,
         backend: str = "auto",
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         short_conv: int = 0,
         output_gate: bool = False,
         decay: bool = False,
@@ -113,7 +125,8 @@ class FastWeightAttention(AttentionCore):
         if decay:
             require_gated_backend(backend)
         require_backend_usable(backend)
-        require_at_least("chunk_size", chunk_size, 1)
+        if chunk_size is not None:
+            require_at_least("chunk_size", chunk_size, 1)
         require_at_least("short_conv", short_conv, 0)
         if allow_negative_eigenvalues and not RULES[rule].uses_beta:
             raise ValueError(f"allow_negative_eigenvalues scales β, which rule={rule!r} does not use")
@@ -136,7 +149,10 @@ class FastWeightAttention(AttentionCore):
         self.omega_draw, self.feature_eps = omega_draw, feature_eps
         self.normalization = norm.names[0] if len(norm.names) == 1 else norm.names or "none"
         self.eps, self.sum_eps, self.denominator_write = norm.write_eps, norm.sum_eps, denominator_write
-        self.backend, self.chunk_size = backend, chunk_size
+        self.backend = backend
+        if chunk_size is None:
+            chunk_size = default_chunk_size(rule, decay, self.phi.d_dot, d_head)
+        self.chunk_size = chunk_size
         self.uses_beta = RULES[rule].uses_beta
         self.short_conv, self.output_gate, self.decay = short_conv, output_gate, decay
         self.allow_negative_eigenvalues = allow_negative_eigenvalues
