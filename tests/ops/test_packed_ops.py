@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from fwp.ops import FastWeightState, Normalization, build_feature_map, fast_weight_attention, packed_layout
+from fwp.ops import (
+    FastWeightState,
+    Normalization,
+    build_feature_map,
+    fast_weight_attention,
+    fast_weight_recurrence,
+    packed_layout,
+)
 from fwp.ops.packed_layout import PackedLayout, group_by_length, packed_layouts
 from fwp.ops.packing import (
     cu_seqlens_from_lengths,
@@ -373,3 +380,53 @@ def test_bidirectional_queries_of_another_length_need_their_offsets() -> None:
 
 def test_validate_cu_seqlens_accepts_int32_offsets() -> None:
     validate_cu_seqlens(torch.tensor([0, 1, 4], dtype=torch.int32), 4)
+
+
+def test_fast_weight_recurrence_passes_the_offsets_on() -> None:
+    """``fast_weight_recurrence(cu_seqlens=…)`` (feature-mapped inputs, ``initial_state`` per sequence)
+    equals one recurrence per sequence."""
+    g = torch.Generator().manual_seed(5)
+    lengths = (3, 6, 2)
+    q, k = (torch.rand(1, H, 11, D_K, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(1, H, 11, D_V, generator=g, dtype=torch.float64)
+    beta = torch.rand(1, H, 11, generator=g, dtype=torch.float64)
+    W0 = torch.randn(3, H, D_K, D_V, generator=g, dtype=torch.float64)
+    options = {"rule": "delta", "denominator": False, "backend": "chunk", "chunk_size": CHUNK}
+    y, state = fast_weight_recurrence(
+        q,
+        k,
+        v,
+        beta,
+        initial_state=FastWeightState(W0),
+        cu_seqlens=cu_seqlens_from_lengths(lengths),
+        **options,
+    )
+    offsets = cu_seqlens_from_lengths(lengths).tolist()
+    for n, (start, end) in enumerate(pairwise(offsets)):
+        positions = slice(start, end)
+        y_n, state_n = fast_weight_recurrence(
+            q[:, :, positions],
+            k[:, :, positions],
+            v[:, :, positions],
+            beta[:, :, positions],
+            initial_state=FastWeightState(W0[n : n + 1]),
+            **options,
+        )
+        torch.testing.assert_close(y[:, :, positions], y_n, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(state.W[n : n + 1], state_n.W, rtol=1e-12, atol=1e-12)
+
+
+def test_half_precision_inputs_under_autocast() -> None:
+    """bf16 inputs under autocast: the packed read-out comes back in bf16, the memories in float32,
+    and both agree with separate calls to bf16 rounding."""
+    layer = LAYERS["gated-delta"]
+    leaves = {
+        name: x.detach().to(torch.bfloat16)
+        for name, x in leaves_of(layer, LENGTHS, initial_state=False).items()
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = packed(layer, leaves, LENGTHS, "chunk")
+        y_separate, state_separate = separate(layer, leaves, LENGTHS, "chunk")
+    assert y.dtype == torch.bfloat16 and state.W.dtype == torch.float32
+    torch.testing.assert_close(y, y_separate, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(state.W, state_separate.W, rtol=1e-5, atol=1e-5)
