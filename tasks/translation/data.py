@@ -23,6 +23,15 @@ A batch, with ``B`` pairs::
     tgt_out           LongTensor[B, T]   target tokens + <eos> (what the decoder predicts)
     tgt_padding_mask  BoolTensor[B, T]   True at padding
     ids               LongTensor[B]      line numbers of the pairs in their split (0-based)
+
+With ``packed: true`` a training batch holds the same ``B`` pairs without padding, laid end to end in
+one row (``fwp.model.EncoderDecoder``'s packed form; evaluation and prediction batches stay padded)::
+
+    src               LongTensor[1, ΣS_b]   the sources end to end
+    src_cu_seqlens    LongTensor[B + 1]     their offsets 0 = c_0 < … < c_B = ΣS_b
+    tgt_in, tgt_out   LongTensor[1, ΣT_b]   the targets (+ <bos> / <eos>) end to end
+    tgt_cu_seqlens    LongTensor[B + 1]     their offsets
+    ids               LongTensor[B]
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from fwp.data import (
     rank_and_world_size,
     text_lines,
 )
+from fwp.ops import cu_seqlens_from_lengths
 from tasks.translation.synthetic import SPLITS, write_synthetic_parallel_corpus
 
 
@@ -77,6 +87,13 @@ def pack_batches(src_widths: np.ndarray, tgt_widths: np.ndarray, *, max_tokens: 
     return batches
 
 
+def _packed(rows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """``(LongTensor[1, Σ l], LongTensor[N + 1])``: the rows end to end and their offsets."""
+    lengths = [len(row) for row in rows]
+    tokens = torch.from_numpy(np.concatenate(rows).astype(np.int64))[None, :]
+    return tokens, cu_seqlens_from_lengths(lengths)
+
+
 def _pad(rows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
     """``(LongTensor[B, L], BoolTensor[B, L])``: the rows left-aligned and padded with <pad> to the longest
     length ``L``, and the mask that is True at padding."""
@@ -90,7 +107,9 @@ def _pad(rows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
 class PairBatches(Dataset):
     """Pre-packed batches of a parallel corpus; item ``i`` is batch ``i`` as the module docstring's dict.
     Without ``target`` (translating new text) a batch has only ``src``, ``src_padding_mask`` and ``ids``.
-    Sources are cut to ``max_positions`` tokens, targets to ``max_positions - 1`` (plus <bos>/<eos>)."""
+    Sources are cut to ``max_positions`` tokens, targets to ``max_positions - 1`` (plus <bos>/<eos>).
+    ``packed``: the pairs of a batch end to end without padding (module docstring; every side must
+    hold a token, as in the training split)."""
 
     def __init__(
         self,
@@ -99,16 +118,22 @@ class PairBatches(Dataset):
         batches: list[np.ndarray],
         *,
         max_positions: int,
+        packed: bool = False,
     ) -> None:
+        if packed and target is None:
+            raise ValueError("packed batches are for training: they need the target side")
         self.source, self.target, self.batches = source, target, batches
-        self.max_positions = max_positions
+        self.max_positions, self.packed = max_positions, packed
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         ids = self.batches[index]
-        src, src_padding_mask = _pad([self.source[i][: self.max_positions] for i in ids])
+        sources = [self.source[i][: self.max_positions] for i in ids]
+        if self.packed:
+            return self._packed_batch(ids, sources)
+        src, src_padding_mask = _pad(sources)
         batch = {
             "src": src,
             "src_padding_mask": src_padding_mask,
@@ -120,6 +145,15 @@ class PairBatches(Dataset):
                 [np.concatenate(([BOS_ID], t)) for t in targets]
             )
             batch["tgt_out"], _ = _pad([np.concatenate((t, [EOS_ID])) for t in targets])
+        return batch
+
+    def _packed_batch(self, ids: np.ndarray, sources: list[np.ndarray]) -> dict[str, Tensor]:
+        """The pairs ``ids`` end to end (module docstring)."""
+        targets = [self.target[i][: self.max_positions - 1] for i in ids]
+        batch = {"ids": torch.as_tensor(ids, dtype=torch.long)}
+        batch["src"], batch["src_cu_seqlens"] = _packed(sources)
+        batch["tgt_in"], batch["tgt_cu_seqlens"] = _packed([np.concatenate(([BOS_ID], t)) for t in targets])
+        batch["tgt_out"], _ = _packed([np.concatenate((t, [EOS_ID])) for t in targets])
         return batch
 
 
@@ -184,6 +218,8 @@ class TranslationDataModule(CorpusDataModule):
         predict_file: Source-language text to translate with ``predict`` (one sentence per line, none
             empty; sources longer than ``max_positions`` are truncated). ``None`` means the test source;
             ``"-"`` reads standard input.
+        packed: Training batches without padding: the same pairs as the padded batches, laid end to end
+            with their offsets (module docstring); validation, test and predict batches stay padded.
     """
 
     synthetic_subdir = "synthetic/translation-v1"
@@ -204,6 +240,7 @@ class TranslationDataModule(CorpusDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         predict_file: str | None = None,
+        packed: bool = False,
     ) -> None:
         super().__init__(
             data_dir=data_dir, cache_dir=cache_dir, tokenizer_kind="bpe", bpe_vocab_size=bpe_vocab_size
@@ -228,6 +265,7 @@ class TranslationDataModule(CorpusDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.predict_file = predict_file
+        self.packed = packed
         self.long_pairs: dict[str, int] = {}
 
     def split_file(self, split: str, lang: str) -> Path:
@@ -310,7 +348,11 @@ class TranslationDataModule(CorpusDataModule):
             )
         packed = pack_batches(src_widths, tgt_widths, max_tokens=budget)
         return PairBatches(
-            source, target, [kept[batch] for batch in packed], max_positions=self.max_positions
+            source,
+            target,
+            [kept[batch] for batch in packed],
+            max_positions=self.max_positions,
+            packed=self.packed and training,
         )
 
     def predict_batches(self) -> PairBatches:

@@ -29,7 +29,9 @@ What the module needs from its data module (``TranslationDataModule``): ``bos_id
 ``tgt_lang`` (the target language: it picks the BLEU variants), ``decode(ids) -> str`` (detokenised,
 stops at EOS) and ``references(split) -> list[str]`` indexed by the ``ids`` of the batches; batches
 ``{"src", "src_padding_mask", "tgt_in", "tgt_out", "tgt_padding_mask", "ids"}`` (prediction batches need
-only ``src``, ``src_padding_mask``, ``ids``).
+only ``src``, ``src_padding_mask``, ``ids``), or packed training batches ``{"src", "src_cu_seqlens",
+"tgt_in", "tgt_out", "tgt_cu_seqlens", "ids"}`` (the data module's ``packed: true``): the same loss over
+the same target tokens, without computing anything for padding.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from fwp.data import PAD_ID
@@ -206,9 +209,12 @@ class TranslationModel(CompiledBackbone, GradientNormLogging, L.LightningModule)
         return datamodule
 
     # ----------------------------------------------------------------------------------- model
-    def forward(self, src: Tensor, src_padding_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits ``[B, T, V]``."""
-        return self.model(src, src_padding_mask, tgt_in)
+    def forward(
+        self, src: Tensor, src_padding_mask: Tensor | None, tgt_in: Tensor, **offsets: Tensor
+    ) -> Tensor:
+        """Teacher-forced logits ``[B, T, V]``; packed pairs (``offsets``: ``src_cu_seqlens`` and
+        ``tgt_cu_seqlens``, ``EncoderDecoder.forward``): ``[1, T, V]``."""
+        return self.model(src, src_padding_mask, tgt_in, **offsets)
 
     def translate(self, src: Tensor, src_padding_mask: Tensor, *, beam_size: int) -> list[list[int]]:
         """Target token ids per sentence of ``src`` ``[B, S]`` (greedy for ``beam_size`` 1), without
@@ -236,18 +242,33 @@ class TranslationModel(CompiledBackbone, GradientNormLogging, L.LightningModule)
     def throughput_counts(self, batch: Batch) -> tuple[int, int]:
         """Sentence pairs and target tokens (padding excluded) of ``batch``, for ``TaskThroughput``;
         source sentences and their tokens for a prediction batch (it has no target)."""
+        if "tgt_cu_seqlens" in batch:
+            return batch["ids"].numel(), batch["tgt_out"].numel()
         mask = batch.get("tgt_padding_mask", batch["src_padding_mask"])
         return mask.shape[0], int((~mask).sum())
 
     def token_losses(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced ``label_smoothed_token_losses`` of ``batch``: loss, nll and the target-token
-        mask, each ``[B, T]``."""
-        logits = self(batch["src"], batch["src_padding_mask"], batch["tgt_in"])
+        mask, each ``[B, T]`` (``[1, ΣT_b]`` for a packed batch)."""
+        offsets = {name: batch[name] for name in ("src_cu_seqlens", "tgt_cu_seqlens") if name in batch}
+        logits = self(batch["src"], batch.get("src_padding_mask"), batch["tgt_in"], **offsets)
         return label_smoothed_token_losses(
             logits, batch["tgt_out"], epsilon=self.hparams.label_smoothing, ignore_index=self.hparams.pad_id
         )
 
     # ----------------------------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        """Refuses ``compile: true`` with packed training batches (the data module's ``packed: true``):
+        the compiled blocks are one graph (``fullgraph``), and the offsets of packed sequences set
+        shapes from their values, which that graph cannot trace (a ``MisconfigurationException``: the
+        CLI ends it in one line)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and self.hparams.compile and getattr(datamodule, "packed", False):
+            raise MisconfigurationException(
+                "TranslationModel: compile: true cannot train on packed batches (data packed: true): the "
+                "compiled blocks are one graph and packed offsets set shapes from their values; use one"
+            )
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Logs the batch's per-token means; returns that mean (``loss_normalization="batch"``) or the
         summed loss, which ``on_before_optimizer_step`` turns into the per-token mean of the step."""

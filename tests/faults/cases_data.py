@@ -173,4 +173,9 @@ CASES: list[Fault] = [
         ],
         lambda t: ["num_keys"],
     ),
+    Fault(
+        "mt-packed-batches-with-compile",
+        lambda t: mt_run(t, "--data.init_args.packed", "true", "--model.init_args.compile", "true"),
+        lambda t: ["compile: true", "packed: true"],
+    ),
 ]
