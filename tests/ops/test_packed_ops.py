@@ -168,7 +168,7 @@ def assert_packed_equals_separate(
 
 
 @pytest.mark.parametrize("initial_state", [False, True], ids=["zero-state", "initial-state"])
-@pytest.mark.parametrize("backend", ["reference", "chunk", "step"])
+@pytest.mark.parametrize("backend", ["reference", "chunk", "step", "auto"])
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_causal_packed_equals_separate(name: str, backend: str, initial_state: bool) -> None:
     assert_packed_equals_separate(LAYERS[name], LENGTHS, backend, initial_state=initial_state)
