@@ -19,7 +19,8 @@ q ``[1, H, T_q, d_head]``, k, v ``[1, H, T, d_head]``; ``cu_seqlens`` ``[N + 1]`
 keys (and, causally, of the queries), ``query_cu_seqlens`` those of the queries when they differ
 (cross-attention: the same ``N``). Every sequence attends only within itself, as if run alone; a state
 holds one memory (or cache) per sequence. A core without a packed form of its own runs the call as a
-padded batch ``[N, H, T_max, d_head]`` (``AttentionCore.attend_padded``, ``fwp.attention.padded_batch``).
+padded batch ``[N, H, T_max, d_head]`` (``AttentionCore.attend_padded``: ``fwp.ops.PackedLayout.one_batch``,
+row ``n`` sequence ``n``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any, Protocol, Self
 
 from torch import Tensor, nn
 
-from fwp.attention.padded_batch import packed_batches
+from fwp.ops import packed_layouts
 
 
 class AttentionState(Protocol):
@@ -142,16 +143,11 @@ class AttentionCore(nn.Module, ABC):
         with ``options`` (``causal``, ``state``, …), the outputs gathered back to ``[1, H, T_q, d_head]``.
         Exact: padded keys are never seen, and a query at position ``i`` of its row sees what it would
         alone. The state holds ``N`` rows."""
-        keys, queries = packed_batches(q, k, cu_seqlens, query_cu_seqlens, key_padding_mask)
-        y, state = self(
-            queries.unpack(q),
-            keys.unpack(k),
-            keys.unpack(v),
-            None if beta is None else keys.unpack(beta),
-            key_padding_mask=keys.padding,
-            **options,
-        )
-        return queries.pack(y), state
+        keys, queries = packed_layouts(q, k, cu_seqlens, query_cu_seqlens, key_padding_mask, one_batch=True)
+        (q,), (k,), (v,) = queries.unpack(q), keys.unpack(k), keys.unpack(v)
+        beta = None if beta is None else keys.unpack(beta)[0]
+        y, state = self(q, k, v, beta, key_padding_mask=keys.paddings[0], **options)
+        return queries.pack([y]), state
 
     @abstractmethod
     def read(self, q: Tensor, state: AttentionState) -> Tensor:

@@ -22,10 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from fwp.attention.base import AttentionCore, AttentionSpec, AttentionState
-from fwp.attention.padded_batch import PaddedBatch
 from fwp.attention.parametrisation import GatedDeltaNetDecay, GatedOutputNorm, ShortConvolution
 from fwp.attention.registry import build_attention
-from fwp.ops import sequence_lengths, validate_cu_seqlens
+from fwp.ops import packed_layouts, sequence_lengths, validate_cu_seqlens
 
 
 def _check_sequence(name: str, x: Tensor, d_model: int) -> None:
@@ -222,10 +221,11 @@ class MultiHeadAttention(nn.Module):
         if cu_seqlens is None:
             out, past = self.conv(channels, past)
         else:
-            layout = PaddedBatch.from_cu_seqlens(cu_seqlens)
-            rows = layout.unpack(channels.unsqueeze(1)).squeeze(1)  # [N, T_max, C], padded at the end
-            out, past = self.conv(rows, past, lengths=sequence_lengths(cu_seqlens))
-            out = layout.pack(out.unsqueeze(1)).squeeze(1)
+            packed = channels.unsqueeze(1)  # [1, 1, T, C]
+            layout, _ = packed_layouts(packed, packed, cu_seqlens, one_batch=True)
+            (rows,) = layout.unpack(packed)  # [N, 1, T_max, C], padded at the end
+            out, past = self.conv(rows.squeeze(1), past, lengths=sequence_lengths(cu_seqlens))
+            out = layout.pack([out.unsqueeze(1)]).squeeze(1)
         q, k, v = out.view(B, T, H, 3 * d).transpose(1, 2).split(d, dim=-1)
         return (q, k, v), past
 
@@ -242,8 +242,8 @@ class MultiHeadAttention(nn.Module):
         if state is not None:
             if cu_seqlens is None:
                 return self.core.read(q, state), state
-            queries = PaddedBatch.from_cu_seqlens(cu_seqlens)  # sequence n reads memory row n
-            return queries.pack(self.core.read(queries.unpack(q), state)), state
+            queries, _ = packed_layouts(q, q, cu_seqlens, one_batch=True)  # sequence n reads memory row n
+            return queries.pack([self.core.read(queries.unpack(q)[0], state)]), state
         if (cu_seqlens is None) != (memory_cu_seqlens is None):
             raise ValueError(
                 "cross-attention over packed sequences needs the offsets of both the queries (cu_seqlens) "
