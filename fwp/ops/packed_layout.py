@@ -87,15 +87,17 @@ class PackedLayout:
 
     ``groups``: the sequence indices of each group, in batch-row order; ``paddings``: ``[N_g, T_g]``
     bool per group, True past a sequence's end (its ``key_padding_mask``); ``offsets`` ``[N + 1]`` and
-    ``lengths`` ``[N]`` (int64). A padding slot holds a copy of its sequence's last position, counted as
-    a constant: ``unpack``'s gradient is the gradient of the real slots only (exact for
-    ``fast_weight_attention``, where padded keys write nothing and padded read-outs are dropped).
+    ``lengths`` ``[N]`` (int64); ``total``: ``T``, the packed length. A padding slot holds a copy of its
+    sequence's last position, counted as a constant: ``unpack``'s gradient is the gradient of the real
+    slots only (exact for ``fast_weight_attention``, where padded keys write nothing and padded
+    read-outs are dropped).
     """
 
     groups: tuple[tuple[int, ...], ...]
     paddings: tuple[Tensor, ...]
     offsets: Tensor
     lengths: Tensor
+    total: int
     _rows: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -106,14 +108,14 @@ class PackedLayout:
         into the given ``groups`` (another layout's: cross-attention queries go with their keys)."""
         offsets = cu_seqlens.long()
         lengths = sequence_lengths(offsets)
+        host_lengths = lengths.tolist()
         if groups is None:
-            groups = tuple(tuple(group) for group in group_by_length(lengths.tolist()))
+            groups = tuple(tuple(group) for group in group_by_length(host_lengths))
         paddings = []
         for group in groups:
-            group_lengths = lengths[list(group)]
-            slots = torch.arange(int(group_lengths.max()), device=offsets.device)
-            paddings.append(slots >= group_lengths[:, None])
-        return cls(groups, tuple(paddings), offsets, lengths)
+            slots = torch.arange(max(host_lengths[n] for n in group), device=offsets.device)
+            paddings.append(slots >= lengths[list(group)][:, None])
+        return cls(groups, tuple(paddings), offsets, lengths, sum(host_lengths))
 
     @classmethod
     def one_batch(cls, cu_seqlens: Tensor) -> PackedLayout:
@@ -124,11 +126,6 @@ class PackedLayout:
     def sequences(self) -> int:
         """``N``."""
         return self.lengths.numel()
-
-    @property
-    def total(self) -> int:
-        """``T``, the packed length."""
-        return int(self.offsets[-1])
 
     def unpack(self, x: Tensor) -> list[Tensor]:
         """Packed ``[1, H, T, *rest]`` → each group's padded batch ``[N_g, H, T_g, *rest]``."""
