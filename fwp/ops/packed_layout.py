@@ -152,8 +152,12 @@ class PackedLayout:
 
     def merge_rows(self, parts: list[Tensor]) -> Tensor:
         """Each group's rows ``[N_g, …]`` → ``[N, …]`` in sequence order (``split_rows`` undone)."""
-        order = torch.tensor([n for group in self.groups for n in group], device=parts[0].device)
-        return torch.cat(parts).index_select(0, torch.argsort(order))
+        return torch.cat(parts).index_select(0, torch.argsort(self.row_order.to(parts[0].device)))
+
+    @property
+    def row_order(self) -> Tensor:
+        """``[N]``: the sequence of each batch row, the groups' rows one after the other."""
+        return torch.tensor([n for group in self.groups for n in group], device=self.offsets.device)
 
     def rows(self, heads: int) -> tuple[Tensor, Tensor, Tensor]:
         """For ``heads`` heads: the packed row (of ``[H · T]``) read by each padded slot (of the groups'
@@ -165,23 +169,18 @@ class PackedLayout:
 
     def _compute_rows(self, heads: int) -> tuple[Tensor, Tensor, Tensor]:
         device = self.offsets.device
-        order = torch.tensor([n for group in self.groups for n in group], device=device)
+        order = self.row_order
         widths = torch.tensor([padding.shape[1] for padding in self.paddings], device=device)
         counts = torch.tensor([len(group) for group in self.groups], device=device)
-        row_width = widths.repeat_interleave(counts)  # [N] in row order: T_g of each row
-        group_base = torch.cumsum(counts * widths, 0) - counts * widths
-        row_base = group_base.repeat_interleave(counts)  # head-free first slot of each row's group
-        row_in_group = torch.arange(order.numel(), device=device) - (
-            torch.cumsum(counts, 0) - counts
-        ).repeat_interleave(counts)
+        first_row = torch.cumsum(counts, 0) - counts
+        # per batch row (sequence order[r]): T_g, its group's first head-free slot, its index in the group
+        row_width = widths.repeat_interleave(counts)
+        row_base = (torch.cumsum(counts * widths, 0) - counts * widths).repeat_interleave(counts)
+        row_in_group = torch.arange(order.numel(), device=device) - first_row.repeat_interleave(counts)
         # padded slots, in the order (group, row, head, position)
-        slot_sequence = order.repeat_interleave(heads).repeat_interleave(row_width.repeat_interleave(heads))
-        slot_head = (
-            torch.arange(heads, device=device)
-            .repeat(order.numel())
-            .repeat_interleave(row_width.repeat_interleave(heads))
-        )
         slot_width = row_width.repeat_interleave(heads)
+        slot_sequence = order.repeat_interleave(heads).repeat_interleave(slot_width)
+        slot_head = torch.arange(heads, device=device).repeat(order.numel()).repeat_interleave(slot_width)
         slot_start = (torch.cumsum(slot_width, 0) - slot_width).repeat_interleave(slot_width)
         slot_position = torch.arange(slot_start.numel(), device=device) - slot_start
         length = self.lengths[slot_sequence]
@@ -189,9 +188,8 @@ class PackedLayout:
             slot_head * self.total + self.offsets[slot_sequence] + torch.minimum(slot_position, length - 1)
         )
         padding_rows = slot_position >= length
-        # packed positions, in the order (head, position)
-        row_of_sequence = torch.argsort(order)
-        row = row_of_sequence[sequence_ids(self.offsets)]
+        # packed positions, in the order (head, position): the slot (r·H + h)·T_g + p of their group
+        row = torch.argsort(order)[sequence_ids(self.offsets)]
         head = torch.arange(heads, device=device)[:, None]
         pack_rows = (
             heads * row_base[row]
