@@ -26,9 +26,9 @@ Transformer block compiled by ``torch.compile(fullgraph=True)`` (inductor; train
 one graph per T; generation with the default automatic dynamic shapes). Compiling block by block
 ("regional" compilation) lets the 16 identical blocks share one compiled graph: the whole stack as one
 graph (``--compile-scope stack``) took about 400 s per graph to compile on this shared CPU. The adaptive
-input and softmax stay eager: their data-dependent cluster selection (``nonzero``, a branch on an empty
-cluster) breaks the graph. A compiled arm's first call(s) compile: that warm-up (wall seconds) is
-printed and excluded from the rates.
+input and softmax stay eager, as with the task option ``compile: true`` (they compile with
+``fullgraph=True`` too, docs/ops.md). A compiled arm's first call(s) compile: that warm-up (wall
+seconds) is printed and excluded from the rates.
 
 ``--clock cpu`` times this thread's CPU time instead of wall time (one thread): on a machine that
 other jobs load, it leaves out the time they hold the core.
