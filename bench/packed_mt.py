@@ -9,7 +9,9 @@ length, ``B · max(S, T) <= max_tokens``) from two length distributions:
   512``, ``max_positions 64``; written once under ``--cache-dir``);
 - ``wmt-like``: source lengths log-normal around 24 BPE tokens (σ = 0.6, at most 250), targets the
   source length times a log-normal factor around 1.1 (σ = 0.15), ``max_tokens 3584`` as
-  ``conf/mt/wmt14_base.yaml`` (a stand-in for WMT14 en-de: no corpus is downloaded).
+  ``conf/mt/wmt14_base.yaml`` (a stand-in for WMT14 en-de: no corpus is downloaded);
+- ``wmt-like-25k``: the same lengths in batches of ``max_tokens 25000`` (more pairs per batch, whose
+  targets vary more: more padding).
 
 For each, ``--batches`` batches drawn at random, filled with random token ids, each in its padded form
 and its packed twin (the same pairs end to end with offsets). One training step = forward + the
@@ -41,6 +43,7 @@ from tasks.translation.module import TranslationModel
 
 ATTENTIONS = {"delta": ("synthetic.yaml",), "softmax": ("synthetic.yaml", "softmax.yaml")}
 VOCAB = 1000
+DISTRIBUTIONS = ("synthetic", "wmt-like", "wmt-like-25k")
 
 
 def synthetic_lengths(cache_dir: str) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -53,12 +56,13 @@ def synthetic_lengths(cache_dir: str) -> tuple[np.ndarray, np.ndarray, int, int]
     return source.lengths[kept], target.lengths[kept], 512, 64
 
 
-def wmt_like_lengths(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Log-normal source lengths around 24 and targets about 1.1 times as long (module docstring)."""
+def wmt_like_lengths(count: int, seed: int, max_tokens: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Log-normal source lengths around 24 and targets about 1.1 times as long (module docstring), cut
+    into batches of ``max_tokens``."""
     rng = np.random.default_rng(seed)
     source = np.clip(np.round(rng.lognormal(np.log(24), 0.6, count)), 1, 250).astype(np.int64)
     target = np.clip(np.round(source * rng.lognormal(np.log(1.1), 0.15, count)), 1, 249).astype(np.int64)
-    return source, target, 3584, 256
+    return source, target, max_tokens, 256
 
 
 class RandomLines:
@@ -112,6 +116,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=os.environ.get("FWP_CACHE"), help="synthetic corpus cache")
+    parser.add_argument(
+        "--lengths", nargs="+", choices=DISTRIBUTIONS, default=list(DISTRIBUTIONS), help="distributions"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 batches, 2 rounds")
     args = parser.parse_args()
     if args.quick:
@@ -125,15 +132,18 @@ def main() -> None:
     use_clock(args.clock)
     print(f"machine: {machine()}; clock: {args.clock}; {args.rounds} rounds; {' '.join(sys.argv[1:])}")
     distributions = {
-        "synthetic": synthetic_lengths(args.cache_dir),
-        "wmt-like": wmt_like_lengths(200_000, args.seed),
+        "synthetic": lambda: synthetic_lengths(args.cache_dir),
+        "wmt-like": lambda: wmt_like_lengths(200_000, args.seed, 3584),
+        "wmt-like-25k": lambda: wmt_like_lengths(200_000, args.seed, 25_000),
     }
     print(
-        f"{'lengths':<10} {'attention':<8} {'src pad':>8} {'tgt pad':>8} {'padded tok/s':>13} "
+        f"{'lengths':<12} {'attention':<8} {'src pad':>8} {'tgt pad':>8} {'padded tok/s':>13} "
         f"{'packed tok/s':>13} {'packed/padded':>14}"
     )
-    for name, lengths in distributions.items():
-        padded, packed, src_fraction, tgt_fraction = batch_sets(lengths, args.batches, args.seed)
+    for name in args.lengths:
+        padded, packed, src_fraction, tgt_fraction = batch_sets(
+            distributions[name](), args.batches, args.seed
+        )
         tokens = sum(int((b["tgt_out"] != PAD_ID).sum()) for b in padded)
         for attention, files in ATTENTIONS.items():
             torch.manual_seed(1)
@@ -145,7 +155,7 @@ def main() -> None:
             )
             rate = {variant: tokens / statistics.median(seconds) for variant, seconds in times.items()}
             print(
-                f"{name:<10} {attention:<8} {src_fraction:>8.1%} {tgt_fraction:>8.1%} "
+                f"{name:<12} {attention:<8} {src_fraction:>8.1%} {tgt_fraction:>8.1%} "
                 f"{rate['padded']:>13,.0f} {rate['packed']:>13,.0f} {rate['packed'] / rate['padded']:>14.2f}"
             )
 
