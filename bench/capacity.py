@@ -21,7 +21,15 @@ experiment names in conf/README.md are those stems):
         "conf/retrieval/setting1.yaml+model.attention={name: dpfp, nu: 1}" \\
         --num_keys 40 60 80 140 --output runs_capacity/setting1
 
-BENCHMARKS.md (Retrieval capacity) lists the commands of every other point of the comparison.
+BENCHMARKS.md (Retrieval capacity) lists the commands of every other point of the comparison. The
+DeltaNet family (beyond the paper: no official logs, so their official columns stay empty; their
+experiment names, e.g. ``setting1_deltanet``, come from the same conf/README.md rows) was swept one
+point per command, e.g.
+
+    python -m tasks.retrieval.sweep --configs conf/retrieval/setting1.yaml+model.attention=deltanet \\
+        --num_keys 20 --output runs_capacity/presets/setting1
+
+(docs/retrieval.md, "Beyond the paper", lists every point run).
 """
 
 from __future__ import annotations
