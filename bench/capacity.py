@@ -198,7 +198,7 @@ def table(results: list[Result]) -> str:
         "|---|---|---|---|---|---|",
     ]
     ours_by_config: dict[str, dict[int, float]] = defaultdict(dict)
-    for point in summarize(results):
+    for point in sorted(summarize(results), key=lambda p: (experiment_name(p.config), p.num_keys)):
         config, s = experiment_name(point.config), point.num_keys
         ours_by_config[config][s] = point.mean_final_eval_loss
         official = OFFICIAL_FINAL_LOSS.get(config, {}).get(s)
