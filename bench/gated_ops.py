@@ -52,6 +52,7 @@ from ops import (
     matmul_seconds,
     median_ms,
     now,
+    require_one_thread_for_cpu_clock,
     use_clock,
     verdict,
 )
@@ -200,10 +201,7 @@ def parse_args() -> argparse.Namespace:
         args.T, args.repeats, args.reference_repeats, args.matmul_size = 128, 3, 1, 1024
     if args.strongest > 0:
         parser.error(f"--strongest must be <= 0 (log-decays), got {args.strongest}")
-    if args.clock == "cpu" and args.threads != 1:
-        parser.error(
-            f"--clock cpu counts one thread's time and needs --threads 1, got --threads {args.threads}"
-        )
+    require_one_thread_for_cpu_clock(parser, args)
     return args
 
 

@@ -71,6 +71,15 @@ def use_clock(name: str) -> None:
     _clock["now"] = CLOCKS[name]
 
 
+def require_one_thread_for_cpu_clock(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse ``--clock cpu`` with more than one thread (``args.threads``): that clock counts the
+    calling thread's CPU time only, so the other threads' work would go uncounted."""
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error(
+            f"--clock cpu counts one thread's time and needs --threads 1, got --threads {args.threads}"
+        )
+
+
 def now() -> float:
     """The benchmark's clock (``--clock``): wall seconds, or with ``cpu`` the CPU seconds of this
     thread, which with one torch thread is the benchmark's own work and leaves out the time other jobs
@@ -409,10 +418,7 @@ def parse_args() -> argparse.Namespace:
         args.T, args.repeats, args.reference_repeats, args.matmul_size = 128, 3, 1, 1024
         args.scan_min, args.scan_max, args.scan_repeats, args.sweep = 64, 256, 1, [32, 64]
         args.memory_variants = ["chunk", "reference"]
-    if args.clock == "cpu" and args.threads != 1:
-        parser.error(
-            f"--clock cpu counts one thread's time and needs --threads 1, got --threads {args.threads}"
-        )
+    require_one_thread_for_cpu_clock(parser, args)
     if not {"chunk", "reference"} <= set(args.memory_variants):
         parser.error(f"--memory-variants must include chunk and reference, got {args.memory_variants}")
     return args

@@ -25,7 +25,15 @@ import sys
 from itertools import pairwise
 
 import torch
-from ops import CLOCKS, clear_grads, interleaved, machine, median_ms, use_clock
+from ops import (
+    CLOCKS,
+    clear_grads,
+    interleaved,
+    machine,
+    median_ms,
+    require_one_thread_for_cpu_clock,
+    use_clock,
+)
 from torch import Tensor
 
 from fwp.ops import cu_seqlens_from_lengths, fast_weight_attention, sum_normalize
@@ -115,10 +123,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.N, args.repeats = 8, 2
-    if args.clock == "cpu" and args.threads != 1:
-        parser.error(
-            f"--clock cpu counts one thread's time and needs --threads 1, got --threads {args.threads}"
-        )
+    require_one_thread_for_cpu_clock(parser, args)
     return args
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lm import config_options
-from ops import CLOCKS, interleaved, machine, use_clock
+from ops import CLOCKS, interleaved, machine, require_one_thread_for_cpu_clock, use_clock
 
 from fwp.data import PAD_ID
 from tasks.translation.data import PairBatches, TranslationDataModule, pack_batches
@@ -123,6 +123,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.batches, args.rounds = 2, 2
+    require_one_thread_for_cpu_clock(parser, args)
     return args
 
 
