@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from fwp.attention.base import AttentionCore, AttentionSpec, AttentionState
 from fwp.attention.parametrisation import GatedDeltaNetDecay, GatedOutputNorm, ShortConvolution
 from fwp.attention.registry import build_attention
-from fwp.ops import packed_layouts, sequence_lengths, validate_cu_seqlens
+from fwp.ops import checked_layout, packed_layouts, sequence_lengths
 
 
 def _check_sequence(name: str, x: Tensor, d_model: int) -> None:
@@ -42,14 +42,16 @@ def _check_padding_mask(mask: Tensor, keys: Tensor) -> None:
 
 
 def _check_packed(name: str, x: Tensor, cu_seqlens: Tensor | None) -> None:
-    """A ValueError unless ``x`` ``[1, T, d_model]`` holds the packed sequences of ``cu_seqlens``."""
+    """A ValueError unless ``x`` ``[1, T, d_model]`` holds the packed sequences of ``cu_seqlens`` (checked
+    once per offsets tensor: ``fwp.ops.checked_layout`` remembers it for the other layers and the core)."""
     if cu_seqlens is None:
         return
     if x.shape[0] != 1:
         raise ValueError(
             f"cu_seqlens packs N sequences into batch B = 1, got {name} of shape {tuple(x.shape)}"
         )
-    validate_cu_seqlens(cu_seqlens, x.shape[1], name="cu_seqlens" if name == "x" else "memory_cu_seqlens")
+    offsets = "cu_seqlens" if name == "x" else "memory_cu_seqlens"
+    checked_layout(cu_seqlens, x.shape[1], x.device, offsets, "one batch")
 
 
 class MultiHeadAttention(nn.Module):

@@ -27,7 +27,7 @@ from fwp.ops.normalization import (
     parse_normalization,
     sum_normalize,
 )
-from fwp.ops.packed_layout import PackedLayout, packed_layouts
+from fwp.ops.packed_layout import PackedLayout, checked_layout, packed_layouts
 from fwp.ops.packing import (
     cu_seqlens_from_lengths,
     positions_in_sequence,
@@ -53,6 +53,7 @@ __all__ = [
     "Rule",
     "build_feature_map",
     "causal_denominator",
+    "checked_layout",
     "cu_seqlens_from_lengths",
     "dpfp",
     "elu_plus_one",

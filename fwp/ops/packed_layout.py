@@ -221,7 +221,7 @@ def packed_layouts(
             f"{tuple(q.shape)} and k {tuple(k.shape)}"
         )
     cut = "one batch" if one_batch else "by length"
-    keys = _valid_layout(cu_seqlens, k.shape[2], q.device, "cu_seqlens", cut)
+    keys = checked_layout(cu_seqlens, k.shape[2], q.device, "cu_seqlens", cut)
     if query_cu_seqlens is None:
         if q.shape[2] != k.shape[2]:
             raise ValueError(
@@ -229,27 +229,28 @@ def packed_layouts(
                 "query_cu_seqlens, the queries' offsets"
             )
         return keys, keys
-    return keys, _valid_layout(query_cu_seqlens, q.shape[2], q.device, "query_cu_seqlens", keys.groups)
+    return keys, checked_layout(query_cu_seqlens, q.shape[2], q.device, "query_cu_seqlens", keys.groups)
 
 
-def _valid_layout(
+def checked_layout(
     cu_seqlens: Tensor, total: int, device: torch.device, name: str, cut: str | tuple[tuple[int, ...], ...]
 ) -> PackedLayout:
-    """``validate_cu_seqlens`` (and on ``device``), then the layout of ``cu_seqlens``, cut ``"by
-    length"``, into ``"one batch"`` or into the given groups. The last ``RECENT_LAYOUTS`` layouts are
-    remembered by the offsets tensor's identity and version counter (an in-place change makes a new
-    one; the entry holds the tensor, so its id is not reused), so that the layers of a model that all
-    get the same offsets build and check them once."""
+    """``validate_cu_seqlens`` (and on ``device``; a ValueError naming ``name`` otherwise), then the
+    layout of ``cu_seqlens``, cut ``"by length"``, into ``"one batch"`` or into the given groups. The
+    last ``RECENT_LAYOUTS`` layouts are remembered by the offsets tensor's identity and version counter
+    (an in-place change makes a new one; the entry holds the tensor, so its id is not reused), so that
+    the layers of a model that all get the same offsets build and check them once."""
     key = None
-    if isinstance(cu_seqlens, Tensor) and not cu_seqlens.is_inference() and not torch.compiler.is_compiling():
-        key = (id(cu_seqlens), cu_seqlens._version, cut)
-        remembered = _recent.get(key)
-        if remembered is not None and remembered[0] is cu_seqlens and remembered[1].total == total:
-            _recent.move_to_end(key)
-            return remembered[1]
+    if isinstance(cu_seqlens, Tensor):
+        if cu_seqlens.device != device:
+            raise ValueError(f"{name} must be on q's device {device}, got {cu_seqlens.device}")
+        if not cu_seqlens.is_inference() and not torch.compiler.is_compiling():
+            key = (id(cu_seqlens), cu_seqlens._version, cut)
+            remembered = _recent.get(key)
+            if remembered is not None and remembered[0] is cu_seqlens and remembered[1].total == total:
+                _recent.move_to_end(key)
+                return remembered[1]
     validate_cu_seqlens(cu_seqlens, total, name=name)
-    if cu_seqlens.device != device:
-        raise ValueError(f"{name} must be on q's device {device}, got {cu_seqlens.device}")
     if isinstance(cut, tuple) and sum(map(len, cut)) != cu_seqlens.numel() - 1:
         raise ValueError(
             f"query_cu_seqlens and cu_seqlens must pack the same number of sequences, got "
