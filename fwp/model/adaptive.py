@@ -202,7 +202,8 @@ def target_log_softmax(hidden: Tensor, weight: Tensor, bias: Tensor, target: Ten
     ``[V]`` and ``target`` ``[N]`` (indices into ``V``), i.e. ``s_y − logsumexp(s)`` with ``s = h Wᵀ +
     b``. Its backward is written out: ``∂/∂s = g (onehot(y) − softmax(s))`` in one buffer (the saved
     scores, overwritten), where autograd through ``log_softmax`` and ``gather`` would fill and scatter
-    a zero gradient of ``[N, V]`` for the gather besides. No double backward."""
+    a zero gradient of ``[N, V]`` for the gather besides. No double backward, and one backward per
+    forward (a second, with ``retain_graph=True``, is refused: the first overwrote the scores)."""
     return TargetLogSoftmax.apply(hidden, weight, bias, target)
 
 
@@ -215,11 +216,18 @@ class TargetLogSoftmax(torch.autograd.Function):
         peak = scores.amax(dim=1, keepdim=True)
         log_normalizer = (scores - peak).exp_().sum(dim=1, keepdim=True).log_() + peak
         ctx.save_for_backward(hidden, weight, target, scores, log_normalizer)
+        ctx.scores_overwritten = False
         return scores.gather(1, target[:, None])[:, 0] - log_normalizer[:, 0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        if ctx.scores_overwritten:
+            raise RuntimeError(
+                "target_log_softmax's backward overwrites its saved scores, so it runs once per forward: "
+                "a second backward through the same graph (retain_graph=True) is refused"
+            )
+        ctx.scores_overwritten = True
         hidden, weight, target, scores, log_normalizer = ctx.saved_tensors
         grad_scores = scores.sub_(log_normalizer).exp_().mul_(-grad[:, None])
         grad_scores.scatter_add_(1, target[:, None], grad[:, None])

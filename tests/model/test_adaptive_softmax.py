@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fwp.model import DecoderLM, DecoderLMConfig
-from fwp.model.adaptive import AdaptiveLogSoftmax, ClusterTables, adaptive_embedding
+from fwp.model.adaptive import AdaptiveLogSoftmax, ClusterTables, adaptive_embedding, target_log_softmax
 from fwp.training.checkpointing import CheckpointLoadError
 
 
@@ -133,3 +133,15 @@ def test_checkpoint_of_the_earlier_layout_is_refused_by_name() -> None:
     state |= {f"adaptive_softmax.{k}": v for k, v in legacy.state_dict().items()}
     with pytest.raises(CheckpointLoadError, match=r"adaptive_softmax\.head\.weight.*retrain"):
         model.load_state_dict(state)
+
+
+def test_a_second_backward_through_the_target_log_softmax_is_refused() -> None:
+    """Its backward overwrites the saved scores: a second backward (retain_graph=True) would read the
+    overwritten buffer and return wrong gradients silently, so it must raise instead."""
+    torch.manual_seed(0)
+    hidden = torch.randn(5, 4, requires_grad=True)
+    weight, bias = torch.randn(7, 4, requires_grad=True), torch.randn(7, requires_grad=True)
+    loss = target_log_softmax(hidden, weight, bias, torch.tensor([0, 3, 6, 2, 2])).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        loss.backward()
